@@ -1,0 +1,3 @@
+from rlkl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Input validation shared by every public function of rlkl.
+
+Bad input raises ``ValueError`` naming the argument and what was wrong; nothing broadcasts silently.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_float(name: str, x: Tensor, ndim: int | None = None, shape: Sequence[int] | None = None,
+                finite: bool = True) -> Tensor:
+    """Check that ``x`` is a floating tensor of the given rank/shape with finite entries; return it."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor (float32/float64), got dtype {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains non-finite values (nan/inf); check the log-probs upstream")
+    return x
+
+
+def check_mask(name: str, mask: Tensor, shape: Sequence[int], require_nonempty_rows: bool = False) -> Tensor:
+    """Check a ``[B, T]`` boolean mask of the given shape; optionally every row must select a token."""
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor, got dtype {mask.dtype} (use mask.bool())")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(shape)}")
+    if not bool(mask.any()):
+        raise ValueError(f"{name} selects no token at all")
+    if require_nonempty_rows:
+        empty = (~mask.any(dim=-1)).nonzero().flatten()
+        if empty.numel():
+            raise ValueError(f"{name} has rows with no token: {empty[:10].tolist()} (every response needs >= 1 token)")
+    return mask
+
+
+def check_same_dtype(**tensors: Tensor) -> torch.dtype:
+    """All floating tensors must share one dtype (no silent promotion)."""
+    dtypes = {k: v.dtype for k, v in tensors.items() if v is not None}
+    if len(set(dtypes.values())) > 1:
+        raise ValueError(f"inputs must share one dtype, got {dtypes}")
+    return next(iter(dtypes.values()))
+
+
+def check_group_size(batch_size: int, group_size: int) -> int:
+    """``group_size`` must be a positive int dividing ``batch_size`` (groups are contiguous blocks)."""
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if batch_size % group_size != 0:
+        raise ValueError(f"group_size={group_size} does not divide the batch size {batch_size}; "
+                         "groups must be contiguous blocks of group_size rows")
+    return group_size
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+    return value
+
+
+def check_token_tensors(mask: Tensor, **tensors: Tensor) -> tuple[int, int]:
+    """Check ``[B, T]`` float tensors and their mask; return (B, T)."""
+    first = next(iter(tensors))
+    x = check_float(first, tensors[first], ndim=2)
+    shape = tuple(x.shape)
+    for k, v in tensors.items():
+        check_float(k, v, shape=shape)
+    check_same_dtype(**tensors)
+    check_mask("mask", mask, shape)
+    return shape

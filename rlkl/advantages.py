@@ -1,0 +1,220 @@
+"""Advantages: group standardization (GRPO), centring (Dr. GRPO), leave-one-out (RLOO), batch standardization,
+reward-to-go, the future return of any per-token quantity, and FRPO's token advantages.
+
+Layout: rewards ``[B]`` with groups as contiguous blocks of ``group_size`` rows; token tensors ``[B, T]`` with a
+bool ``mask``. Outputs carry no gradient unless the inputs do: callers put sg[·] (``.detach()``) where the
+equation has it (rlkl.methods does).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from rlkl._checks import check_choice, check_float, check_group_size, check_token_tensors
+from rlkl.divergences import FDivergence, get_f_divergence
+
+StdKind = Literal["population", "bessel"]
+AdvantageKind = Literal["group_standardized", "group_centered", "leave_one_out", "batch_standardized", "raw"]
+ADVANTAGE_KINDS: tuple[str, ...] = ("group_standardized", "group_centered", "leave_one_out", "batch_standardized",
+                                    "raw")
+
+
+def _groups(rewards: Tensor, group_size: int) -> Tensor:
+    check_float("rewards", rewards, ndim=1)
+    check_group_size(rewards.shape[0], group_size)
+    if group_size < 2:
+        raise ValueError("a group-based advantage needs group_size >= 2 (a group of one has no baseline)")
+    return rewards.view(-1, group_size)  # [B/G, G]
+
+
+def _standardize(x: Tensor, std: StdKind, eps: float, dim: int = -1) -> Tensor:
+    check_choice("std", std, ("population", "bessel"))
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    centred = x - x.mean(dim=dim, keepdim=True)
+    s = x.std(dim=dim, correction=1 if std == "bessel" else 0, keepdim=True)
+    # all-equal groups: advantage exactly 0 (verl/TRL give 0/(0+ε) = 0; with ε = 0 this avoids 0/0)
+    return torch.where(s > 0, centred / (s + eps), torch.zeros_like(centred))
+
+
+def group_standardized(rewards: Tensor, group_size: int, eps: float = 1e-6, std: StdKind = "bessel") -> Tensor:
+    """GRPO advantage A_i = (R_i − mean_g R)/(std_g R + ε); all-equal groups give 0.
+
+    DeepSeekMath (arXiv 2402.03300) eq. for outcome supervision; verl ``grpo`` (ε = 1e-6, Bessel std), TRL
+    ``scale_rewards="group"`` (ε = 1e-4, Bessel std), FRPO Alg. 1 (population std).
+
+    Args:
+      rewards: ``[B]`` sequence rewards, groups of ``group_size`` contiguous rows.
+      group_size: G >= 2, dividing B.
+      eps: ε in the denominator.
+      std: ``"bessel"`` (divide by G − 1) or ``"population"`` (by G).
+    Returns:
+      ``[B]`` advantages.
+    """
+    return _standardize(_groups(rewards, group_size), std, eps).reshape(-1)
+
+
+def group_centered(rewards: Tensor, group_size: int) -> Tensor:
+    """Dr. GRPO advantage A_i = R_i − mean_g R (Liu et al., arXiv 2503.20783; verl ``norm_adv_by_std_in_grpo=False``).
+
+    The group mean includes the sample itself ("leave-in"): its expected on-policy update is (1 − 1/G)·∇E[R].
+
+    Returns:
+      ``[B]`` advantages.
+    """
+    g = _groups(rewards, group_size)
+    return (g - g.mean(dim=-1, keepdim=True)).reshape(-1)
+
+
+def leave_one_out(rewards: Tensor, group_size: int) -> Tensor:
+    """RLOO advantage A_i = R_i − mean_{j≠i} R_j = G/(G−1)·(R_i − mean_g R) (Ahmadian et al., arXiv 2402.14740).
+
+    Unbiased: the baseline does not depend on sample i, so E[A_i ∇log π(y_i)] = ∇E[R].
+
+    Returns:
+      ``[B]`` advantages.
+    """
+    g = _groups(rewards, group_size)
+    G = group_size
+    return ((g - g.mean(dim=-1, keepdim=True)) * (G / (G - 1))).reshape(-1)
+
+
+def batch_standardized(rewards: Tensor, eps: float = 1e-6, std: StdKind = "bessel") -> Tensor:
+    """A_i = (R_i − mean_batch R)/(std_batch R + ε) over the whole batch (REINFORCE++-style whitening).
+
+    Returns:
+      ``[B]`` advantages (all zero if every reward is equal).
+    """
+    check_float("rewards", rewards, ndim=1)
+    if rewards.shape[0] < 2:
+        raise ValueError("batch standardization needs at least 2 rewards")
+    return _standardize(rewards, std, eps, dim=0)
+
+
+def compute_advantages(kind: AdvantageKind, rewards: Tensor, group_size: int, eps: float = 1e-6,
+                       std: StdKind = "bessel") -> Tensor:
+    """Dispatch to one of the sequence-level advantages above (``raw`` = the reward itself, no baseline)."""
+    check_choice("advantage", kind, ADVANTAGE_KINDS)
+    if kind == "group_standardized":
+        return group_standardized(rewards, group_size, eps, std)
+    if kind == "group_centered":
+        return group_centered(rewards, group_size)
+    if kind == "leave_one_out":
+        return leave_one_out(rewards, group_size)
+    if kind == "batch_standardized":
+        return batch_standardized(rewards, eps, std)
+    check_float("rewards", rewards, ndim=1)
+    return rewards
+
+
+def future_return(values: Tensor, mask: Tensor, include_current: bool) -> Tensor:
+    """Masked reverse cumulative sum S_t = Σ_{j ≥ t} m_j v_j (``include_current``) or Σ_{j > t} m_j v_j.
+
+    FRPO (arXiv 2601.10201) Alg. 1 uses the inclusive sum of k1 log-ratios; the general f-divergence identity
+    (spec frpo.md, I6) needs the strictly-future sum of f(u_j)/u_j. Tang & Munos (arXiv 2506.09477): the
+    sequence-level reverse-KL gradient is E[Σ_t ∇log π_t Σ_{j≥t} log(π/π_ref)_j].
+
+    Args:
+      values: ``[B, T]`` per-token quantity (entries under ``mask = False`` are ignored).
+      mask: ``[B, T]`` bool.
+      include_current: include the token's own value (j ≥ t) or not (j > t). Explicit on purpose: the wrong
+        choice double-counts or drops the local term.
+    Returns:
+      ``[B, T]``, zero where ``mask`` is False.
+    """
+    check_token_tensors(mask, values=values)
+    if not isinstance(include_current, bool):
+        raise ValueError("include_current must be a bool")
+    v = values * mask  # [B, T]
+    inclusive = v.flip(-1).cumsum(-1).flip(-1)  # [B, T] Σ_{j>=t}
+    out = inclusive if include_current else inclusive - v
+    return out * mask
+
+
+def reward_to_go(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """G_t = Σ_{j ≥ t, m_j} γ^{(# masked-in steps from t to j)} r_j, skipping tokens with mask = False.
+
+    With γ = 1 it equals ``future_return(token_rewards, mask, include_current=True)``. REINFORCE with returns
+    (RPG arXiv 2505.17508, Sec. 2): ∇J = E[Σ_t G_t ∇log π(a_t|s_t)].
+
+    Args:
+      token_rewards: ``[B, T]`` per-token rewards (e.g. −β·k1 on every token plus R on the last).
+      mask: ``[B, T]`` bool.
+      gamma: discount in [0, 1].
+    Returns:
+      ``[B, T]`` returns, zero where ``mask`` is False.
+    """
+    check_token_tensors(mask, token_rewards=token_rewards)
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if gamma == 1.0:
+        return future_return(token_rewards, mask, include_current=True)
+    B, T = token_rewards.shape
+    out = torch.zeros_like(token_rewards)
+    running = torch.zeros(B, dtype=token_rewards.dtype, device=token_rewards.device)
+    for t in range(T - 1, -1, -1):
+        m = mask[:, t]
+        running = torch.where(m, token_rewards[:, t] + gamma * running, running)
+        out[:, t] = torch.where(m, running, torch.zeros_like(running))
+    return out
+
+
+def frpo_regularizer(log_ratio: Tensor, mask: Tensor, divergence: str | FDivergence = "reverse_kl",
+                     include_local: bool = True) -> Tensor:
+    """FRPO's per-token regularizer reg_t = [f'(u_t) − f'(1)] + Σ_{j>t} f(u_j)/u_j, u = π/π_ref.
+
+    For the token-wise regularizer R = E_{y~π} Σ_t D_f(π(·|s_t)‖π_ref(·|s_t)),
+    ∇R = E[Σ_t ∇log π(a_t|s_t)·(f'(u_t) + Σ_{j>t} f(u_j)/u_j)] (spec frpo.md I6; FRPO arXiv 2601.10201 Thm 4.1
+    in the standard convention). The constant f'(1) is a baseline (E_π[∇log π] = 0) and is dropped, so for
+    reverse KL reg_t = δ_t + Σ_{j>t} δ_j = Σ_{j≥t} δ_j, FRPO's default inclusive k1 sum (Eq. 4.5).
+    ``include_local=False`` keeps only the strictly-future part, for use when the local gradient comes from a
+    loss term (k2 as loss, verl's k3+); including both double-counts it.
+
+    Args:
+      log_ratio: ``[B, T]`` log π − log π_ref at sampled tokens (pass it detached).
+      mask: ``[B, T]`` bool.
+      divergence: f-divergence name (see ``rlkl.divergences.F_DIVERGENCE_NAMES``) or an ``FDivergence``.
+      include_local: add the score-function local term f'(u_t) − f'(1).
+    Returns:
+      ``[B, T]`` reg_t, zero where ``mask`` is False.
+    """
+    check_token_tensors(mask, log_ratio=log_ratio)
+    div = get_f_divergence(divergence) if isinstance(divergence, str) else divergence
+    future = future_return(div.sampled_estimate(log_ratio), mask, include_current=False)
+    if not include_local:
+        return future
+    local = div.f_prime_of_log(log_ratio) - div.f_prime_of_log(torch.zeros_like(log_ratio))
+    return (local + future) * mask
+
+
+def frpo_advantages(rewards: Tensor, logp: Tensor, logp_ref: Tensor, mask: Tensor, group_size: int, beta: float,
+                    divergence: str | FDivergence = "reverse_kl", include_local: bool = True, eps: float = 1e-6,
+                    std: StdKind = "population") -> Tensor:
+    """FRPO token advantage A_{i,t} = (R_i − mean_g R)/(std_g R + ε) − β·reg_{i,t}.
+
+    FRPO (arXiv 2601.10201) Eq. 4.5 / Alg. 1: the GRPO advantage of the *unmodified* reward minus β times the
+    future return of the per-token divergence estimate (:func:`frpo_regularizer`); used inside a PPO/REINFORCE
+    surrogate as sg[A] with **no** separate KL loss. With the score-function surrogate −sg[A]·log π its expected
+    on-policy gradient is −∇[U_G(p) − β·Σ_t E D_f(π(·|s_t)‖π_ref(·|s_t))] (U_G: ``rlkl.utility``), i.e. exact
+    for the sequence-level reverse KL when ``divergence="reverse_kl"``.
+
+    Args:
+      rewards: ``[B]``; logp, logp_ref: ``[B, T]`` (detached inside); mask: ``[B, T]`` bool.
+      group_size: G >= 2; beta: β >= 0.
+      divergence, include_local: see :func:`frpo_regularizer`.
+      eps, std: GRPO standardization (FRPO Alg. 1: population std).
+    Returns:
+      ``[B, T]`` advantages (no gradient), zero where ``mask`` is False.
+    """
+    B, T = check_token_tensors(mask, logp=logp, logp_ref=logp_ref)
+    check_float("rewards", rewards, shape=(B,))
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    a_out = group_standardized(rewards, group_size, eps, std)  # [B]
+    # sg[·]: the regularizer enters as an advantage (FRPO: Â = sg(Â − βS))
+    log_ratio = (logp - logp_ref).detach()
+    reg = frpo_regularizer(log_ratio, mask, divergence, include_local)  # [B, T]
+    return (a_out.detach()[:, None] - beta * reg) * mask

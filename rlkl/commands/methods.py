@@ -1,0 +1,62 @@
+"""`rlkl methods`: the registry as a table (or JSON), and what a verl/TRL flag set translates to."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+COLUMNS = ("name", "advantage", "kl", "is_weight", "loss", "aggregation", "beta", "intended objective", "citation")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the registry as JSON records")
+    parser.add_argument("--name", default=None, help="show one method with every field and its predicted biases")
+    parser.add_argument("--verl", default=None, metavar="JSON",
+                        help='translate a verl flag set, e.g. \'{"algorithm.adv_estimator": "grpo", '
+                             '"actor.use_kl_loss": true}\'')
+    parser.add_argument("--trl", default=None, metavar="JSON", help='translate TRL GRPOConfig args, e.g. \'{"beta": 0.04}\'')
+
+
+def format_rows(rows: list[dict[str, str]]) -> str:
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
+    widths["citation"] = min(widths["citation"], 60)
+    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS), "  ".join("-" * widths[c] for c in COLUMNS)]
+    for r in rows:
+        lines.append("  ".join(r[c][: widths[c]].ljust(widths[c]) for c in COLUMNS))
+    return "\n".join(lines)
+
+
+def describe(method) -> str:
+    import dataclasses
+
+    lines = [f"{method.name}: {method.description}"]
+    for f in dataclasses.fields(method):
+        if f.name in ("name", "description"):
+            continue
+        lines.append(f"  {f.name:20s} {getattr(method, f.name)!r}")
+    lines.append(f"  intended objective   {method.objective.describe()}")
+    for off, var in ((False, False), (True, False), (False, True)):
+        terms = method.predicted_bias_terms(off_policy=off, variable_length=var)
+        when = "on-policy, fixed length" if not (off or var) else ("off-policy" if off else "variable length")
+        lines.append(f"  predicted bias ({when}): {', '.join(terms) if terms else 'none (exact)'}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from rlkl.methods import REGISTRY, from_trl, from_verl, get_method
+
+    if args.verl or args.trl:
+        method = from_verl(json.loads(args.verl)) if args.verl else from_trl(json.loads(args.trl))
+        print(describe(method))
+        return 0
+    if args.name:
+        print(describe(get_method(args.name)))
+        return 0
+    rows = [m.row() for m in REGISTRY.values()]
+    if args.json:
+        for r, m in zip(rows, REGISTRY.values()):
+            r["predicted_bias_on_policy"] = list(m.predicted_bias_terms())
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_rows(rows))
+    return 0

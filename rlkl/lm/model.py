@@ -1,0 +1,265 @@
+"""A tiny decoder-only transformer (nanoGPT style), small enough to RL-train on a laptop CPU.
+
+One file, read top to bottom: config -> attention -> MLP -> block -> GPT (forward, log-probs, sampling).
+Sequences are short (tens of tokens) and the vocabulary is tiny (tens of symbols), so
+
+- sampling recomputes the full prefix at every step (no KV cache; the cost is negligible at these lengths),
+- every quantity that needs the full softmax (exact entropy, exact KL to the reference) is affordable.
+
+Padding convention: prompts of one task have a fixed length and responses are right-padded after their
+EOS token, so a causal mask is all the masking the model needs (padding never influences real tokens).
+
+Device-agnostic: :func:`default_device` picks ``cuda`` when present, else ``cpu``; :func:`autocast`
+turns on bf16 autocast on CUDA only (CPU runs stay float32, which the exact-resume guarantee needs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Architecture of the tiny GPT."""
+
+    vocab_size: int = 16
+    """Number of token ids (the task's tokenizer decides it)."""
+    block_size: int = 32
+    """Longest sequence (prompt + response) the model accepts; sets the size of the position table."""
+    n_layer: int = 2
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block; must divide ``d_model``."""
+    d_model: int = 64
+    """Width of the residual stream."""
+    dropout: float = 0.0
+    """Dropout probability (0 keeps training deterministic; RL runs use 0)."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_head != 0:
+            raise ValueError(f"GPTConfig.n_head ({self.n_head}) must divide d_model ({self.d_model})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape  # batch, sequence length, width
+        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x [B, L, D]
+        q = q.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
+        k = k.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
+        v = v.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)  # [B, H, L, D/H]
+        y = y.transpose(1, 2).contiguous().view(B, L, D)  # [B, L, D]
+        return self.proj(y)  # [B, L, D]
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))  # [B, L, D] -> [B, L, 4D] -> [B, L, D]
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x)))  # [B, L, D]
+        x = x + self.drop(self.mlp(self.ln2(x)))  # [B, L, D]
+        return x
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer with learned positions and a weight-tied output head."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # weight tying (nanoGPT)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2 scaled init of the residual projections
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Next-token logits for every position: ``idx [B, L]`` (long) -> ``logits [B, L, V]``."""
+        B, L = idx.shape
+        if L > self.cfg.block_size:
+            raise ValueError(f"sequence length {L} exceeds block_size {self.cfg.block_size}")
+        pos = torch.arange(L, device=idx.device)  # [L]
+        x = self.tok_emb(idx) + self.pos_emb(pos)  # [B, L, D]
+        for block in self.blocks:
+            x = block(x)  # [B, L, D]
+        x = self.ln_f(x)  # [B, L, D]
+        return self.head(x).float()  # [B, L, V] (float32 even under bf16 autocast)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers used by SFT, the RL trainer and the metrics: response logits, log-probs and sampling.
+# ---------------------------------------------------------------------------------------------------
+
+
+def response_logits(model: nn.Module, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """Logits that predict each response token: ``prompts [B, P]``, ``responses [B, R]`` -> ``[B, R, V]``.
+
+    Position ``P - 1 + t`` of the concatenated sequence predicts response token ``t``.
+    """
+    if prompts.ndim != 2 or responses.ndim != 2 or prompts.shape[0] != responses.shape[0]:
+        raise ValueError(f"prompts [B, P] and responses [B, R] expected, got {tuple(prompts.shape)} and "
+                         f"{tuple(responses.shape)}")
+    P, R = prompts.shape[1], responses.shape[1]
+    seq = torch.cat([prompts, responses], dim=1)  # [B, P + R]
+    logits = model(seq[:, :-1])  # [B, P + R - 1, V]
+    return logits[:, P - 1 : P - 1 + R]  # [B, R, V]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log π(token | prefix) of the given tokens: ``logits [B, R, V]``, ``tokens [B, R]`` -> ``[B, R]``."""
+    logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [B, R, V]
+    return logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, R]
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    prompts: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    greedy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample responses autoregressively (no KV cache) until every row has emitted EOS.
+
+    Args:
+        prompts: ``[B, P]`` long; all prompts of a task have the same length.
+        max_new_tokens: response budget R (a row that never emits EOS is truncated).
+        eos_id: end-of-sequence token id; after it a row is padded with ``eos_id`` and masked out.
+        generator: torch.Generator on the model's device (seeded by the caller; same seed, same samples).
+        temperature: sampling temperature (the RL trainer always uses 1).
+        greedy: take the arg-max instead of sampling.
+
+    Returns:
+        ``responses [B, R]`` long, ``mask [B, R]`` bool (True up to and including the EOS token),
+        ``logp [B, R]`` float32: log π(token) at the temperature used, 0 where the mask is False.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    B = prompts.shape[0]
+    device = prompts.device
+    seq = prompts  # [B, P]
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # [B] row has emitted EOS
+    tokens, masks, logps = [], [], []
+    for _ in range(max_new_tokens):
+        with autocast(device):
+            logits = model(seq)[:, -1, :].float()  # [B, V]
+        logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
+        if greedy:
+            tok = logp_all.argmax(dim=-1)  # [B]
+        else:
+            tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)  # [B]
+        tok = torch.where(done, torch.full_like(tok, eos_id), tok)  # [B] pad finished rows
+        live = ~done  # [B]
+        logps.append(torch.where(live, logp_all.gather(-1, tok[:, None]).squeeze(-1), 0.0))  # [B]
+        tokens.append(tok)
+        masks.append(live)
+        done = done | (tok == eos_id)
+        seq = torch.cat([seq, tok[:, None]], dim=1)  # [B, P + t + 1]
+        if bool(done.all()):
+            break
+    responses = torch.stack(tokens, dim=1)  # [B, R']  R' <= max_new_tokens
+    mask = torch.stack(masks, dim=1)  # [B, R']
+    logp = torch.stack(logps, dim=1)  # [B, R']
+    pad = max_new_tokens - responses.shape[1]
+    if pad > 0:  # keep a fixed width R so batches from different steps have one shape
+        responses = F.pad(responses, (0, pad), value=eos_id)
+        mask = F.pad(mask, (0, pad), value=False)
+        logp = F.pad(logp, (0, pad), value=0.0)
+    return responses, mask, logp
+
+
+# ---------------------------------------------------------------------------------------------------
+# Device, autocast, compile
+# ---------------------------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/``"auto"`` -> :func:`default_device`; a CUDA request without a GPU raises ValueError."""
+    if device in (None, "", "auto"):
+        device = default_device()
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU stays float32 so resumed runs match bit for bit)."""
+    dev = torch.device(device) if isinstance(device, str) else device
+    if dev.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(model)`` when enabled (the state dict of the returned module is the original's)."""
+    if not enabled:
+        return model
+    return torch.compile(model)  # type: ignore[return-value]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The original module behind a ``torch.compile`` wrapper (for state dicts and checkpoints)."""
+    return getattr(model, "_orig_mod", model)

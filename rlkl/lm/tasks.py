@@ -1,0 +1,324 @@
+"""Synthetic verifiable tasks, generated in-process (no downloads), with a seeded train/eval split.
+
+Each task owns its tokenizer (a fixed character vocabulary, one token per character), its prompt
+generator, its reference answers (used for SFT demonstrations) and its verifier (binary reward, and
+optional partial credit). Every prompt of a task has the same length, so batches need no left padding;
+responses end with the EOS symbol ``$`` and are right-padded with it.
+
+Tasks
+-----
+``addition`` (difficulty d = number of digits of each operand)
+    Operands a, b uniform in [0, 10^d). Digits are written least-significant first ("reversed"), which
+    makes the carry local and the task learnable by a tiny transformer.
+    Prompt: ``rev_d(a) + rev_d(b) =`` with zero padding to d digits, length 2d + 2.
+    Answer: ``rev(a + b) $`` without leading zeros (so 1..d+1 digits; length varies), at most d + 2 tokens.
+    Example (d = 2): a = 47, b = 85 -> prompt ``74+58=``, answer ``231$`` (132 reversed).
+    Vocabulary: ``0123456789+=$`` (ids 0..12; digit k has id k).
+
+``sort`` (difficulty n = list length)
+    n digits uniform in 0..9. Prompt: the digits followed by ``:``, length n + 1.
+    Answer: the digits in non-decreasing order followed by ``$``, n + 1 tokens.
+    Example (n = 4): prompt ``3914:``, answer ``1349$``.
+    Vocabulary: ``0123456789:$`` (ids 0..11; digit k has id k).
+
+Verifier: reward 1 when the decoded response (tokens before the first EOS) equals the answer *and*
+the EOS was emitted within the budget, else 0. Partial credit (optional): fraction of answer positions
+whose digit is right (a response of the wrong length is compared position by position up to the longer
+length, so missing or extra digits count as wrong).
+
+Split: a problem is an eval problem iff ``hash(key, split_seed) mod 1000 < 1000 * eval_fraction``, where
+``key`` is the problem as an integer (``a * 10^d + b`` for addition, the digit string for sort). Training
+prompts are rejection-sampled from the complement, so no eval problem is ever trained on (SFT or RL).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+EOS = "$"
+_HASH_M = 2_147_483_647  # 2^31 - 1 (prime)
+_HASH_A = 48_271
+_HASH_B = 1_103_515_245 % _HASH_M
+
+
+class CharTokenizer:
+    """One token per character of a fixed alphabet; ``decode`` stops at the first EOS."""
+
+    def __init__(self, alphabet: str):
+        if len(set(alphabet)) != len(alphabet):
+            raise ValueError(f"alphabet has repeated characters: {alphabet!r}")
+        if EOS not in alphabet:
+            raise ValueError(f"alphabet must contain the EOS symbol {EOS!r}")
+        self.alphabet = alphabet
+        self.stoi = {c: i for i, c in enumerate(alphabet)}
+        self.eos_id = self.stoi[EOS]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet)
+
+    def encode(self, text: str) -> list[int]:
+        bad = [c for c in text if c not in self.stoi]
+        if bad:
+            raise ValueError(f"characters {bad!r} are not in the alphabet {self.alphabet!r}")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids, stop_at_eos: bool = True) -> str:
+        out = []
+        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+            if stop_at_eos and i == self.eos_id:
+                break
+            out.append(self.alphabet[int(i)])
+        return "".join(out)
+
+
+def split_hash(keys: torch.Tensor, split_seed: int) -> torch.Tensor:
+    """Deterministic hash of int64 problem keys in [0, 1000) (two Lehmer rounds mod 2^31 - 1)."""
+    h = keys.remainder(_HASH_M)  # [n] < 2^31, so products below stay < 2^62 (no int64 overflow)
+    h = (h * _HASH_A + (split_seed % _HASH_M) + 1).remainder(_HASH_M)
+    h = (h * _HASH_B + 12345).remainder(_HASH_M)
+    h = (h * _HASH_A + 6789).remainder(_HASH_M)
+    return h.remainder(1000)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class: a family of prompts with a verifier. Subclasses fill the abstract methods."""
+
+    difficulty: int
+    """Task size: digits per operand (addition) or list length (sort)."""
+    split_seed: int = 0
+    """Seed of the train/eval split hash (changing it gives a different but still disjoint split)."""
+    eval_fraction: float = 0.1
+    """Fraction of the problem space reserved for evaluation (never used for SFT or RL training)."""
+    name: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        if int(self.difficulty) < 1:
+            raise ValueError(f"difficulty must be >= 1, got {self.difficulty}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+    # ---- to be provided by subclasses -------------------------------------------------------------
+    alphabet: str = field(default="", init=False)
+
+    def _random_problems(self, n: int, generator: torch.Generator) -> torch.Tensor:  # [n, k] long
+        raise NotImplementedError
+
+    def _keys(self, problems: torch.Tensor) -> torch.Tensor:  # [n] long
+        raise NotImplementedError
+
+    def prompt_text(self, problem: list[int]) -> str:
+        raise NotImplementedError
+
+    def answer_text(self, problem: list[int]) -> str:
+        """The correct answer, without EOS."""
+        raise NotImplementedError
+
+    def parse_prompt(self, prompt_ids) -> list[int]:
+        """Recover the problem from its prompt tokens (the verifier needs nothing else)."""
+        raise NotImplementedError
+
+    @property
+    def prompt_len(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def max_response_len(self) -> int:
+        """Response budget R: the longest answer plus its EOS."""
+        raise NotImplementedError
+
+    # ---- shared machinery -------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer(self.alphabet)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet)
+
+    @property
+    def eos_id(self) -> int:
+        return self.alphabet.index(EOS)
+
+    @property
+    def answer_symbols(self) -> str:
+        """Symbols an answer is made of (SFT noise draws from these)."""
+        return "0123456789"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **{k: v for k, v in asdict(self).items() if k in
+                                      ("difficulty", "split_seed", "eval_fraction")}}
+
+    def is_eval(self, problems: torch.Tensor) -> torch.Tensor:
+        """``[n, k]`` problems -> ``[n]`` bool, True for problems in the eval split."""
+        threshold = int(round(1000 * self.eval_fraction))
+        return split_hash(self._keys(problems), self.split_seed) < threshold
+
+    def sample_problems(self, n: int, generator: torch.Generator, split: str = "train") -> torch.Tensor:
+        """``n`` problems of ``split`` ("train" or "eval"), rejection-sampled; ``[n, k]`` long (CPU)."""
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        want_eval = split == "eval"
+        out, have = [], 0
+        for _ in range(10_000):
+            cand = self._random_problems(max(2 * n, 16), generator)  # [m, k]
+            keep = cand[self.is_eval(cand) == want_eval]
+            out.append(keep)
+            have += keep.shape[0]
+            if have >= n:
+                return torch.cat(out)[:n]
+        raise RuntimeError(f"could not draw {n} {split} problems; eval_fraction={self.eval_fraction} too extreme")
+
+    def eval_problems(self, n: int) -> torch.Tensor:
+        """A fixed set of ``n`` distinct eval problems (the same for every run with this split)."""
+        gen = torch.Generator().manual_seed(1_000_003 + self.split_seed)
+        seen: dict[int, torch.Tensor] = {}
+        for _ in range(1000):
+            cand = self.sample_problems(n, gen, split="eval")
+            for row, key in zip(cand, self._keys(cand).tolist()):
+                seen.setdefault(key, row)
+                if len(seen) == n:
+                    return torch.stack(list(seen.values()))
+        raise ValueError(f"the eval split of {self.name} (difficulty {self.difficulty}) has fewer than "
+                         f"{n} distinct problems; ask for fewer eval prompts")
+
+    def encode_prompts(self, problems: torch.Tensor) -> torch.Tensor:
+        """``[n, k]`` problems -> ``[n, P]`` prompt token ids."""
+        tok = self.tokenizer
+        return torch.tensor([tok.encode(self.prompt_text(p)) for p in problems.tolist()], dtype=torch.long)
+
+    def sample_prompts(self, n: int, generator: torch.Generator, split: str = "train") -> torch.Tensor:
+        return self.encode_prompts(self.sample_problems(n, generator, split))
+
+    def eval_prompts(self, n: int) -> torch.Tensor:
+        return self.encode_prompts(self.eval_problems(n))
+
+    def target_responses(self, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correct responses for ``prompts [n, P]``: ``(responses [n, R], mask [n, R])``, EOS-terminated."""
+        tok, R = self.tokenizer, self.max_response_len
+        resp = torch.full((prompts.shape[0], R), self.eos_id, dtype=torch.long)
+        mask = torch.zeros((prompts.shape[0], R), dtype=torch.bool)
+        for i, p in enumerate(prompts.tolist()):
+            ids = tok.encode(self.answer_text(self.parse_prompt(p)) + EOS)
+            resp[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = True
+        return resp, mask
+
+    def score(self, prompts: torch.Tensor, responses: torch.Tensor, partial_credit: bool = False) -> torch.Tensor:
+        """Verifier. ``prompts [n, P]``, ``responses [n, R]`` -> rewards ``[n]`` float32 in [0, 1].
+
+        Binary: 1 iff the response is exactly the answer followed by EOS. With ``partial_credit``:
+        the fraction of answer positions with the right digit (0 for an empty response).
+        """
+        if prompts.ndim != 2 or responses.ndim != 2 or prompts.shape[0] != responses.shape[0]:
+            raise ValueError(f"prompts [n, P] and responses [n, R] expected, got {tuple(prompts.shape)} "
+                             f"and {tuple(responses.shape)}")
+        tok, eos = self.tokenizer, self.eos_id
+        out = []
+        for p, r in zip(prompts.tolist(), responses.tolist()):
+            answer = self.answer_text(self.parse_prompt(p))
+            has_eos = eos in r
+            got = tok.decode(r)
+            if not partial_credit:
+                out.append(1.0 if (has_eos and got == answer) else 0.0)
+            else:
+                width = max(len(answer), len(got))
+                hits = sum(1 for a, g in zip(answer, got) if a == g)
+                out.append(hits / width if width > 0 else 0.0)
+        return torch.tensor(out, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class AdditionTask(Task):
+    """Reversed-digit addition of two d-digit numbers (see the module docstring for the encoding)."""
+
+    name: str = field(default="addition", init=False)
+    alphabet: str = field(default="0123456789+=" + EOS, init=False)
+
+    def _random_problems(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, 10**self.difficulty, (n, 2), generator=generator)  # [n, 2] (a, b)
+
+    def _keys(self, problems: torch.Tensor) -> torch.Tensor:
+        return problems[:, 0] * 10**self.difficulty + problems[:, 1]  # [n]
+
+    @property
+    def prompt_len(self) -> int:
+        return 2 * self.difficulty + 2
+
+    @property
+    def max_response_len(self) -> int:
+        return self.difficulty + 2
+
+    def prompt_text(self, problem: list[int]) -> str:
+        a, b = problem
+        d = self.difficulty
+        return f"{a:0{d}d}"[::-1] + "+" + f"{b:0{d}d}"[::-1] + "="
+
+    def answer_text(self, problem: list[int]) -> str:
+        a, b = problem
+        return str(a + b)[::-1]
+
+    def parse_prompt(self, prompt_ids) -> list[int]:
+        text = self.tokenizer.decode(prompt_ids, stop_at_eos=False)
+        left, right = text.rstrip("=").split("+")
+        return [int(left[::-1]), int(right[::-1])]
+
+
+@dataclass(frozen=True)
+class SortTask(Task):
+    """Sort a list of n digits (see the module docstring for the encoding)."""
+
+    name: str = field(default="sort", init=False)
+    alphabet: str = field(default="0123456789:" + EOS, init=False)
+
+    def _random_problems(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, 10, (n, self.difficulty), generator=generator)  # [n, d]
+
+    def _keys(self, problems: torch.Tensor) -> torch.Tensor:
+        powers = 10 ** torch.arange(self.difficulty - 1, -1, -1)  # [d]
+        return (problems * powers).sum(dim=1)  # [n]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.difficulty + 1
+
+    @property
+    def max_response_len(self) -> int:
+        return self.difficulty + 1
+
+    def prompt_text(self, problem: list[int]) -> str:
+        return "".join(str(x) for x in problem) + ":"
+
+    def answer_text(self, problem: list[int]) -> str:
+        return "".join(str(x) for x in sorted(problem))
+
+    def parse_prompt(self, prompt_ids) -> list[int]:
+        text = self.tokenizer.decode(prompt_ids, stop_at_eos=False)
+        return [int(c) for c in text.rstrip(":")]
+
+
+TASKS: dict[str, type[Task]] = {"addition": AdditionTask, "sort": SortTask}
+
+
+def make_task(name: str, difficulty: int, split_seed: int = 0, eval_fraction: float = 0.1) -> Task:
+    """Build a task by name; unknown names raise ValueError listing the known ones."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name](difficulty=int(difficulty), split_seed=int(split_seed), eval_fraction=float(eval_fraction))
+
+
+def task_from_dict(d: dict) -> Task:
+    return make_task(d["name"], d["difficulty"], d.get("split_seed", 0), d.get("eval_fraction", 0.1))
+
+
+def n_problems(task: Task) -> int:
+    """Size of the whole problem space (train + eval)."""
+    if isinstance(task, AdditionTask):
+        return 10 ** (2 * task.difficulty)
+    if isinstance(task, SortTask):
+        return 10**task.difficulty
+    return math.inf  # type: ignore[return-value]

@@ -1,0 +1,417 @@
+"""Per-token policy losses, KL losses, the eight RPG surrogates with RPG-Style Clip, and loss aggregation.
+
+Every loss returns a ``[B, T]`` per-token loss (zero where ``mask`` is False) that :func:`aggregate` reduces to
+a scalar. Sign convention: losses are minimized; a surrogate is correct for an objective J when its (expected)
+gradient is −∇J. Each docstring says which gradient the loss yields, under which sampling and which sg[·].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from rlkl._checks import check_choice, check_float, check_mask, check_token_tensors
+from rlkl.divergences import KLEstimator, kl_estimate
+
+AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+AGGREGATION_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                                      "seq-mean-token-sum-norm")
+RPGDivergence = Literal["fkl", "rkl", "ufkl", "urkl"]
+RPG_DIVERGENCES: tuple[str, ...] = ("fkl", "rkl", "ufkl", "urkl")
+RPGForm = Literal["differentiable", "reinforce"]
+RPGLevel = Literal["token", "sequence"]
+
+LOG_RATIO_CLAMP = 20.0  # verl/OpenRLHF guard: log ρ clamped to ±20 before exp
+
+
+class PolicyLossOutput(NamedTuple):
+    """Per-token loss and diagnostics (0-dim tensors, masked means over valid tokens).
+
+    Attributes:
+      loss: ``[B, T]`` per-token loss, 0 where mask is False.
+      clip_fraction_low: fraction of tokens clipped at the lower bound (A < 0, ρ < 1 − ε_low): no gradient.
+      clip_fraction_high: fraction clipped at the upper bound (A > 0, ρ > 1 + ε_high): no gradient.
+      dual_clip_fraction: fraction cut by the dual clip (A < 0, ρ > c): no gradient.
+      ratio_mean, ratio_min, ratio_max: statistics of the importance ratio ρ = π/π_old over valid tokens.
+    """
+
+    loss: Tensor
+    clip_fraction_low: Tensor
+    clip_fraction_high: Tensor
+    dual_clip_fraction: Tensor
+    ratio_mean: Tensor
+    ratio_min: Tensor
+    ratio_max: Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Σ m x / Σ m over all entries."""
+    return (x * mask).sum() / mask.sum()
+
+
+def _ratio_stats(ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r = ratio.detach()
+    return masked_mean(r, mask), r[mask].min(), r[mask].max()
+
+
+def _frac(cond: Tensor, mask: Tensor) -> Tensor:
+    return masked_mean(cond.to(torch.float64 if mask.dtype == torch.float64 else torch.float32), mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# aggregation
+
+
+def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | None = None) -> Tensor:
+    """Reduce a ``[B, T]`` per-token loss to a scalar (verl ``agg_loss``; spec/peers.md §1.5).
+
+    - ``token-mean``: Σ_{i,t} m l / Σ m (DAPO; verl default; TRL ``dapo``/``bnpo``).
+    - ``seq-mean-token-mean``: (1/B') Σ_i (Σ_t m l / |y_i|) (original GRPO; TRL ``grpo``): the 1/|y_i| factor
+      is Dr. GRPO's length bias (arXiv 2503.20783).
+    - ``seq-mean-token-sum``: (1/B') Σ_i Σ_t m l.
+    - ``seq-mean-token-sum-norm``: Σ_i Σ_t m l / (B · C), C = ``horizon`` (Dr. GRPO's constant MAX_TOKENS; TRL
+      ``dr_grpo`` uses ``max_completion_length``). ``horizon=None`` uses the padded width T, as verl does by
+      default — then C is a constant only if T is.
+    B' counts sequences with at least one valid token. Invariant to extra padding columns (except the
+    ``seq-mean-token-sum-norm`` default C = T).
+
+    Args:
+      loss: ``[B, T]`` per-token loss; mask: ``[B, T]`` bool.
+      mode: one of ``AGGREGATION_MODES``.
+      horizon: constant C for ``seq-mean-token-sum-norm``.
+    Returns:
+      0-dim loss.
+    """
+    check_choice("aggregation", mode, AGGREGATION_MODES)
+    check_float("loss", loss, ndim=2)
+    check_mask("mask", mask, loss.shape)
+    m = mask.to(loss.dtype)
+    if mode == "token-mean":
+        return (loss * m).sum() / m.sum()
+    lengths = m.sum(-1)  # [B]
+    has_tokens = lengths > 0
+    per_seq_sum = (loss * m).sum(-1)  # [B]
+    if mode == "seq-mean-token-mean":
+        return (per_seq_sum[has_tokens] / lengths[has_tokens]).mean()
+    if mode == "seq-mean-token-sum":
+        return per_seq_sum[has_tokens].mean()
+    C = loss.shape[1] if horizon is None else horizon
+    if not isinstance(C, int) or C < 1:
+        raise ValueError(f"horizon must be a positive int, got {horizon!r}")
+    return per_seq_sum.sum() / (loss.shape[0] * C)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# policy losses
+
+
+def _check_adv(advantages: Tensor, shape: tuple[int, int]) -> Tensor:
+    check_float("advantages", advantages, shape=shape)
+    return advantages
+
+
+def reinforce_loss(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Tensor | None = None) -> PolicyLossOutput:
+    """REINFORCE: l_t = −sg[A_t]·log π_θ(a_t|s_t).
+
+    Williams (1992); RPG (arXiv 2505.17508) eq. C.2. With tokens sampled from π_θ (on-policy) the expected
+    gradient is −E_π[Σ_t A_t ∇log π_θ(a_t|s_t)] = −∇J whenever A_t is an unbiased return with a state-only
+    baseline. Off-policy (samples from π_old ≠ π_θ) it has no importance weight and is biased.
+
+    Args:
+      logp: ``[B, T]`` log π_θ of sampled tokens (differentiable).
+      advantages: ``[B, T]`` (detached inside).
+      mask: ``[B, T]`` bool.
+      logp_old: optional ``[B, T]`` behaviour log-probs, only for the ratio diagnostics.
+    Returns:
+      PolicyLossOutput (no clipping: clip fractions 0).
+    """
+    shape = check_token_tensors(mask, logp=logp)
+    _check_adv(advantages, shape)
+    loss = -advantages.detach() * logp * mask  # sg[A]: the advantage is a constant weight on the score
+    if logp_old is not None:
+        check_float("logp_old", logp_old, shape=shape)
+        ratio = torch.exp(logp - logp_old)
+    else:
+        ratio = torch.ones_like(logp)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    return PolicyLossOutput(loss, zero, zero, zero, *_ratio_stats(ratio, mask))
+
+
+def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
+                  clip_high: float = 0.2, dual_clip: float | None = None) -> PolicyLossOutput:
+    """PPO clipped surrogate with asymmetric (clip-higher) and dual clip.
+
+    l_t = max(−ρ_t A_t, −clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t), and for A_t < 0 with dual clip c > 1:
+    l_t = min(l_t, −c A_t). ρ_t = exp(clamp(log π_θ − log π_old, ±20)) (verl's guard).
+    Schulman et al. (arXiv 1707.06347) eq. 7; clip-higher: DAPO (arXiv 2503.14476); dual clip: Ye et al. (2020),
+    RPG eq. Sec. 3.3; verl ``vanilla`` loss (spec/peers.md §1.4).
+
+    Gradient: −A_t ρ_t ∇log π_θ on unclipped tokens and 0 on clipped ones; at ρ ≡ 1 (first step after sampling,
+    samples from π_old = π_θ) it equals REINFORCE's −A_t∇log π_θ.
+
+    Args:
+      logp: ``[B, T]`` log π_θ (differentiable); logp_old: ``[B, T]`` log π_old (data).
+      advantages: ``[B, T]`` (detached inside); mask: ``[B, T]`` bool.
+      clip_low, clip_high: ε_low, ε_high > 0 (ε_low < 1). dual_clip: c > 1 or None.
+    Returns:
+      PolicyLossOutput.
+    """
+    shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
+    _check_adv(advantages, shape)
+    if not (0 < clip_low < 1 and clip_high > 0):
+        raise ValueError(f"need 0 < clip_low < 1 and clip_high > 0, got {clip_low}, {clip_high}")
+    if dual_clip is not None and dual_clip <= 1:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    A = advantages.detach()  # sg[A]
+    log_ratio = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    unclipped = -A * ratio
+    clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    dual = torch.zeros_like(mask)
+    if dual_clip is not None:
+        dual_loss = -A * dual_clip
+        dual = (A < 0) & (loss > dual_loss)
+        loss = torch.where(A < 0, torch.minimum(loss, dual_loss), loss)
+    high = (A > 0) & (ratio > 1.0 + clip_high)
+    low = (A < 0) & (ratio < 1.0 - clip_low)
+    return PolicyLossOutput(loss * mask, _frac(low, mask), _frac(high, mask), _frac(dual, mask),
+                            *_ratio_stats(ratio, mask))
+
+
+def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 3e-4,
+              clip_high: float = 4e-4) -> PolicyLossOutput:
+    """GSPO with the sequence-level ratio s_i = exp(mean_t log(π_θ/π_old)) (GSPO-token form).
+
+    Zheng et al. (arXiv 2507.18071) eq. for GSPO-token: s_{i,t} = sg[s_i]·π_θ(a_t)/sg[π_θ(a_t)];
+    l_t = max(−s_{i,t} A_t, −clip(s_{i,t}, 1 − ε_low, 1 + ε_high) A_t). With A constant along the sequence its
+    gradient is −A_i s_i (1/|y_i|) Σ_t ∇log π_θ(a_t) per unclipped sequence (verl ``gspo``; use
+    ``seq-mean-token-mean`` aggregation, as verl forces).
+
+    Args:
+      logp, logp_old, advantages: ``[B, T]``; mask: ``[B, T]`` bool; clip_low, clip_high: ε's (GSPO: 3e-4, 4e-4).
+    Returns:
+      PolicyLossOutput (ratio statistics are of s_i per token).
+    """
+    shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
+    _check_adv(advantages, shape)
+    check_mask("mask", mask, shape, require_nonempty_rows=True)
+    A = advantages.detach()  # sg[A]
+    m = mask.to(logp.dtype)
+    seq_log_ratio = ((logp - logp_old.detach()) * m).sum(-1) / m.sum(-1)  # [B] mean_t log ρ
+    seq_log_ratio = torch.clamp(seq_log_ratio, max=10.0)  # verl's guard
+    # s_{i,t} = sg[s_i]·π_θ/sg[π_θ]: value s_i, gradient of log π_θ(a_t) scaled by s_i
+    s_token = torch.exp(seq_log_ratio.detach()[:, None] + logp - logp.detach())  # [B, T]
+    unclipped = -A * s_token
+    clipped = -A * torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    high = (A > 0) & (s_token > 1.0 + clip_high)
+    low = (A < 0) & (s_token < 1.0 - clip_low)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    return PolicyLossOutput(loss * mask, _frac(low, mask), _frac(high, mask), zero, *_ratio_stats(s_token, mask))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# KL losses
+
+
+def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator, straight_through: bool = False,
+            logp_old: Tensor | None = None, importance_weight: bool = False) -> Tensor:
+    """Per-token KL penalty used *as a loss*: k(log π_θ − log π_ref), optionally × ρ = π_θ/π_old.
+
+    Expected gradients, tokens sampled from π_old (RPG arXiv 2505.17508 §2.3; Tang & Munos arXiv 2506.09477;
+    spec frpo.md §4.5), per state s with the state distribution held fixed ("local"):
+      - k1: on-policy E[∇k1] = 0 — no regularization at all.
+      - k2 (and any ``straight_through`` k+): on-policy ∇KL(π_θ(·|s)‖π_ref(·|s)), the local reverse-KL gradient.
+      - k3 (GRPO default, verl ``low_var_kl``): on-policy ∇KL(π_ref(·|s)‖π_θ(·|s)), the local *forward* KL.
+      - ρ·k3 (``importance_weight=True``; DeepSeek-V3.2, TRL ``use_bias_correction_kl``): ∇(ρ k3) =
+        ρ·log(π_θ/π_ref)·∇log π_θ, so E_{π_old}[·] = local ∇KL(π_θ‖π_ref) for any θ (RPG §2.3).
+    None of them has the future-KL term of the sequence-level KL (FRPO arXiv 2601.10201 Prop. 4.3).
+
+    Args:
+      logp: ``[B, T]`` log π_θ (differentiable); logp_ref: ``[B, T]`` log π_ref (data); mask: ``[B, T]`` bool.
+      estimator: ``"k1" | "k2" | "k3"``; straight_through: verl's ``+`` (value of k, gradient of k2).
+      logp_old: ``[B, T]`` log π_old, required when ``importance_weight``.
+      importance_weight: multiply by ρ = exp(log π_θ − log π_old), differentiable (TRL's ``coef_1``).
+    Returns:
+      ``[B, T]`` per-token penalty (multiply by β and aggregate like the policy loss).
+    """
+    shape = check_token_tensors(mask, logp=logp, logp_ref=logp_ref)
+    value = kl_estimate(logp - logp_ref.detach(), estimator, straight_through)
+    if importance_weight:
+        if logp_old is None:
+            raise ValueError("importance_weight=True needs logp_old")
+        check_float("logp_old", logp_old, shape=shape)
+        ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+        value = ratio * value
+    return value * mask
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RPG surrogates
+
+
+@dataclass(frozen=True)
+class RPGClip:
+    """RPG-Style Clip (dual clip) parameters (RPG arXiv 2505.17508 Sec. 3.3, Alg. 2; paper (ε1, ε2) = (0.2, 0.28)).
+
+    Attributes:
+      eps_low: ε1 in (0, 1): for negative advantage no gradient below w = 1 − ε1.
+      eps_high: ε2 > 0: for positive advantage no gradient above w = 1 + ε2.
+      c: dual-clip constant > 1: for negative advantage no gradient above w = c (never given in the paper; the
+        released code uses 10).
+    """
+
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    c: float = 10.0
+
+    def __post_init__(self):
+        if not (0 < self.eps_low < 1 and self.eps_high > 0 and self.c > 1):
+            raise ValueError(f"RPGClip needs 0 < eps_low < 1, eps_high > 0, c > 1; got {self}")
+
+
+def rpg_weight(w: Tensor, log_w: Tensor, adv: Tensor, divergence: RPGDivergence, beta: float,
+               z_old: float = 1.0) -> Tensor:
+    """Weight(x) with ∇J = E_samp[Weight·∇lp] (RPG arXiv 2505.17508, spec rpg.md §1.6, with R → R − b).
+
+    fkl: wA + β (Prop. E.1); rkl: w(A − β(log w + 1)) (Prop. E.3); ufkl: Z(wA − β(w − 1)) (Prop. 3.2);
+    urkl: Z·w(A − β log w) (Prop. 3.6).
+    """
+    if divergence == "fkl":
+        return w * adv + beta
+    if divergence == "rkl":
+        return w * (adv - beta * (log_w + 1.0))
+    if divergence == "ufkl":
+        return z_old * (w * adv - beta * (w - 1.0))
+    return z_old * w * (adv - beta * log_w)
+
+
+def rpg_differentiable_surrogate(w: Tensor, log_w: Tensor, lp: Tensor, adv: Tensor, divergence: RPGDivergence,
+                                 beta: float, z_old: float = 1.0) -> Tensor:
+    """Fully differentiable per-sample surrogate ℓ(x; θ) (RPG Tables 1 and 4, spec rpg.md §1.6).
+
+    fkl: −wA − β lp; rkl: w(−A + β log w); ufkl: Z(−wA + β(w − log w − 1)); urkl: Z(−wA + β(w log w − w)).
+    Per sample, ∇ℓ = −Weight·∇lp (spec rpg.md §1.6 per-sample identity).
+    """
+    if divergence == "fkl":
+        return -w * adv - beta * lp
+    if divergence == "rkl":
+        return w * (-adv + beta * log_w)
+    if divergence == "ufkl":
+        return z_old * (-w * adv + beta * (w - log_w - 1.0))
+    return z_old * (-w * adv + beta * (w * log_w - w))
+
+
+def _dual_clip(w: Tensor, adv_hat: Tensor, clip: RPGClip) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Alg. 1 / G.1 loss max(−wÂ, −clip(w)Â), then min(·, −cÂ) for Â < 0; returns (loss, low, high, dual)."""
+    clipped_w = torch.clamp(w, 1.0 - clip.eps_low, 1.0 + clip.eps_high)
+    loss = torch.maximum(-w * adv_hat, -clipped_w * adv_hat)
+    neg = adv_hat < 0
+    loss = torch.where(neg, torch.minimum(loss, -clip.c * adv_hat), loss)
+    return loss, neg & (w < 1 - clip.eps_low), (~neg) & (w > 1 + clip.eps_high), neg & (w > clip.c)
+
+
+def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, divergence: RPGDivergence,
+             form: RPGForm, beta: float, level: RPGLevel = "token", clip: RPGClip | None = None,
+             z_old: float = 1.0) -> PolicyLossOutput:
+    """The eight RPG surrogates (FKL/RKL/UFKL/URKL × differentiable/REINFORCE-style) with optional RPG-Style Clip.
+
+    RPG (Zhang et al., arXiv 2505.17508): the KL anchor is π_old, the sampling policy (iterative reference).
+    w = π_θ/π_old, lp = log π_θ, A = R − b. Samples x ~ π_old. Without clipping:
+      - ``form="differentiable"``: ℓ = Tables 1/4 (see :func:`rpg_differentiable_surrogate`);
+      - ``form="reinforce"``: ℓ = −sg[Weight]·lp (Table 2, eq. F.1; Props F.1, F.3, F.4, F.5, 4.1).
+    Both give, per sample, ∇ℓ = −Weight·∇lp, so E_{π_old}[∇ℓ] = −∇J for J = E_{π_θ}[R] − β·D with D the
+    forward/reverse, normalized/unnormalized KL to π_old (Z_old = ``z_old``) — exactly at ``level="sequence"``
+    (x = a whole response). ``level="token"`` (the released code) treats each token as a sample with its own w_t,
+    lp_t: exact for the forward directions (chain rule under π_old), not for the reverse ones (spec rpg.md §1.8(5)).
+
+    With ``clip``:
+      - ``form="differentiable"``: Alg. 1 / App. G.1 dual clip on w with the θ-dependent regularized advantage
+        Â (urkl: A − β log w; rkl: A − β(log w + 1); ufkl: A − β(1 − 1/w); fkl: A + β/w); gradient flows through
+        w and Â.
+      - ``form="reinforce"``: Alg. 2 (the recommended RPG-REINFORCE + RPG-Style Clip): gradient
+        −(w A + C_KL)∇lp on the active set {A' ≥ 0, w < 1 + ε2} ∪ {A' < 0, 1 − ε1 < w < c}, A' = A + C_KL/w,
+        C_KL = Weight − wA, and 0 elsewhere (the loss value there is Alg. 2's constant).
+
+    Sequence-level losses are spread as ℓ_i/|y_i| over the response's tokens, so ``seq-mean-token-sum``
+    aggregation gives (1/N) Σ_i ℓ_i.
+
+    Args:
+      logp, logp_old: ``[B, T]``; advantages: ``[B, T]`` baselined reward R − b (detached; constant along a
+        response for sequence level — the first valid token's value is used); mask: ``[B, T]`` bool.
+      divergence: ``"fkl" | "rkl" | "ufkl" | "urkl"``; form: ``"differentiable" | "reinforce"``; beta: β >= 0.
+      level: ``"token" | "sequence"``; clip: :class:`RPGClip` or None; z_old: Z_old (1 for LLMs).
+    Returns:
+      PolicyLossOutput; clip fractions are per token (token level) or per response (sequence level).
+    """
+    shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
+    _check_adv(advantages, shape)
+    check_choice("divergence", divergence, RPG_DIVERGENCES)
+    check_choice("form", form, ("differentiable", "reinforce"))
+    check_choice("level", level, ("token", "sequence"))
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    A = advantages.detach()  # A = R − b is data (sg)
+    m = mask.to(logp.dtype)
+    if level == "token":
+        log_w = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+        lp = logp
+        adv = A
+        sample_mask = mask
+    else:
+        check_mask("mask", mask, shape, require_nonempty_rows=True)
+        log_w = ((logp - logp_old.detach()) * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)/π_old(y)
+        lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)
+        first = mask.to(torch.int64).argmax(-1, keepdim=True)
+        adv = torch.gather(A, 1, first)  # [B, 1]
+        sample_mask = torch.ones_like(lp, dtype=torch.bool)
+    w = torch.exp(log_w)
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    low = high = dual = torch.zeros_like(w, dtype=torch.bool)
+
+    if form == "differentiable" and clip is None:
+        per_sample = rpg_differentiable_surrogate(w, log_w, lp, adv, divergence, beta, z_old)
+    elif form == "reinforce" and clip is None:
+        weight = rpg_weight(w, log_w, adv, divergence, beta, z_old)
+        per_sample = -weight.detach() * lp  # −sg[Weight]·lp: SG stops the weight's own θ-dependence (eq. F.1)
+    elif form == "differentiable":
+        adv_hat = {  # Â(x; θ), gradient flows through log w (Alg. 1)
+            "urkl": lambda: adv - beta * log_w,
+            "rkl": lambda: adv - beta * (log_w + 1.0),
+            "ufkl": lambda: adv - beta * (1.0 - torch.exp(-log_w)),
+            "fkl": lambda: adv + beta * torch.exp(-log_w),
+        }[divergence]()
+        per_sample, low, high, dual = _dual_clip(w, z_old * adv_hat, clip)
+    else:
+        weight = rpg_weight(w, log_w, adv, divergence, beta, z_old).detach()  # sg[Weight]
+        w_sg = w.detach()  # sg[w]
+        c_kl = weight - z_old * w_sg * adv  # C_KL = Weight − w(R − b)
+        adv_eff = z_old * adv + c_kl / w_sg  # A' = A_R + sg(C_KL)/sg(w)
+        ell = -lp.detach()  # sg[ℓ], ℓ = −log π_θ >= 0
+        a_r = z_old * adv
+        pos = adv_eff >= 0
+        high = pos & (w_sg >= 1.0 + clip.eps_high)
+        low = (~pos) & (w_sg <= 1.0 - clip.eps_low)
+        dual = (~pos) & (w_sg >= clip.c)
+        active = ~(high | low | dual)
+        const = torch.where(  # Alg. 2's constant values on the clipped branches (no gradient)
+            high, (a_r + c_kl / (1.0 + clip.eps_high)) * ell * (1.0 + clip.eps_high),
+            torch.where(low, (a_r + c_kl / (1.0 - clip.eps_low)) * ell * (1.0 - clip.eps_low),
+                        a_r * ell * clip.c + c_kl * ell))
+        per_sample = torch.where(active, -weight * lp, const)
+
+    if level == "token":
+        loss = per_sample * m
+        frac = (lambda c: _frac(c, mask))
+    else:
+        lengths = m.sum(-1, keepdim=True)
+        loss = per_sample * m / lengths  # spread ℓ_i over the |y_i| tokens
+        frac = (lambda c: c.to(logp.dtype).mean())
+    ratio_stats = _ratio_stats(w, sample_mask)
+    if clip is None:
+        return PolicyLossOutput(loss, zero, zero, zero, *ratio_stats)
+    return PolicyLossOutput(loss, frac(low), frac(high), frac(dual), *ratio_stats)

@@ -1,0 +1,290 @@
+"""Exact objectives on a `TreeMDP`: J(θ) = Σ_x ρ(x) [ U(p_θ(x)) − β·D_x(θ) ], value and gradient.
+
+* p_θ(x) = Σ_y π_θ(y|x) R(x, y): success probability (binary rewards) or expected reward. For an
+  unnormalized measure π_θ it is E_{π_θ}[R] in RPG's sense (Σ_y π_θ(y) R(y), arXiv 2505.17508 §0).
+* Utilities U: ``expected_reward`` (U = p), ``linear`` (U = c·p with a stated constant c),
+  ``arcsin`` (U = 2·arcsin√p, GRPO's G → ∞ utility, FRPO arXiv 2601.10201 Prop. 3.1) and ``finite_group``
+  (the exact finite-G utility U_G of `rlkl.utility`, FRPO spec I3).
+* Regularizers D_x, anchored to π_ref (``anchor="ref"``) or to the behaviour policy π_old (``"old"``, RPG):
+  - sequence level: ``reverse_kl`` KL(π‖π_a), ``forward_kl`` KL(π_a‖π) (normalized measures),
+    ``unnormalized_reverse_kl`` UKL(π‖π_a) and ``unnormalized_forward_kl`` UKL(π_a‖π) (RPG Defs. 3.4, 3.1);
+  - ``token_f_divergence``: FRPO's R = E_{y∼π} Σ_t D_f(π(·|s_t)‖π_a(·|s_t)) = Σ_s d_π(s) D_f(s)
+    (d_π(s) = probability that a response passes through node s);
+  - ``level="local"``: Σ_s sg[d_μ(s)] D(π(·|s), π_a(·|s)) with the state distribution d_μ of a fixed policy μ
+    (default: π_θ itself at the evaluation point, held fixed): the objective whose gradient loss-side KL
+    penalties follow (spec frpo.md §4.5 PG_rev / PG_fwd).
+
+All values are differentiable float64 functions of ``policy.theta``; `objective_gradient` uses autograd.
+The utilities' derivatives are the library's closed forms (``grpo_utility_grad``, ``finite_group_weight``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from rlkl.divergences import get_f_divergence
+from rlkl.toy.mdp import TreeMDP
+from rlkl.toy.policies import Policy
+from rlkl.utility import finite_group_utility, finite_group_weight, grpo_utility, grpo_utility_grad
+
+Tensor = torch.Tensor
+
+UTILITIES = ("expected_reward", "linear", "arcsin", "finite_group")
+REGULARIZERS = ("none", "reverse_kl", "forward_kl", "unnormalized_reverse_kl", "unnormalized_forward_kl",
+                "token_f_divergence")
+_NORM_TOL = 1e-9
+
+
+# ---------------------------------------------------------------------------------------------------- utilities
+class _Utility(torch.autograd.Function):
+    """U(p) with the closed-form derivative U'(p) from rlkl.utility (value and derivative on detached p)."""
+
+    @staticmethod
+    def forward(ctx, p, kind, group_size, std, eps):
+        pd = p.detach().clamp(0.0, 1.0)
+        if kind == "arcsin":
+            val = grpo_utility(pd)
+            with torch.no_grad():
+                interior = (pd > 0) & (pd < 1)
+                safe = torch.where(interior, pd, torch.full_like(pd, 0.5))
+                # U' = 1/√(p(1−p)) is infinite at p ∈ {0, 1}; there ∇p = 0 (all rewards equal under a full-support
+                # policy), and the product is taken as 0.
+                der = torch.where(interior, grpo_utility_grad(safe), torch.zeros_like(pd))
+        else:
+            val = finite_group_utility(pd, group_size, std, eps)
+            der = finite_group_weight(pd, group_size, std, eps)
+        ctx.save_for_backward(der)
+        return val.to(p.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (der,) = ctx.saved_tensors
+        return grad_out * der, None, None, None, None
+
+
+def utility(p: Tensor, kind: str, group_size: Optional[int] = None, std: str = "population", eps: float = 0.0,
+            scale: float = 1.0) -> Tensor:
+    """U(p) elementwise, differentiable.
+
+    ``expected_reward``: U = p; ``linear``: U = scale·p; ``arcsin``: U = 2 arcsin√p (FRPO Prop. 3.1);
+    ``finite_group``: U_G(p) = ∫_0^p w_G (FRPO spec I3; ``group_size``, ``std``, ``eps`` as in GRPO).
+
+    Args:
+      p: ``[P]`` success probabilities (in [0, 1] for arcsin / finite_group).
+      kind: one of ``UTILITIES``.
+    Returns:
+      ``[P]`` U(p); its autograd derivative is the library's U'(p).
+    """
+    if kind == "expected_reward":
+        return p
+    if kind == "linear":
+        return scale * p
+    if kind == "arcsin":
+        return _Utility.apply(p, "arcsin", None, std, eps)
+    if kind == "finite_group":
+        if group_size is None or group_size < 2:
+            raise ValueError(f"the finite_group utility needs group_size >= 2, got {group_size!r}")
+        return _Utility.apply(p, "finite_group", int(group_size), std, float(eps))
+    raise ValueError(f"unknown utility {kind!r}; choose from {list(UTILITIES)}")
+
+
+def success_prob(mdp: TreeMDP, policy: Policy, theta: Optional[Tensor] = None) -> Tensor:
+    """p_θ(x) = Σ_y π_θ(y|x) R(x, y) per prompt: ``[P]`` (a measure-weighted sum for unnormalized π)."""
+    return (policy.measure(theta) * mdp.rewards).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------- divergences
+def _require_normalized(name: str, policy: Policy, theta=None) -> None:
+    lm = policy.log_mass(theta).detach()
+    if lm.abs().max() > _NORM_TOL:
+        raise ValueError(f"{name} needs a normalized policy (log mass {lm.tolist()}); use the unnormalized_* "
+                         "regularizers for positive measures")
+
+
+def _xlogx_ratio(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """p·(log p − log q) with 0·log 0 = 0 and an error where p > 0 = q (infinite divergence)."""
+    p = log_p.exp()
+    if bool(((p > 0) & torch.isneginf(log_q)).any()):
+        raise ValueError("divergence is infinite: the anchor has zero probability where the policy has mass")
+    diff = torch.where(p > 0, log_p - torch.where(torch.isneginf(log_q), torch.zeros_like(log_q), log_q),
+                       torch.zeros_like(log_p))
+    return p * diff
+
+
+def sequence_divergence(mdp: TreeMDP, policy: Policy, anchor: Policy, kind: str,
+                        theta: Optional[Tensor] = None) -> Tensor:
+    """Sequence-level divergence per prompt, ``[P]``.
+
+    ``reverse_kl``: KL(π‖π_a) = Σ_y π log(π/π_a); ``forward_kl``: KL(π_a‖π) (both need normalized measures);
+    ``unnormalized_reverse_kl``: UKL(π‖π_a) = Σ π log(π/π_a) + Σ(π_a − π) (RPG Def. 3.4);
+    ``unnormalized_forward_kl``: UKL(π_a‖π) = Σ π_a log(π_a/π) + Σ(π − π_a) (RPG Def. 3.1).
+
+    Args:
+      policy: the optimized policy (differentiable at ``theta``); anchor: π_ref or π_old (detached).
+    """
+    P = mdp.num_prompts
+    lp = policy.sequence_logp(theta).reshape(P, -1)
+    la = anchor.sequence_logp().detach().reshape(P, -1)
+    if kind == "reverse_kl":
+        _require_normalized("reverse_kl", policy, theta)
+        _require_normalized("reverse_kl (anchor)", anchor)
+        return _xlogx_ratio(lp, la).sum(-1)
+    if kind == "forward_kl":
+        _require_normalized("forward_kl", policy, theta)
+        _require_normalized("forward_kl (anchor)", anchor)
+        return _xlogx_ratio(la, lp).sum(-1)
+    if kind == "unnormalized_reverse_kl":
+        return _xlogx_ratio(lp, la).sum(-1) + (la.exp() - lp.exp()).sum(-1)
+    if kind == "unnormalized_forward_kl":
+        return _xlogx_ratio(la, lp).sum(-1) + (lp.exp() - la.exp()).sum(-1)
+    raise ValueError(f"unknown sequence divergence {kind!r}")
+
+
+def node_divergences(policy: Policy, anchor: Policy, f_divergence: str = "reverse_kl",
+                     theta: Optional[Tensor] = None) -> Tensor:
+    """D_f(π(·|s)‖π_a(·|s)) = Σ_a π_a(a|s) f(π(a|s)/π_a(a|s)) at every node: ``[P, S]``.
+
+    ``f_divergence="reverse_kl"`` (f = u log u) gives KL(π(·|s)‖π_a(·|s)); ``"forward_kl"`` (f = −log u) gives
+    KL(π_a(·|s)‖π(·|s)); any name of ``rlkl.divergences.F_DIVERGENCE_NAMES`` works. Normalized policies only.
+    """
+    if not (policy.normalized and anchor.normalized):
+        raise ValueError("per-state divergences need normalized (softmax) policies")
+    div = get_f_divergence(f_divergence)
+    lp = policy.node_log_probs(theta)
+    la = anchor.node_log_probs().detach()
+    if bool((torch.isneginf(la) & ~torch.isneginf(lp)).any()) or bool((torch.isneginf(lp)).any()):
+        raise ValueError("per-state divergences need full-support policies (no −inf logits)")
+    return (la.exp() * div.f_of_log(lp - la)).sum(-1)
+
+
+def token_f_divergence(mdp: TreeMDP, policy: Policy, anchor: Policy, f_divergence: str = "reverse_kl",
+                       theta: Optional[Tensor] = None) -> Tensor:
+    """FRPO's token-wise regularizer R(x) = E_{y∼π(·|x)} Σ_t D_f(π(·|s_t)‖π_a(·|s_t)) = Σ_s d_π(s) D_f(s): ``[P]``.
+
+    FRPO arXiv 2601.10201 Thm 4.1 (standard convention, spec frpo.md §3). For ``reverse_kl`` this equals the
+    sequence-level KL(π(y)‖π_a(y)) (chain rule, prefixes from π), also with EOS.
+    """
+    d = policy.state_log_visitation(theta).exp()
+    return (d * node_divergences(policy, anchor, f_divergence, theta)).sum(-1)
+
+
+def local_divergence(mdp: TreeMDP, policy: Policy, anchor: Policy, f_divergence: str = "reverse_kl",
+                     state_policy: Optional[Policy] = None, theta: Optional[Tensor] = None) -> Tensor:
+    """Local (frozen-state) divergence Σ_s sg[d_μ(s)] D_f(π(·|s)‖π_a(·|s)): ``[P]``.
+
+    Its gradient is the "partial" gradient that loss-side KL penalties follow: PG_rev (``reverse_kl``) or
+    PG_fwd (``forward_kl``) of spec frpo.md §4.5 when μ = π_θ (the default: ``policy`` at the evaluation point,
+    detached). Pass ``state_policy`` = the behaviour policy for off-policy state distributions.
+    """
+    mu = state_policy if state_policy is not None else policy
+    with torch.no_grad():
+        d = mu.state_log_visitation(theta if state_policy is None else None).exp()
+    return (d * node_divergences(policy, anchor, f_divergence, theta)).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------- objectives
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What an objective is, when no ``rlkl.methods.Objective`` is at hand (same field names).
+
+    Attributes:
+      utility: one of ``UTILITIES``; regularizer: one of ``REGULARIZERS``; level: ``"sequence"`` or ``"local"``;
+      anchor: ``"ref"`` or ``"old"``; f_divergence: f name for ``token_f_divergence`` / ``local``; beta: β;
+      group_size, std, eps: for ``finite_group``; utility_scale: c for ``linear``.
+    """
+
+    utility: str = "expected_reward"
+    regularizer: str = "none"
+    level: str = "sequence"
+    anchor: str = "ref"
+    f_divergence: str = "reverse_kl"
+    beta: float = 0.0
+    group_size: Optional[int] = None
+    std: str = "population"
+    eps: float = 0.0
+    utility_scale: float = 1.0
+
+
+def _get(obj: Any, name: str, default):
+    return getattr(obj, name, default) if obj is not None else default
+
+
+def regularizer_value(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
+                      behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None,
+                      theta: Optional[Tensor] = None) -> Tensor:
+    """D_x of an objective (see the module docstring): ``[P]`` (zeros for ``regularizer="none"``)."""
+    reg = _get(objective, "regularizer", "none")
+    if reg not in REGULARIZERS:
+        raise ValueError(f"unknown regularizer {reg!r}; choose from {list(REGULARIZERS)}")
+    if reg == "none":
+        return torch.zeros(mdp.num_prompts, dtype=torch.float64)
+    anchor_name = _get(objective, "anchor", "ref")
+    anchor = {"ref": ref, "old": behaviour}.get(anchor_name, "bad")
+    if isinstance(anchor, str):
+        raise ValueError(f"anchor must be 'ref' or 'old', got {anchor_name!r}")
+    if anchor is None:
+        raise ValueError(f"objective anchored to {anchor_name!r} needs the "
+                         f"{'reference' if anchor_name == 'ref' else 'behaviour'} policy")
+    level = _get(objective, "level", "sequence")
+    f_name = _get(objective, "f_divergence", None) or "reverse_kl"
+    if level == "local":
+        if reg in ("reverse_kl", "forward_kl"):
+            f_name = reg
+        elif reg != "token_f_divergence":
+            raise ValueError(f"level='local' is defined for reverse_kl, forward_kl, token_f_divergence; got {reg!r}")
+        return local_divergence(mdp, policy, anchor, f_name, state_policy, theta)
+    if level != "sequence":
+        raise ValueError(f"level must be 'sequence' or 'local', got {level!r}")
+    if reg == "token_f_divergence":
+        return token_f_divergence(mdp, policy, anchor, f_name, theta)
+    return sequence_divergence(mdp, policy, anchor, reg, theta)
+
+
+def objective_per_prompt(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
+                         behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None,
+                         theta: Optional[Tensor] = None) -> Tensor:
+    """J_x = U(p_θ(x)) − β·D_x(θ) per prompt: ``[P]``."""
+    kind = _get(objective, "utility", "expected_reward")
+    if kind in ("arcsin", "finite_group") and not mdp.is_binary:
+        raise ValueError(f"the {kind} utility is defined for binary rewards (a success probability); "
+                         f"{mdp.name} has real rewards")
+    p = success_prob(mdp, policy, theta)
+    u = utility(p, kind, _get(objective, "group_size", None), _get(objective, "std", "population"),
+                float(_get(objective, "eps", 0.0) or 0.0), float(_get(objective, "utility_scale", 1.0)))
+    beta = float(_get(objective, "beta", 0.0))
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if beta == 0.0 or _get(objective, "regularizer", "none") == "none":
+        return u
+    return u - beta * regularizer_value(objective, mdp, policy, ref, behaviour, state_policy, theta)
+
+
+def objective_value(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
+                    behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None,
+                    theta: Optional[Tensor] = None) -> Tensor:
+    """J(θ) = Σ_x ρ(x) [U(p_θ(x)) − β D_x(θ)], a 0-dim differentiable float64 tensor.
+
+    Args:
+      objective: an ``rlkl.methods.Objective`` or `ObjectiveSpec` (fields utility, regularizer, level, anchor,
+        f_divergence, beta, group_size, std, eps).
+      mdp: the tree; policy: π_θ (gradients flow to ``policy.theta`` or to ``theta``).
+      ref: π_ref (for ``anchor="ref"``); behaviour: π_old (for ``anchor="old"``);
+      state_policy: μ whose state distribution is held fixed for ``level="local"`` (default π_θ).
+    Returns:
+      0-dim J.
+    """
+    per = objective_per_prompt(objective, mdp, policy, ref, behaviour, state_policy, theta)
+    return (mdp.prompt_probs * per).sum()
+
+
+def objective_gradient(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
+                       behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None) -> Tensor:
+    """∇_θ J at ``policy.theta`` (exact, autograd in float64), shaped like ``policy.theta``."""
+    J = objective_value(objective, mdp, policy, ref, behaviour, state_policy)
+    if not J.requires_grad:
+        return torch.zeros_like(policy.theta)
+    (g,) = torch.autograd.grad(J, policy.theta, allow_unused=True)
+    return torch.zeros_like(policy.theta) if g is None else g

@@ -1,0 +1,164 @@
+"""GRPO's implicit prompt-level utility: 2·arcsin√p (G → ∞) and the exact finite-group version.
+
+For binary rewards with success probability p = p_θ(x), the expected GRPO update of a prompt is a multiple of ∇p:
+
+    E[ A_1 ∇log π(y_1) ] = w_G(p) ∇p,   w_G(p) = E[A_1 | r_1 = 1] − E[A_1 | r_1 = 0]
+
+(Σ_y π(y)∇log π(y) h(r(y)) = (h(1) − h(0))∇p), so GRPO ascends the utility U_G(p) = ∫_0^p w_G. With the
+population std and G → ∞, w_G → 1/√(p(1−p)) and U → 2·arcsin√p (FRPO, arXiv 2601.10201, Prop. 3.1; Davis &
+Recht, arXiv 2510.13651). The conditional means are exact for any G through the binomial count of successes
+among the other G − 1 samples (exchangeability); w_G is a polynomial of degree G − 1 in p, so U_G is computed
+exactly by Gauss–Legendre quadrature.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rlkl._checks import check_choice
+from rlkl.advantages import group_standardized
+
+StdKind = Literal["population", "bessel"]
+
+
+def _as_tensor(p) -> tuple[Tensor, bool]:
+    is_tensor = isinstance(p, Tensor)
+    t = p.to(torch.float64) if is_tensor else torch.as_tensor(p, dtype=torch.float64)
+    if bool(((t < 0) | (t > 1)).any()) or not bool(torch.isfinite(t).all()):
+        raise ValueError("p must be a probability in [0, 1]")
+    return t, is_tensor
+
+
+def _out(t: Tensor, is_tensor: bool):
+    return t if is_tensor else (float(t) if t.dim() == 0 else t.numpy())
+
+
+def grpo_utility(p):
+    """U(p) = 2·arcsin√p, GRPO's implicit utility in the large-group limit (FRPO arXiv 2601.10201, Prop. 3.1).
+
+    Args:
+      p: success probability (float, array or tensor) in [0, 1].
+    Returns:
+      U(p), same kind as ``p``.
+    """
+    t, is_tensor = _as_tensor(p)
+    return _out(2.0 * torch.asin(torch.sqrt(t)), is_tensor)
+
+
+def grpo_utility_grad(p):
+    """U'(p) = 1/√(p(1−p)) (infinite at p ∈ {0, 1}); the large-G weight of GRPO's update on ∇p."""
+    t, is_tensor = _as_tensor(p)
+    return _out(1.0 / torch.sqrt(t * (1.0 - t)), is_tensor)
+
+
+def _binom_pmf(n: int, p: Tensor) -> Tensor:
+    """[..., n+1] Binomial(n, p) pmf, float64, stable for n up to thousands."""
+    k = torch.arange(n + 1, dtype=torch.float64)
+    log_c = torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+    p = p.unsqueeze(-1)
+    # 0·log 0 = 0 conventions at p ∈ {0, 1}
+    log_p = torch.where(k == 0, torch.zeros_like(p), k * torch.log(p))
+    log_q = torch.where(k == n, torch.zeros_like(p), (n - k) * torch.log1p(-p))
+    return torch.exp(log_c + log_p + log_q)
+
+
+def conditional_advantage_means(p, group_size: int, advantage_fn: Callable[[Tensor], Tensor]):
+    """(E[A_1 | r_1 = 1], E[A_1 | r_1 = 0]) for binary rewards, exact for any group size G.
+
+    A_1 is sample 1's advantage under a permutation-equivariant ``advantage_fn``; given r_1 it depends on the
+    others only through their success count K ~ Binomial(G − 1, p) (exchangeability), so
+    E[A_1 | r_1] = Σ_k P(K = k) A_1(r_1, k).
+
+    Args:
+      p: success probability, float / array / tensor of any shape ``[...]``.
+      group_size: G >= 2.
+      advantage_fn: maps rewards ``[N, G]`` (float64) to advantages ``[N, G]``, groups along the last axis.
+    Returns:
+      (mean_given_success, mean_given_failure), each shaped like ``p``.
+    """
+    if not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2, got {group_size!r}")
+    t, is_tensor = _as_tensor(p)
+    G = group_size
+    others = torch.arange(G, dtype=torch.float64)  # k = 0..G-1 successes among the others
+    cols = torch.arange(1, G, dtype=torch.float64)
+    rest = (cols.unsqueeze(0) <= others.unsqueeze(1)).to(torch.float64)  # [G, G-1]: k ones then zeros
+    a_given = []
+    for r1 in (1.0, 0.0):
+        rewards = torch.cat([torch.full((G, 1), r1, dtype=torch.float64), rest], dim=1)  # [G(k), G]
+        adv = advantage_fn(rewards)
+        if tuple(adv.shape) != (G, G):
+            raise ValueError(f"advantage_fn must return shape {(G, G)}, got {tuple(adv.shape)}")
+        a_given.append(adv[:, 0])  # [G] sample 1's advantage for k = 0..G-1
+    pmf = _binom_pmf(G - 1, t)  # [..., G]
+    return _out(pmf @ a_given[0], is_tensor), _out(pmf @ a_given[1], is_tensor)
+
+
+def finite_group_weight(p, group_size: int, std: StdKind = "population", eps: float = 0.0):
+    """w_G(p): GRPO's exact expected update per unit ∇p for binary rewards and group size G.
+
+    w_G(p) = E[A_1 | r_1 = 1] − E[A_1 | r_1 = 0] with A_i = (r_i − mean)/(std + ε), all-equal groups giving 0
+    (spec frpo.md §0: equivalently E_{S~Bin(G,p)}[σ̂_S²/(s_S + ε)]/(p(1−p)), σ̂_S² = S(G−S)/G²). Closed forms with
+    the population std, ε = 0: w_2 = 1, w_3 = √2, w_4 = √3 + (3 − 2√3)p(1−p); w_G(0⁺) = √(G−1);
+    w_G → 1/√(p(1−p)) as G → ∞.
+
+    Args:
+      p: success probability (float / array / tensor) in [0, 1].
+      group_size: G >= 2.
+      std: ``"population"`` (divide by G; FRPO Alg. 1) or ``"bessel"`` (G − 1; verl, TRL).
+      eps: ε added to the std in the denominator (verl 1e-6, TRL 1e-4).
+    Returns:
+      w_G(p), same kind as ``p``.
+    """
+    check_choice("std", std, ("population", "bessel"))
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    def advantage_fn(rewards: Tensor) -> Tensor:  # [N, G] -> [N, G], the library's own GRPO advantage
+        return group_standardized(rewards.reshape(-1), group_size, eps, std).view_as(rewards)
+
+    succ, fail = conditional_advantage_means(p, group_size, advantage_fn)
+    return succ - fail
+
+
+def finite_group_utility(p, group_size: int, std: StdKind = "population", eps: float = 0.0):
+    """U_G(p) = ∫_0^p w_G(q) dq, the utility GRPO with G samples actually ascends (U_G(0) = 0).
+
+    w_G is a polynomial of degree G − 1, so Gauss–Legendre quadrature with ⌈G/2⌉ + 1 nodes is exact (up to
+    round-off). Closed forms (population std, ε = 0): U_2(p) = p, U_3(p) = √2·p.
+
+    Args:
+      p, group_size, std, eps: as in :func:`finite_group_weight`.
+    Returns:
+      U_G(p), same kind as ``p``.
+    """
+    t, is_tensor = _as_tensor(p)
+    n_nodes = group_size // 2 + 2
+    x, w = np.polynomial.legendre.leggauss(n_nodes)
+    x = torch.as_tensor(x, dtype=torch.float64)
+    w = torch.as_tensor(w, dtype=torch.float64)
+    q = (t.unsqueeze(-1) * (x + 1.0) / 2.0)  # [..., n] nodes mapped to [0, p]
+    wq = finite_group_weight(q, group_size, std, eps)
+    u = (wq * w).sum(-1) * t / 2.0
+    return _out(u, is_tensor)
+
+
+def effective_weight(p, group_size: int | None, std: StdKind = "population", eps: float = 0.0):
+    """w_G(p)·√(p(1−p)): the finite-group weight relative to the G → ∞ weight (→ 1 as G → ∞).
+
+    ``group_size=None`` gives the limit itself (1 for 0 < p < 1).
+    """
+    t, is_tensor = _as_tensor(p)
+    if group_size is None:
+        return _out(torch.ones_like(t), is_tensor)
+    w = finite_group_weight(t, group_size, std, eps)
+    return _out(w * torch.sqrt(t * (1 - t)), is_tensor)
+
+
+__all__ = [
+    "grpo_utility", "grpo_utility_grad", "finite_group_weight", "finite_group_utility",
+    "conditional_advantage_means", "effective_weight",
+]
