@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rlkl._checks import check_choice, check_float, check_group_size, check_token_tensors
+from rlkl._checks import check_choice, check_float, check_group_size, check_same_dtype, check_token_tensors
 from rlkl.divergences import FDivergence, get_f_divergence
 
 StdKind = Literal["population", "bessel"]
@@ -36,8 +36,11 @@ def _standardize(x: Tensor, std: StdKind, eps: float, dim: int = -1) -> Tensor:
         raise ValueError(f"eps must be >= 0, got {eps}")
     centred = x - x.mean(dim=dim, keepdim=True)
     s = x.std(dim=dim, correction=1 if std == "bessel" else 0, keepdim=True)
-    # all-equal groups: advantage exactly 0 (verl/TRL give 0/(0+ε) = 0; with ε = 0 this avoids 0/0)
-    return torch.where(s > 0, centred / (s + eps), torch.zeros_like(centred))
+    # all-equal groups: advantage exactly 0 (verl/TRL give 0/(0+ε) = 0; with ε = 0 this avoids 0/0). Decided by
+    # max == min, not by s > 0: the float mean of equal values can differ from them by round-off, leaving
+    # s ~ 1e-17 and centred/s = ±1.
+    degenerate = x.amax(dim=dim, keepdim=True) == x.amin(dim=dim, keepdim=True)
+    return torch.where(degenerate, torch.zeros_like(centred), centred / (s + eps))
 
 
 def group_standardized(rewards: Tensor, group_size: int, eps: float = 1e-6, std: StdKind = "bessel") -> Tensor:
@@ -211,6 +214,7 @@ def frpo_advantages(rewards: Tensor, logp: Tensor, logp_ref: Tensor, mask: Tenso
     """
     B, T = check_token_tensors(mask, logp=logp, logp_ref=logp_ref)
     check_float("rewards", rewards, shape=(B,))
+    check_same_dtype(logp=logp, rewards=rewards)
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     a_out = group_standardized(rewards, group_size, eps, std)  # [B]

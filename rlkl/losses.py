@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from rlkl._checks import check_choice, check_float, check_mask, check_token_tensors
+from rlkl._checks import check_choice, check_float, check_mask, check_same_dtype, check_token_tensors
 from rlkl.divergences import KLEstimator, kl_estimate
 
 AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
@@ -57,8 +57,9 @@ def _ratio_stats(ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return masked_mean(r, mask), r[mask].min(), r[mask].max()
 
 
-def _frac(cond: Tensor, mask: Tensor) -> Tensor:
-    return masked_mean(cond.to(torch.float64 if mask.dtype == torch.float64 else torch.float32), mask)
+def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Fraction of valid tokens where ``cond`` holds, in the loss dtype."""
+    return masked_mean(cond.to(dtype), mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -108,8 +109,9 @@ def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | 
 # policy losses
 
 
-def _check_adv(advantages: Tensor, shape: tuple[int, int]) -> Tensor:
-    check_float("advantages", advantages, shape=shape)
+def _check_adv(advantages: Tensor, logp: Tensor) -> Tensor:
+    check_float("advantages", advantages, shape=logp.shape)
+    check_same_dtype(logp=logp, advantages=advantages)
     return advantages
 
 
@@ -129,10 +131,11 @@ def reinforce_loss(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Ten
       PolicyLossOutput (no clipping: clip fractions 0).
     """
     shape = check_token_tensors(mask, logp=logp)
-    _check_adv(advantages, shape)
+    _check_adv(advantages, logp)
     loss = -advantages.detach() * logp * mask  # sg[A]: the advantage is a constant weight on the score
     if logp_old is not None:
         check_float("logp_old", logp_old, shape=shape)
+        check_same_dtype(logp=logp, logp_old=logp_old)
         ratio = torch.exp(logp - logp_old)
     else:
         ratio = torch.ones_like(logp)
@@ -159,8 +162,8 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
     Returns:
       PolicyLossOutput.
     """
-    shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, shape)
+    check_token_tensors(mask, logp=logp, logp_old=logp_old)
+    _check_adv(advantages, logp)
     if not (0 < clip_low < 1 and clip_high > 0):
         raise ValueError(f"need 0 < clip_low < 1 and clip_high > 0, got {clip_low}, {clip_high}")
     if dual_clip is not None and dual_clip <= 1:
@@ -178,8 +181,8 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
         loss = torch.where(A < 0, torch.minimum(loss, dual_loss), loss)
     high = (A > 0) & (ratio > 1.0 + clip_high)
     low = (A < 0) & (ratio < 1.0 - clip_low)
-    return PolicyLossOutput(loss * mask, _frac(low, mask), _frac(high, mask), _frac(dual, mask),
-                            *_ratio_stats(ratio, mask))
+    return PolicyLossOutput(loss * mask, _frac(low, mask, logp.dtype), _frac(high, mask, logp.dtype),
+                            _frac(dual, mask, logp.dtype), *_ratio_stats(ratio, mask))
 
 
 def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 3e-4,
@@ -197,7 +200,7 @@ def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
       PolicyLossOutput (ratio statistics are of s_i per token).
     """
     shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, shape)
+    _check_adv(advantages, logp)
     check_mask("mask", mask, shape, require_nonempty_rows=True)
     A = advantages.detach()  # sg[A]
     m = mask.to(logp.dtype)
@@ -211,7 +214,8 @@ def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     high = (A > 0) & (s_token > 1.0 + clip_high)
     low = (A < 0) & (s_token < 1.0 - clip_low)
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    return PolicyLossOutput(loss * mask, _frac(low, mask), _frac(high, mask), zero, *_ratio_stats(s_token, mask))
+    return PolicyLossOutput(loss * mask, _frac(low, mask, logp.dtype), _frac(high, mask, logp.dtype), zero,
+                            *_ratio_stats(s_token, mask))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,6 +249,7 @@ def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator
         if logp_old is None:
             raise ValueError("importance_weight=True needs logp_old")
         check_float("logp_old", logp_old, shape=shape)
+        check_same_dtype(logp=logp, logp_old=logp_old)
         ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
         value = ratio * value
     return value * mask
@@ -349,7 +354,7 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
       PolicyLossOutput; clip fractions are per token (token level) or per response (sequence level).
     """
     shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, shape)
+    _check_adv(advantages, logp)
     check_choice("divergence", divergence, RPG_DIVERGENCES)
     check_choice("form", form, ("differentiable", "reinforce"))
     check_choice("level", level, ("token", "sequence"))
@@ -406,7 +411,7 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
 
     if level == "token":
         loss = per_sample * m
-        frac = (lambda c: _frac(c, mask))
+        frac = (lambda c: _frac(c, mask, logp.dtype))
     else:
         lengths = m.sum(-1, keepdim=True)
         loss = per_sample * m / lengths  # spread ℓ_i over the |y_i| tokens
