@@ -9,9 +9,10 @@ How a step is proven (the method is recorded with the step and printed in the do
 
 * ``d.eq`` — symbolic. ``lhs − rhs`` is reduced to 0 by, in order: structural equality; logarithms expanded
   (only where sympy's assumptions allow, i.e. for positive arguments) and every remaining ``log(·)``, undefined
-  function value ``f(·)`` and derivative ``f′(·)`` replaced by a fresh symbol, then ``cancel`` (if the rational
-  function in those symbols is identically 0, so is the original, whatever the atoms' values: a sound, sufficient
-  test); finally ``sympy.simplify``. Vectors/matrices are checked entry by entry.
+  function value ``f(·)`` and derivative ``f′(·)`` replaced by a fresh symbol, then the expression is put over a
+  common denominator and the expanded numerator must be the zero polynomial (if the rational function in those
+  symbols is identically 0, so is the original, whatever the atoms' values: a sound, sufficient test); finally
+  ``sympy.simplify``. Vectors/matrices are checked entry by entry.
 * ``d.eq_exact`` — exact arithmetic at concrete rational points, with a stated reason why a symbolic proof is not
   used (e.g. a tail probability of a binomial with symbolic G).
 * ``d.eq_numeric`` — floating point (or mpmath at a stated precision) with a stated tolerance and reason; used only
@@ -37,7 +38,7 @@ import sympy as sp
 
 __all__ = [
     "Identity", "Derivation", "Step", "Result", "StepFailed", "SkipIdentity", "identity", "REGISTRY",
-    "prove_zero", "residual", "run_identity", "grad", "vsum", "sg_freeze", "tex",
+    "prove_zero", "residual", "run_identity", "grad", "vsum", "sg_freeze", "tex", "generic_function", "Softmax",
 ]
 
 
@@ -85,7 +86,6 @@ class Result:
     seconds: float
     detail: str = ""
     steps: list[Step] = field(default_factory=list)
-    intro: list[str] = field(default_factory=list)
 
 
 REGISTRY: dict[str, Identity] = {}
@@ -116,12 +116,17 @@ def identity(claim: str, source: str, *, slow: bool = False, name: str | None = 
 # zero testing
 
 
-def _atomize(expr: sp.Expr) -> sp.Expr:
-    """Replace log(·), undefined-function values, Subs/Derivative atoms by fresh symbols (structurally equal
-    atoms share a symbol)."""
+def _is_function_atom(a) -> bool:
+    return (isinstance(a, (sp.Subs, sp.Derivative, sp.core.function.AppliedUndef))
+            or getattr(type(a), "_rlkl_atom", False))
+
+
+def _atomize(expr: sp.Expr, logs: bool = True) -> sp.Expr:
+    """Replace log(·) (if ``logs``), undefined-function values f(·) and their derivatives by fresh symbols
+    (structurally equal atoms share a symbol)."""
     atoms = set()
     for a in sp.preorder_traversal(expr):
-        if isinstance(a, (sp.log, sp.Subs, sp.Derivative)) or isinstance(a, sp.core.function.AppliedUndef):
+        if (logs and isinstance(a, sp.log)) or _is_function_atom(a):
             atoms.add(a)
     if not atoms:
         return expr
@@ -131,18 +136,23 @@ def _atomize(expr: sp.Expr) -> sp.Expr:
     return expr.xreplace(mapping)
 
 
-def _zero_scalar(expr) -> tuple[bool, str, sp.Expr]:
+def _zero_scalar(expr, relations: dict | None = None) -> tuple[bool, str, sp.Expr]:
     expr = sp.sympify(expr)
     if expr == 0:
         return True, "structural", expr
     try:
-        e = sp.expand_log(expr)  # only where the arguments are known positive (sound)
+        e = _atomize(expr, logs=False)  # f(·), f′(·) first, so their arguments are never rewritten
+        e = sp.expand_log(e)  # only where the arguments are known positive (sound)
         e = _atomize(e)
-        c = sp.cancel(sp.together(e))
-        if c == 0:
-            return True, "cancel (logs/f-values as atoms)", c
-    except (sp.PolynomialError, TypeError, ValueError, NotImplementedError):
+        if relations:
+            e = e.xreplace(relations)
+        num, _den = sp.fraction(sp.together(e))
+        if sp.expand(num) == 0:
+            return True, "rational (logs/f-values as atoms)", sp.Integer(0)
+    except (sp.PolynomialError, TypeError, ValueError, NotImplementedError, ZeroDivisionError):
         pass
+    if relations:
+        expr = expr.xreplace(relations)
     s = sp.simplify(expr)
     if s == 0:
         return True, "simplify", s
@@ -152,10 +162,14 @@ def _zero_scalar(expr) -> tuple[bool, str, sp.Expr]:
     return False, "", s2
 
 
-def prove_zero(expr) -> tuple[bool, str, object]:
+def prove_zero(expr, relations: dict | None = None) -> tuple[bool, str, object]:
     """Try to prove ``expr`` ≡ 0 symbolically. Returns (ok, method, simplified residual).
 
     ``expr`` may be a scalar, a sympy Matrix or a list/tuple of scalars; all entries must vanish.
+    ``relations`` (symbol -> expression, e.g. ``{n: 1 - p}`` for π(0|s) = 1 − π(1|s)) are substituted into the
+    rational part after logarithms and function values have been turned into atoms: the atoms keep their own
+    arguments (``log n`` stays ``log n``), while every other occurrence obeys the relation. This is sound
+    because the relation holds for the actual values.
     """
     if isinstance(expr, (list, tuple)):
         expr = sp.Matrix(expr)
@@ -164,13 +178,14 @@ def prove_zero(expr) -> tuple[bool, str, object]:
         res = []
         all_ok = True
         for entry in expr:
-            ok, m, r = _zero_scalar(entry)
+            ok, m, r = _zero_scalar(entry, relations)
             all_ok &= ok
-            methods.add(m) if ok else None
+            if ok and m:
+                methods.add(m)
             res.append(r)
-        method = ", ".join(sorted(m for m in methods if m)) or ""
+        method = ", ".join(sorted(methods))
         return all_ok, method, sp.Matrix(expr.shape[0], expr.shape[1], res)
-    return _zero_scalar(expr)
+    return _zero_scalar(expr, relations)
 
 
 def _as_sym(x):
@@ -220,6 +235,57 @@ def grad(expr, params: Iterable[sp.Symbol], log_params: bool = False):
     return sp.Matrix([(x * sp.diff(expr, x)) if log_params else sp.diff(expr, x) for x in params])
 
 
+class Softmax:
+    """A softmax distribution over ``n`` actions written through its probabilities.
+
+    ``probs[a]`` are positive symbols p_a with the relation p_n = 1 − Σ_{a<n} p_a (imposed by the zero test, see
+    :func:`prove_zero`); the gradient w.r.t. the logits θ uses the softmax Jacobian ∂p_b/∂θ_a = p_b(δ_ab − p_a):
+
+        ∇_{θ_a} F(p) = p_a (∂F/∂p_a − Σ_b p_b ∂F/∂p_b).
+
+    Writing policies through probabilities keeps every expression polynomial in the p's (the zero test is then
+    fast); :meth:`check_jacobian` proves the Jacobian from the logit form once per derivation.
+    """
+
+    def __init__(self, name: str, n: int = 3):
+        self.name = name
+        self.n = n
+        self.probs = list(sp.symbols(f"{name}1:{n + 1}", positive=True))
+        self.relations = {self.probs[-1]: 1 - sum(self.probs[:-1])}
+
+    def grad(self, expr):
+        d = [sp.diff(expr, pb) for pb in self.probs]
+        mean = sum(pb * db for pb, db in zip(self.probs, d))
+        return sp.Matrix([pa * (da - mean) for pa, da in zip(self.probs, d)])
+
+    def check_jacobian(self, d: "Derivation"):
+        """Prove ∂softmax(θ)_b/∂θ_a = p_b(δ_ab − p_a) with θ symbolic (x_a = e^{θ_a} > 0)."""
+        xs = sp.symbols(f"x1:{self.n + 1}", positive=True)
+        soft = [x / sum(xs) for x in xs]
+        jac = sp.Matrix(self.n, self.n, lambda a, b: xs[a] * sp.diff(soft[b], xs[a]))
+        target = sp.Matrix(self.n, self.n, lambda a, b: soft[b] * ((1 if a == b else 0) - soft[a]))
+        d.eq(jac, target, "softmax Jacobian ∂π_b/∂θ_a = π_b(δ_ab − π_a) (justifies writing π through its probabilities)",
+             tex_=r"\frac{\partial\pi_b}{\partial\theta_a} = \pi_b(\delta_{ab}-\pi_a)\ \Rightarrow\ "
+                  r"\nabla_{\theta_a}F(\pi) = \pi_a\Big(\frac{\partial F}{\partial\pi_a}-\sum_b\pi_b"
+                  r"\frac{\partial F}{\partial\pi_b}\Big)", show_concrete=False)
+
+
+def generic_function(name: str = "f"):
+    """An arbitrary differentiable scalar function f with derivative f′, as two sympy function classes.
+
+    ``f(arg).diff(x)`` gives ``f′(arg)·arg.diff(x)`` (no Subs/Dummy objects), and both are treated as opaque atoms by
+    :func:`prove_zero`, so an identity proven with them holds for *every* differentiable f.
+    """
+    fprime = type(f"{name}_prime", (sp.Function,), {"_rlkl_atom": True,
+                                                    "_latex": lambda self, printer: f"{name}'\\left({printer._print(self.args[0])}\\right)"})
+
+    def fdiff(self, argindex=1):
+        return fprime(self.args[0])
+
+    f = type(name, (sp.Function,), {"_rlkl_atom": True, "fdiff": fdiff})
+    return f, fprime
+
+
 def vsum(items) -> sp.Matrix:
     """Sum of a non-empty iterable of equally shaped sympy matrices (``sum`` starts from the int 0)."""
     items = list(items)
@@ -252,7 +318,7 @@ class Derivation:
     def __init__(self, ident: Identity | None = None):
         self.identity = ident
         self.steps: list[Step] = []
-        self.intro: list[str] = []
+        self.relations: dict = {}   # symbol -> expression constraints used by the zero test (see prove_zero)
 
     # prose ----------------------------------------------------------------------------------------------------
     def text(self, markdown: str) -> None:
@@ -263,7 +329,7 @@ class Derivation:
     def eq(self, lhs, rhs, label: str, *, tex_: str = "", show_concrete: bool = True):
         """Assert lhs ≡ rhs symbolically (see module docstring); returns ``rhs`` so chains read naturally."""
         r = residual(lhs, rhs)
-        ok, method, res = prove_zero(r)
+        ok, method, res = prove_zero(r, self.relations)
         concrete = ""
         if show_concrete:
             lt, rt = tex(lhs), tex(rhs)
@@ -284,7 +350,7 @@ class Derivation:
         for pt in points:
             r = residual(lhs, rhs)
             r = r.xreplace({k: sp.nsimplify(v) if not isinstance(v, sp.Basic) else v for k, v in pt.items()})
-            ok, _, res = prove_zero(r)
+            ok, _, res = prove_zero(r, self.relations)
             if not ok:
                 worst = (pt, res)
                 break
@@ -318,6 +384,8 @@ class Derivation:
         absolute value, far above the evaluation error, so the conclusion is exact.
         """
         r = residual(lhs, rhs)
+        if self.relations:
+            r = r.xreplace(self.relations)
         r = r.xreplace({k: sp.nsimplify(v) if not isinstance(v, sp.Basic) else v for k, v in at.items()})
         entries = list(r) if isinstance(r, sp.MatrixBase) else [r]
         vals = [sp.N(e, digits) for e in entries]
@@ -374,5 +442,5 @@ def as_record(res: Result) -> dict:
         "status": res.status,
         "seconds": round(res.seconds, 4),
         "detail": res.detail,
-        "steps": [dataclasses.asdict(s) for s in res.steps if s.method != "text"],
+        "steps": [dataclasses.asdict(s) for s in res.steps],  # prose steps have method "text"
     }

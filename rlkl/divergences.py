@@ -56,7 +56,8 @@ def k1(log_ratio: Tensor) -> Tensor:
 
 
 def k2(log_ratio: Tensor) -> Tensor:
-    """Schulman's k2 = ½ log(π/π_ref)², biased for KL(π‖π_ref) (E_π[k2] = ½Var + ½KL² to 2nd order).
+    """Schulman's k2 = ½ log(π/π_ref)², biased for KL(π‖π_ref): E_π[k2] = ½Var_π(log_ratio) + ½KL² exactly,
+    so E_π[k2] ≈ KL only to second order.
 
     As a loss, on-policy: ∇k2 = log_ratio·∇log π, so E_π[∇k2] = ∇_θ KL(π_θ‖π_ref) per state with the state
     distribution held fixed (the *local* reverse-KL gradient; Liu et al. arXiv 2510.01555).
