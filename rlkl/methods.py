@@ -46,6 +46,8 @@ BIAS_TERMS = {
     "length_normalization": "1/|y| per-sequence normalization weights responses by length (Dr. GRPO 2503.20783)",
     "clipping": "off-policy clipping zeroes the gradient of clipped samples (rpg.md §8.28)",
     "batch_normalization": "batch-level std normalization couples prompts",
+    "token_level_ratio": "off-policy: per-token ratios w_t (or none) instead of the sequence ratio (rpg.md §8.32)",
+    "stale_kl_reward": "off-policy: the reward-side KL uses π_old's log-ratios, not π_θ's",
 }
 
 
@@ -343,7 +345,7 @@ class Method:
         """
         terms: list[str] = []
         obj = self.objective
-        if self.advantage == "group_standardized" and obj.utility not in ("finite_group", "arcsin"):
+        if self.advantage == "group_standardized" and obj.utility != "finite_group":  # finite G is never arcsin
             terms.append("finite_group_utility")
         if self.advantage == "group_centered" and obj.utility != "leave_in":
             terms.append("leave_in_shrink")
@@ -371,6 +373,11 @@ class Method:
                     terms.append("k_in_reward")
                 if self.kl_placement == "reward" and self.advantage in ("group_standardized", "batch_standardized"):
                     terms.append("fusion_before_normalization")
+            if off_policy and self.kl_placement in ("reward", "reward_to_go", "future_return"):
+                terms.append("stale_kl_reward")  # the reward-side KL is computed from π_old's log-ratios
+        if off_policy and (self.policy_loss in ("reinforce", "ppo_clip", "gspo")
+                           or (self.policy_loss == "rpg" and self.rpg_level == "token")):
+            terms.append("token_level_ratio")  # per-token (or no) ratios instead of the sequence ratio
         if off_policy and self.policy_loss in ("ppo_clip", "gspo"):
             terms.append("clipping")
         if variable_length and self.aggregation in ("seq-mean-token-mean", "token-mean"):

@@ -46,7 +46,7 @@ class Verdict:
         return dataclasses.asdict(self)
 
 
-def format_table(rows: Iterable[Verdict], width: int = 150) -> str:
+def format_table(rows: Iterable[Verdict]) -> str:
     """Render verdicts as a fixed-width text table, grouped by section."""
     rows = list(rows)
     lines = []
@@ -59,8 +59,7 @@ def format_table(rows: Iterable[Verdict], width: int = 150) -> str:
             lines.append(f"== {section} ==")
             lines.append(header)
         flag = r.status if r.expected else f"{r.status}!"
-        line = f"{flag:<7} {r.claim[:70]:<70} {r.source[:32]:<32} {r.detail}"
-        lines.append(line[:width])
+        lines.append(f"{flag:<7} {r.claim[:70]:<70} {r.source[:32]:<32} {r.detail}")
     ran = [r for r in rows if r.status != "SKIP"]
     n_ok = sum(r.ok for r in ran)
     n_skip = len(rows) - len(ran)

@@ -26,9 +26,9 @@ or real.
 
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 
@@ -214,9 +214,6 @@ class TreeMDP:
         eos = self.eos_token is not None
         if eos and not (0 <= int(self.eos_token) < V):
             raise ValueError(f"eos_token must be in [0, {V}), got {self.eos_token}")
-        if eos and V < 3 and T > 1:
-            # with V = 2 and EOS there is one non-EOS token: allowed, trees are then chains; keep it legal
-            pass
         n = TreeMDP.check_size(V, T, P, eos, self.max_token_slots)
         pp = self.prompt_probs
         if not torch.is_floating_point(pp) or not torch.isfinite(pp).all() or (pp < 0).any():
@@ -252,6 +249,8 @@ class TreeMDP:
         r = torch.as_tensor(rewards, dtype=torch.float64)
         V, T = int(vocab_size), int(horizon)
         eos = eos_token is not None
+        if eos and not (0 <= int(eos_token) < V):
+            raise ValueError(f"eos_token must be in [0, {V}), got {eos_token}")
         n = count_responses(V, T, eos)
         if r.ndim == 1:
             r = r.unsqueeze(0)
@@ -401,3 +400,22 @@ class TreeMDP:
             "num_responses": self.num_responses,
             "binary": self.is_binary,
         }
+
+
+#: below this many token slots one intra-op thread is faster (thread-pool wake-ups dominate tiny tensor ops)
+SMALL_PROBLEM_SLOTS = 200_000
+
+
+@contextlib.contextmanager
+def threads_for(mdp: "TreeMDP"):
+    """Run small enumerations on one intra-op thread (restored afterwards); large ones keep the setting."""
+    slots = mdp.num_prompts * mdp.num_responses * mdp.horizon
+    prev = torch.get_num_threads()
+    if slots >= SMALL_PROBLEM_SLOTS or prev == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)

@@ -26,13 +26,13 @@ from typing import Any, Optional
 import torch
 
 from rlkl.divergences import get_f_divergence
-from rlkl.toy.mdp import TreeMDP
+from rlkl.toy.mdp import TreeMDP, threads_for
 from rlkl.toy.policies import Policy
 from rlkl.utility import finite_group_utility, finite_group_weight, grpo_utility, grpo_utility_grad
 
 Tensor = torch.Tensor
 
-UTILITIES = ("expected_reward", "linear", "arcsin", "finite_group")
+UTILITIES = ("expected_reward", "leave_in", "linear", "arcsin", "finite_group", "none")
 REGULARIZERS = ("none", "reverse_kl", "forward_kl", "unnormalized_reverse_kl", "unnormalized_forward_kl",
                 "token_f_divergence")
 _NORM_TOL = 1e-9
@@ -69,7 +69,8 @@ def utility(p: Tensor, kind: str, group_size: Optional[int] = None, std: str = "
             scale: float = 1.0) -> Tensor:
     """U(p) elementwise, differentiable.
 
-    ``expected_reward``: U = p; ``linear``: U = scale·p; ``arcsin``: U = 2 arcsin√p (FRPO Prop. 3.1);
+    ``expected_reward``: U = p; ``leave_in``: U = (1 − 1/G)·p (leave-in group-mean baseline, rpg.md §1.8(2));
+    ``linear``: U = scale·p; ``none``: U = 0; ``arcsin``: U = 2 arcsin√p (FRPO Prop. 3.1);
     ``finite_group``: U_G(p) = ∫_0^p w_G (FRPO spec I3; ``group_size``, ``std``, ``eps`` as in GRPO).
 
     Args:
@@ -82,6 +83,12 @@ def utility(p: Tensor, kind: str, group_size: Optional[int] = None, std: str = "
         return p
     if kind == "linear":
         return scale * p
+    if kind == "none":
+        return torch.zeros_like(p)
+    if kind == "leave_in":
+        if group_size is None or group_size < 1:
+            raise ValueError(f"the leave_in utility needs group_size, got {group_size!r}")
+        return (1.0 - 1.0 / group_size) * p
     if kind == "arcsin":
         return _Utility.apply(p, "arcsin", None, std, eps)
     if kind == "finite_group":
@@ -207,6 +214,18 @@ class ObjectiveSpec:
     eps: float = 0.0
     utility_scale: float = 1.0
 
+    def describe(self) -> str:
+        """A one-line formula, e.g. ``E U_4(p) - 0.1*KL(pi||pi_ref)``."""
+        u = {"expected_reward": "E[R]", "leave_in": f"(1-1/{self.group_size})E[R]", "linear": f"{self.utility_scale:g}E[R]",
+             "arcsin": "E 2asin(sqrt p)", "finite_group": f"E U_{self.group_size}(p)", "none": "0"}[self.utility]
+        if self.regularizer == "none" or self.beta == 0:
+            return u
+        a = "pi_ref" if self.anchor == "ref" else "pi_old"
+        reg = {"reverse_kl": f"KL(pi||{a})", "forward_kl": f"KL({a}||pi)", "unnormalized_reverse_kl": f"UKL(pi||{a})",
+               "unnormalized_forward_kl": f"UKL({a}||pi)",
+               "token_f_divergence": f"sum_t D_{self.f_divergence}(pi||{a})"}[self.regularizer]
+        return f"{u} - {self.beta:g}*{reg}" + (" [local]" if self.level == "local" else "")
+
 
 def _get(obj: Any, name: str, default):
     return getattr(obj, name, default) if obj is not None else default
@@ -276,15 +295,114 @@ def objective_value(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[
     Returns:
       0-dim J.
     """
-    per = objective_per_prompt(objective, mdp, policy, ref, behaviour, state_policy, theta)
-    return (mdp.prompt_probs * per).sum()
+    with threads_for(mdp):
+        per = objective_per_prompt(objective, mdp, policy, ref, behaviour, state_policy, theta)
+        return (mdp.prompt_probs * per).sum()
 
 
 def objective_gradient(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
                        behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None) -> Tensor:
     """∇_θ J at ``policy.theta`` (exact, autograd in float64), shaped like ``policy.theta``."""
-    J = objective_value(objective, mdp, policy, ref, behaviour, state_policy)
-    if not J.requires_grad:
+    with threads_for(mdp):
+        J = objective_value(objective, mdp, policy, ref, behaviour, state_policy)
+        if not J.requires_grad:
+            return torch.zeros_like(policy.theta)
+        (g,) = torch.autograd.grad(J, policy.theta, allow_unused=True)
+        return torch.zeros_like(policy.theta) if g is None else g
+
+
+def resolve_objective(method: Any, group_size: Optional[int] = None, beta: Optional[float] = None) -> ObjectiveSpec:
+    """The full objective of an ``rlkl.methods.Method``: its ``objective`` plus β, G, std, ε from the method.
+
+    Args:
+      method: a Method (or any object with ``objective``, ``beta``, ``adv_std``, ``adv_eps``), or an
+        `ObjectiveSpec` (returned unchanged, β overridden when given).
+      group_size: G for the ``finite_group`` / ``leave_in`` utilities.
+    Returns:
+      ObjectiveSpec.
+    """
+    if isinstance(method, ObjectiveSpec):
+        return method if beta is None else ObjectiveSpec(**{**method.__dict__, "beta": float(beta)})
+    obj = method.objective
+    b = float(method.beta if beta is None else beta)
+    return ObjectiveSpec(utility=obj.utility, regularizer=obj.regularizer, level=obj.level, anchor=obj.anchor,
+                         f_divergence=getattr(obj, "f_divergence", None) or "reverse_kl", beta=b,
+                         group_size=group_size, std=getattr(method, "adv_std", "population"),
+                         eps=float(getattr(method, "adv_eps", 0.0)))
+
+
+# ---------------------------------------------------------------------------------------------------- fields
+# Exact gradient *fields* (not necessarily gradients of a scalar) that loss-side estimators follow in expectation.
+
+
+def _grad(value: Tensor, policy: Policy) -> Tensor:
+    if not value.requires_grad:
         return torch.zeros_like(policy.theta)
-    (g,) = torch.autograd.grad(J, policy.theta, allow_unused=True)
+    (g,) = torch.autograd.grad(value, policy.theta, allow_unused=True)
     return torch.zeros_like(policy.theta) if g is None else g
+
+
+def local_score_field(mdp: TreeMDP, policy: Policy, anchor: Policy, coef, state_policy: Optional[Policy] = None,
+                      action_policy: Optional[Policy] = None) -> Tensor:
+    """F = Σ_x ρ(x) Σ_s d_μ(s) Σ_a ν(a|s)·c(δ(a|s))·∇_θ log π_θ(a|s), δ = log π_θ(a|s) − log π_a(a|s).
+
+    What a per-token loss with per-token gradient c(δ_t)·∇log π_t follows in expectation when states come from μ
+    and tokens from ν (spec frpo.md §4.5; rpg.md §2.3). Examples with μ = ν = π_θ: c = δ → PG_rev (local
+    reverse-KL gradient, k2 as a loss); c = 1 − e^{−δ} → PG_fwd (local forward KL, k3 as a loss); c = 1 → 0.
+
+    Args:
+      policy: π_θ; anchor: π_ref or π_old (detached); coef: callable δ ↦ c(δ) (elementwise on ``[P, S, V]``).
+      state_policy: μ (default π_θ, held fixed); action_policy: ν (default π_θ, held fixed).
+    Returns:
+      θ-shaped tensor.
+    """
+    mu = state_policy if state_policy is not None else policy
+    nu = action_policy if action_policy is not None else policy
+    nlp = policy.node_log_probs()
+    with torch.no_grad():
+        d = mu.state_log_visitation().exp()  # [P, S]
+        nu_p = nu.node_log_probs().exp()  # [P, S, V]
+        delta = nlp.detach() - anchor.node_log_probs().detach()
+        w = mdp.prompt_probs[:, None, None] * d[:, :, None] * nu_p * coef(delta)
+        w = torch.where(nu_p > 0, w, torch.zeros_like(w))
+    return _grad((w * torch.where(w != 0, nlp, torch.zeros_like(nlp))).sum(), policy)
+
+
+def score_gradient(mdp: TreeMDP, policy: Policy, values: Tensor) -> Tensor:
+    """∇_θ Σ_x ρ(x) Σ_y π_θ(y|x)·sg[v(x, y)]: the policy gradient of a fixed per-response value ``values [P, N]``.
+
+    With v = a shaped reward h(r) this is what an advantage A with E[A | y] = h(r(y)) follows (FRPO I4); with
+    v = Σ_t k(δ_t) it is the score-function part of E_π Σ_t k (a KL estimate placed in the reward).
+    """
+    if tuple(values.shape) != (mdp.num_prompts, mdp.num_responses):
+        raise ValueError(f"values must have shape [P, N] = {[mdp.num_prompts, mdp.num_responses]}, "
+                         f"got {list(values.shape)}")
+    meas = policy.measure()
+    return _grad((mdp.prompt_probs[:, None] * meas * values.detach()).sum(), policy)
+
+
+def ratio_score_field(mdp: TreeMDP, policy: Policy, behaviour: Policy, values: Tensor, ratio: str = "token") -> Tensor:
+    """Σ_x ρ Σ_y π̃_old(y|x)·v(x, y)·Σ_t c_t(y)·∇_θ log π_θ(a_t|s_t) with c_t = w_t (``"token"``: per-token ratio
+    π_θ/π_old), w(y) (``"sequence"``) or 1 (``"none"``).
+
+    The unclipped off-policy reward field of token-level PPO / RPG (``token``), of sequence-level IS
+    (``sequence``, = `score_gradient` for normalized π_old) and of REINFORCE without IS (``none``); rpg.md §8.32.
+    """
+    P, N, T = mdp.num_prompts, mdp.num_responses, mdp.horizon
+    tl = policy.token_logp()
+    with torch.no_grad():
+        lo = behaviour.token_logp()
+        q = behaviour.probs().reshape(-1)  # [P·N]
+        mask = mdp.enumerate().mask.repeat(P, 1)
+        if ratio == "token":
+            c = torch.where(mask, (tl.detach() - lo).exp(), torch.zeros_like(tl))
+        elif ratio == "sequence":
+            c = ((tl.detach() - lo) * mask).sum(-1, keepdim=True).exp() * mask
+        elif ratio == "none":
+            c = mask.to(tl.dtype)
+        else:
+            raise ValueError(f"ratio must be 'token', 'sequence' or 'none', got {ratio!r}")
+        rho = mdp.prompt_probs.repeat_interleave(N)
+        coef = (rho * q * values.reshape(-1))[:, None] * c
+        coef = torch.where(q[:, None] > 0, coef, torch.zeros_like(coef))
+    return _grad((coef * torch.where(coef != 0, tl, torch.zeros_like(tl))).sum(), policy)
