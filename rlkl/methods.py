@@ -18,7 +18,7 @@ from torch import Tensor
 
 from rlkl._checks import check_choice, check_float, check_group_size, check_token_tensors
 from rlkl.advantages import ADVANTAGE_KINDS, compute_advantages, frpo_regularizer, reward_to_go
-from rlkl.divergences import F_DIVERGENCE_NAMES, KL_ESTIMATORS, get_f_divergence, kl_estimate
+from rlkl.divergences import F_DIVERGENCE_NAMES, KL_ESTIMATORS, kl_estimate
 from rlkl.losses import (AGGREGATION_MODES, RPG_DIVERGENCES, PolicyLossOutput, RPGClip, aggregate, gspo_loss,
                          kl_loss, masked_mean, ppo_clip_loss, reinforce_loss, rpg_loss)
 
@@ -274,17 +274,77 @@ class Method:
                 adv = adv - self.beta * frpo_regularizer(log_ratio, mask, self.kl_divergence, include_local=True)
         return adv.detach()
 
-    def policy_loss_terms(self, logp: Tensor, batch: RolloutBatch) -> PolicyLossOutput:
-        """The per-token policy-loss part (before the KL loss and aggregation)."""
-        adv = self.advantages(batch)
+    def policy_loss_terms(self, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor) -> PolicyLossOutput:
+        """The per-token policy-loss part for given ``[B, T]`` advantages (before the KL loss and aggregation).
+
+        Dispatches to :func:`rlkl.losses.reinforce_loss`, :func:`~rlkl.losses.ppo_clip_loss`,
+        :func:`~rlkl.losses.gspo_loss` or :func:`~rlkl.losses.rpg_loss` with this Method's clip / RPG fields.
+        """
         if self.policy_loss == "reinforce":
-            return reinforce_loss(logp, adv, batch.mask, logp_old=batch.logp_old)
+            return reinforce_loss(logp, advantages, mask, logp_old=logp_old)
         if self.policy_loss == "ppo_clip":
-            return ppo_clip_loss(logp, batch.logp_old, adv, batch.mask, self.clip_low, self.clip_high, self.dual_clip)
+            return ppo_clip_loss(logp, logp_old, advantages, mask, self.clip_low, self.clip_high, self.dual_clip)
         if self.policy_loss == "gspo":
-            return gspo_loss(logp, batch.logp_old, adv, batch.mask, self.clip_low, self.clip_high)
-        return rpg_loss(logp, batch.logp_old, adv, batch.mask, self.rpg_divergence, self.rpg_form, self.beta,
+            return gspo_loss(logp, logp_old, advantages, mask, self.clip_low, self.clip_high)
+        return rpg_loss(logp, logp_old, advantages, mask, self.rpg_divergence, self.rpg_form, self.beta,
                         self.rpg_level, self.rpg_clip)
+
+    def loss_given_advantages(self, logp: Tensor, logp_old: Tensor, mask: Tensor, advantages: Tensor,
+                              logp_ref: Tensor | None = None, token_weights: Tensor | None = None
+                              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """aggregate(policy loss + β·KL loss) for ``[B, T]`` advantages computed elsewhere.
+
+        The composition behind :meth:`loss`, for callers that see only part of a group (a trainer's micro-batch:
+        the advantages come from :meth:`advantages` on the whole rollout). With
+        ``advantages = self.advantages(batch)`` it equals ``self.loss(logp, batch)`` exactly.
+
+        Args:
+          logp: ``[B, T]`` log π_θ (differentiable); logp_old: ``[B, T]`` behaviour log-probs (data);
+          mask: ``[B, T]`` bool; advantages: ``[B, T]`` (data).
+          logp_ref: ``[B, T]`` reference log-probs; required for a KL loss (``kl_placement='loss'``, β > 0),
+            otherwise used only for the ``kl/*`` diagnostics.
+          token_weights: optional ``[B, T]`` non-negative data weights on the per-token *policy* loss (verl's
+            ``rollout_is_weights``).
+        Returns:
+          (scalar loss, detached diagnostics: ``loss/policy``, ``loss/kl``, ``clip_fraction/*``, ``ratio/*`` and,
+          when ``logp_ref`` is given, ``kl/k1|k2|k3``).
+        """
+        check_token_tensors(mask, logp=logp, logp_old=logp_old, advantages=advantages)
+        out = self.policy_loss_terms(logp, logp_old, advantages, mask)
+        per_token = out.loss
+        if token_weights is not None:
+            check_float("token_weights", token_weights, shape=logp.shape)
+            if bool((token_weights < 0).any()):
+                raise ValueError("token_weights must be non-negative")
+            per_token = per_token * token_weights.detach()  # data weights, no gradient
+        kl_in_loss = self.kl_placement == "loss" and self.beta > 0
+        if logp_ref is None and kl_in_loss:
+            raise ValueError(f"method {self.name!r} has a KL loss towards π_ref: logp_ref is required")
+        if logp_ref is not None:
+            check_token_tensors(mask, logp=logp, logp_ref=logp_ref)
+        kl_value = torch.zeros((), dtype=logp.dtype, device=logp.device)
+        if kl_in_loss:
+            kl_tok = kl_loss(logp, logp_ref, mask, self.kl_estimator, self.kl_straight_through, logp_old,
+                             self.kl_importance_weight)  # [B, T]
+            per_token = per_token + self.beta * kl_tok
+            kl_value = aggregate(kl_tok.detach(), mask, self.aggregation, self.horizon)
+        total = aggregate(per_token, mask, self.aggregation, self.horizon)
+        with torch.no_grad():
+            diagnostics = {
+                "loss/policy": aggregate(out.loss.detach(), mask, self.aggregation, self.horizon),
+                "loss/kl": kl_value,
+                "clip_fraction/low": out.clip_fraction_low.detach(),
+                "clip_fraction/high": out.clip_fraction_high.detach(),
+                "clip_fraction/dual": out.dual_clip_fraction.detach(),
+                "ratio/mean": out.ratio_mean.detach(),
+                "ratio/min": out.ratio_min.detach(),
+                "ratio/max": out.ratio_max.detach(),
+            }
+            if logp_ref is not None:
+                log_ratio = (logp - logp_ref).detach()
+                for k in ("k1", "k2", "k3"):
+                    diagnostics[f"kl/{k}"] = masked_mean(kl_estimate(log_ratio, k), mask)
+        return total, diagnostics
 
     def loss(self, logp: Tensor, batch: RolloutBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """The method's scalar loss on a batch, and diagnostics.
@@ -301,38 +361,15 @@ class Method:
           ``advantage/mean|std``, ``zero_advantage_group_fraction``.
         """
         self._check(logp, batch)
-        mask = batch.mask
-        out = self.policy_loss_terms(logp, batch)
-        per_token = out.loss
-        kl_value = torch.zeros((), dtype=logp.dtype, device=logp.device)
-        if self.kl_placement == "loss" and self.beta > 0:
-            kl_tok = kl_loss(logp, batch.logp_ref, mask, self.kl_estimator, self.kl_straight_through,
-                             batch.logp_old, self.kl_importance_weight)  # [B, T]
-            per_token = per_token + self.beta * kl_tok
-            kl_value = aggregate(kl_tok.detach(), mask, self.aggregation, self.horizon)
-        total = aggregate(per_token, mask, self.aggregation, self.horizon)
+        total, diagnostics = self.loss_given_advantages(logp, batch.logp_old, batch.mask, self.advantages(batch),
+                                                        batch.logp_ref)
         with torch.no_grad():
-            log_ratio = (logp - batch.logp_ref).detach()
             seq_adv = self.sequence_advantages(batch)
             G = batch.group_size
-            zero_groups = (seq_adv.view(-1, G).abs().amax(-1) == 0).to(logp.dtype).mean() if G > 1 else \
-                (seq_adv == 0).to(logp.dtype).mean()
-            diagnostics = {
-                "loss/policy": aggregate(out.loss.detach(), mask, self.aggregation, self.horizon),
-                "loss/kl": kl_value,
-                "clip_fraction/low": out.clip_fraction_low.detach(),
-                "clip_fraction/high": out.clip_fraction_high.detach(),
-                "clip_fraction/dual": out.dual_clip_fraction.detach(),
-                "ratio/mean": out.ratio_mean.detach(),
-                "ratio/min": out.ratio_min.detach(),
-                "ratio/max": out.ratio_max.detach(),
-                "kl/k1": masked_mean(kl_estimate(log_ratio, "k1"), mask),
-                "kl/k2": masked_mean(kl_estimate(log_ratio, "k2"), mask),
-                "kl/k3": masked_mean(kl_estimate(log_ratio, "k3"), mask),
-                "advantage/mean": seq_adv.mean(),
-                "advantage/std": seq_adv.std(correction=0),
-                "zero_advantage_group_fraction": zero_groups,
-            }
+            per_group_max = seq_adv.view(-1, G).abs().amax(-1)
+            diagnostics["advantage/mean"] = seq_adv.mean()
+            diagnostics["advantage/std"] = seq_adv.std(correction=0)
+            diagnostics["zero_advantage_group_fraction"] = (per_group_max == 0).to(logp.dtype).mean()
         return total, diagnostics
 
     # -- what rlkl predicts ---------------------------------------------------------------------------------
@@ -613,15 +650,18 @@ def from_verl(cfg: Mapping[str, Any], name: str = "verl_config") -> Method:
                   description=f"translated from verl flags: {dict(sorted(flat.items()))}")
 
 
-def from_trl(cfg: Mapping[str, Any], name: str = "trl_config") -> Method:
+def from_trl(cfg: Mapping[str, Any], name: str = "trl_config", trl_version: str = "1.16") -> Method:
     """Translate TRL ``GRPOConfig`` arguments (a dict) into a Method, with TRL's defaults.
 
-    Keys read (defaults from TRL 1.10, spec/peers.md §2.1): ``beta`` (0.0), ``loss_type`` (``dapo``), ``epsilon``
-    (0.2), ``epsilon_high`` (None → epsilon), ``scale_rewards`` (``group``; True/False → group/none),
-    ``importance_sampling_level`` (``token``), ``use_bias_correction_kl`` (False), ``max_completion_length``
-    (512, the Dr. GRPO constant), ``num_generations`` (8, informational), ``delta`` (None). TRL's KL is always
-    k3 as a loss; advantage ε = 1e-4 with the Bessel std.
+    Keys read (defaults from TRL 1.10–1.16, spec/peers.md §2.1): ``beta`` (0.0), ``loss_type`` (``dapo``),
+    ``epsilon`` (0.2), ``epsilon_high`` (None → epsilon), ``scale_rewards`` (``group``; True/False → group/none),
+    ``importance_sampling_level`` (``token``), ``use_bias_correction_kl`` (True from TRL 1.11 on — PR #6503 —,
+    False before: pass ``trl_version="1.10"`` for the old default), ``max_completion_length`` (512, the Dr. GRPO
+    constant), ``num_generations`` (8, informational), ``delta`` (None). TRL's KL is always k3 as a loss;
+    advantage ε = 1e-4 with the Bessel std.
     """
+    major, minor = (int(x) for x in trl_version.split(".")[:2])
+    bias_correction_default = (major, minor) >= (1, 11)
     flat = _flatten(cfg)
     known = {"beta", "loss_type", "epsilon", "epsilon_high", "scale_rewards", "importance_sampling_level",
              "use_bias_correction_kl", "max_completion_length", "num_generations", "delta", "num_iterations",
@@ -653,7 +693,7 @@ def from_trl(cfg: Mapping[str, Any], name: str = "trl_config") -> Method:
     eps_high = g("epsilon_high", None)
     return Method(name=name, advantage=advantage, adv_std="bessel", adv_eps=1e-4, kl_estimator="k3",
                   kl_placement="loss" if beta > 0 else "none",
-                  kl_importance_weight=bool(g("use_bias_correction_kl", False)) and beta > 0,
+                  kl_importance_weight=bool(g("use_bias_correction_kl", bias_correction_default)) and beta > 0,
                   policy_loss="gspo" if level == "sequence" else "ppo_clip", clip_low=eps,
                   clip_high=float(eps_high) if eps_high is not None else eps, dual_clip=None,
                   aggregation=agg_map[loss_type],
