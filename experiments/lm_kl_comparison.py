@@ -25,7 +25,6 @@ import csv
 import json
 import math
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
@@ -148,6 +147,12 @@ def _means(agg: dict) -> dict:
     return {name: {k: v[0] for k, v in d.items()} for name, d in agg.items()}
 
 
+def _disjoint(agg: dict, a: str, b: str, key: str) -> bool:
+    """True when the 95% intervals of ``key`` for variants a and b do not overlap (a separation over seeds)."""
+    (_, alo, ahi), (_, blo, bhi) = agg[a][key], agg[b][key]
+    return bool(ahi < blo or bhi < alo)
+
+
 def _claim_k1(agg: dict, rpg_k: int) -> dict:
     m = _means(agg)
 
@@ -155,8 +160,10 @@ def _claim_k1(agg: dict, rpg_k: int) -> dict:
     k1, nokl, k2, k3 = m["grpo_k1_loss"], m["no_kl"], m["grpo_k2_loss"], m["grpo_k3_loss"]
     ok = k1["kl_rev_seq"] >= 0.75 * nokl["kl_rev_seq"] and k1["kl_rev_seq"] > max(k2["kl_rev_seq"], k3["kl_rev_seq"])
     return {"claim": "k1 as a loss leaves KL uncontrolled (like no KL)", "reproduces": bool(ok),
-            "numbers": {f"kl_rev_seq[{n}]": _fmt(agg[n]["kl_rev_seq"]) for n in
-                        ("no_kl", "grpo_k1_loss", "grpo_k2_loss", "grpo_k3_loss")},
+            "numbers": {**{f"kl_rev_seq[{n}]": _fmt(agg[n]["kl_rev_seq"]) for n in
+                           ("no_kl", "grpo_k1_loss", "grpo_k2_loss", "grpo_k3_loss")},
+                        "95% CIs of k1 and k3 disjoint": _disjoint(agg, "grpo_k1_loss", "grpo_k3_loss", "kl_rev_seq"),
+                        "95% CIs of k1 and k2 disjoint": _disjoint(agg, "grpo_k1_loss", "grpo_k2_loss", "kl_rev_seq")},
             "rule": "KL(k1) >= 0.75 KL(no_kl) and KL(k1) > max(KL(k2), KL(k3)) (sequence reverse KL, means)"}
 
 
@@ -176,6 +183,12 @@ def _claim_k3_direction(agg: dict, rpg_k: int) -> dict:
                             "k3: reverse-KL reduction vs no_kl": f"{rev_red:.3f}",
                             "k2 (reverse-KL gradient), forward reduction": f"{k2_fwd:.3f}",
                             "k2, reverse reduction": f"{k2_rev:.3f}",
+                            "kl_fwd_seq[no_kl]": _fmt(agg["no_kl"]["kl_fwd_seq"]),
+                            "kl_rev_seq[no_kl]": _fmt(agg["no_kl"]["kl_rev_seq"]),
+                            "95% CIs of k3 and no_kl disjoint (forward KL)":
+                                _disjoint(agg, "grpo_k3_loss", "no_kl", "kl_fwd_seq"),
+                            "95% CIs of k3 and no_kl disjoint (reverse KL)":
+                                _disjoint(agg, "grpo_k3_loss", "no_kl", "kl_rev_seq"),
                             "kl_fwd_seq[grpo_k3_loss]": _fmt(agg["grpo_k3_loss"]["kl_fwd_seq"]),
                             "kl_rev_seq[grpo_k3_loss]": _fmt(agg["grpo_k3_loss"]["kl_rev_seq"])},
                 "rule": "1 - KLfwd(k3)/KLfwd(no_kl) > 1 - KLrev(k3)/KLrev(no_kl) (sequence level, means)"}
@@ -203,9 +216,11 @@ def _claim_rpg_clip(agg: dict, rpg_k: int) -> dict:
     nums = {}
     for div in ("urkl", "ufkl"):
         c, u = f"rpg_reinforce_{div}_clip_K{rpg_k}", f"rpg_reinforce_{div}_noclip_K{rpg_k}"
-        verdict_parts[f"{div}: clipped final pass@1 >= unclipped"] = m[c]["pass@1"] >= m[u]["pass@1"]
-        verdict_parts[f"{div}: unclipped degrades (reward drop > clipped + 0.05)"] = \
-            m[u]["reward_drop"] > m[c]["reward_drop"] + 0.05
+        verdict_parts[f"{div}: clipped is stable (reward drop <= 0.05 and final pass@1 >= reference)"] = \
+            m[c]["reward_drop"] <= 0.05 and m[c]["pass@1"] >= m[c]["ref_pass@1"]
+        verdict_parts[f"{div}: unclipped degrades (final pass@1 <= clipped - 0.05, or reward drop >= clipped "
+                      f"+ 0.05)"] = (m[u]["pass@1"] <= m[c]["pass@1"] - 0.05
+                                     or m[u]["reward_drop"] >= m[c]["reward_drop"] + 0.05)
         for k in ("pass@1", "reward_last10", "reward_drop", "grad_norm_max", "kl_rev_seq"):
             nums[f"{k}[{c}]"] = _fmt(agg[c][k])
             nums[f"{k}[{u}]"] = _fmt(agg[u][k])
@@ -227,7 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="parallel runs (each uses one thread)")
     p.add_argument("--only", nargs="*", default=None, help="run only these variants")
     p.add_argument("--out", default=None, help="run directory (default: runs/experiments/lm_kl_comparison-TIME)")
+    p.add_argument("--reanalyze", default=None, metavar="RUN_DIR",
+                   help="recompute aggregates, claims.md and results.* of a finished run directory (no training)")
     args = p.parse_args(argv)
+    if args.reanalyze:
+        saved = json.loads((Path(args.reanalyze) / "experiment.json").read_text())
+        args = argparse.Namespace(**{**saved["args"], "out": args.reanalyze})
+        results = [_run_one(job) for job in saved["jobs"]]  # finished runs are only read back
+        return _report(args, Path(args.out), results, time.time())
 
     from rlkl.lm.train import default_ref_path
     from rlkl.methods import get_method
@@ -269,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for job in tqdm(jobs, desc="runs"):
             results.append(_run_one(job))
-    names = [v[0] for v in vs]
+    return _report(args, out, results, t0)
+
+
+def _report(args: argparse.Namespace, out: Path, results: list[dict], t0: float) -> int:
+    names = list(dict.fromkeys(r["variant"] for r in sorted(
+        results, key=lambda r: [v[0] for v in variants(args.rpg_k)].index(r["variant"]))))
     results.sort(key=lambda r: (names.index(r["variant"]), r["seed"]))
     agg = aggregate(results, names)
     verdicts = claims(agg, args.rpg_k)

@@ -3,7 +3,8 @@
 Everything the papers plot is here: pass@k (the unbiased estimator of Chen et al. 2021), exact
 per-token entropy and exact per-token KL in both directions from the full softmax (the vocabulary is
 tiny, so no estimator is needed), the k1/k2/k3 estimates of the same KL from the sampled tokens (via
-:func:`rlkl.divergences.kl_estimate`, the function every method uses), sequence-level sums of log
+:func:`rlkl.divergences.kl_estimate`, the function every method uses; the exact KL is
+:func:`rlkl.divergences.exact_kl`), sequence-level sums of log
 ratios, response length, the fraction of groups whose advantages are all zero, the gradient norm and
 throughput. Shapes: ``[B, T]`` per token, ``[B]`` per sequence, ``[B, T, V]`` logits.
 """
@@ -68,11 +69,11 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """Exact ``KL(p || q) = sum_v p_v (log p_v - log q_v)`` per position: ``[..., V]`` x2 -> ``[...]``."""
+    from rlkl.divergences import exact_kl
+
     if logits_p.shape != logits_q.shape:
         raise ValueError(f"logits_p {tuple(logits_p.shape)} and logits_q {tuple(logits_q.shape)} differ")
-    logp = torch.log_softmax(logits_p.float(), dim=-1)  # [..., V]
-    logq = torch.log_softmax(logits_q.float(), dim=-1)  # [..., V]
-    return (logp.exp() * (logp - logq)).sum(dim=-1).clamp_min(0.0)  # [...]
+    return exact_kl(logits_p.float(), logits_q.float(), dim=-1).clamp_min(0.0)  # [...] (clamp: float round-off)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 One file, read top to bottom: config -> attention -> MLP -> block -> GPT (forward, log-probs, sampling).
 Sequences are short (tens of tokens) and the vocabulary is tiny (tens of symbols), so
 
-- sampling recomputes the full prefix at every step (no KV cache; the cost is negligible at these lengths),
+- sampling keeps a small key/value cache per block (``use_cache=False`` recomputes the prefix instead),
 - every quantity that needs the full softmax (exact entropy, exact KL to the reference) is affordable.
 
 Padding convention: prompts of one task have a fixed length and responses are right-padded after their
@@ -62,14 +62,23 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         B, L, D = x.shape  # batch, sequence length, width
         q, k, v = self.qkv(x).split(D, dim=2)  # 3 x [B, L, D]
         q = q.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
         k = k.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
         v = v.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
+        causal = True
+        if cache is not None:  # sampling: append to the keys/values of the earlier positions
+            if "k" in cache:
+                if L != 1:
+                    raise ValueError("with a filled KV cache, feed one new token at a time")
+                k = torch.cat([cache["k"], k], dim=2)  # [B, H, past + 1, D/H]
+                v = torch.cat([cache["v"], v], dim=2)  # [B, H, past + 1, D/H]
+                causal = False  # the single new query may attend to every cached position
+            cache["k"], cache["v"] = k, v
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)  # [B, H, L, D/H]
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal)  # [B, H, L, D/H]
         y = y.transpose(1, 2).contiguous().view(B, L, D)  # [B, L, D]
         return self.proj(y)  # [B, L, D]
 
@@ -93,8 +102,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x)))  # [B, L, D]
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), cache))  # [B, L, D]
         x = x + self.drop(self.mlp(self.ln2(x)))  # [B, L, D]
         return x
 
@@ -128,15 +137,19 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Next-token logits for every position: ``idx [B, L]`` (long) -> ``logits [B, L, V]``."""
+    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+        """Next-token logits for every position: ``idx [B, L]`` (long) -> ``logits [B, L, V]``.
+
+        ``caches`` (one dict per block, filled in place) and ``start`` (position of ``idx[:, 0]``) are for
+        sampling with a key/value cache; training and scoring call ``model(idx)``.
+        """
         B, L = idx.shape
-        if L > self.cfg.block_size:
-            raise ValueError(f"sequence length {L} exceeds block_size {self.cfg.block_size}")
-        pos = torch.arange(L, device=idx.device)  # [L]
+        if start + L > self.cfg.block_size:
+            raise ValueError(f"sequence length {start + L} exceeds block_size {self.cfg.block_size}")
+        pos = torch.arange(start, start + L, device=idx.device)  # [L]
         x = self.tok_emb(idx) + self.pos_emb(pos)  # [B, L, D]
-        for block in self.blocks:
-            x = block(x)  # [B, L, D]
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])  # [B, L, D]
         x = self.ln_f(x)  # [B, L, D]
         return self.head(x).float()  # [B, L, V] (float32 even under bf16 autocast)
 
@@ -175,8 +188,9 @@ def sample(
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
     greedy: bool = False,
+    use_cache: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample responses autoregressively (no KV cache) until every row has emitted EOS.
+    """Sample responses autoregressively until every row has emitted EOS.
 
     Args:
         prompts: ``[B, P]`` long; all prompts of a task have the same length.
@@ -185,6 +199,8 @@ def sample(
         generator: torch.Generator on the model's device (seeded by the caller; same seed, same samples).
         temperature: sampling temperature (the RL trainer always uses 1).
         greedy: take the arg-max instead of sampling.
+        use_cache: keep each block's keys/values and feed one new token per step (same numbers up to
+            float round-off as recomputing the whole prefix, which ``use_cache=False`` does).
 
     Returns:
         ``responses [B, R]`` long, ``mask [B, R]`` bool (True up to and including the EOS token),
@@ -194,12 +210,19 @@ def sample(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     B = prompts.shape[0]
     device = prompts.device
+    core = unwrap(model)
+    caches = [{} for _ in core.blocks] if use_cache and isinstance(core, GPT) else None
     seq = prompts  # [B, P]
     done = torch.zeros(B, dtype=torch.bool, device=device)  # [B] row has emitted EOS
     tokens, masks, logps = [], [], []
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
         with autocast(device):
-            logits = model(seq)[:, -1, :].float()  # [B, V]
+            if caches is None:
+                logits = model(seq)[:, -1, :].float()  # [B, V] recompute the whole prefix
+            elif t == 0:
+                logits = core(seq, caches)[:, -1, :].float()  # [B, V] prompt pass fills the caches
+            else:
+                logits = core(seq[:, -1:], caches, start=seq.shape[1] - 1)[:, -1, :].float()  # [B, V]
         logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
         if greedy:
             tok = logp_all.argmax(dim=-1)  # [B]

@@ -12,7 +12,6 @@ Output (``out`` directory): ``reference.pt`` (model config, task, SFT config, we
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -69,6 +68,8 @@ class SFTConfig:
     """Seed of the initialisation, the demonstrations and the noise."""
     device: str = "auto"
     """``auto`` (cuda if available, else cpu), ``cpu`` or ``cuda``."""
+    num_threads: int = 0
+    """torch intra-op CPU threads while training (0 = leave torch's default; restored afterwards)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.noise_rate <= 1.0:
@@ -76,6 +77,8 @@ class SFTConfig:
         for name in ("steps", "batch_size", "eval_prompts", "eval_samples", "eval_every", "difficulty"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_threads < 0:
+            raise ValueError(f"SFTConfig.num_threads must be >= 0, got {self.num_threads}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         make_task(self.task, self.difficulty, self.split_seed)  # raises on an unknown task
@@ -84,7 +87,9 @@ class SFTConfig:
 
 SFT_PRESETS: dict[str, dict] = {
     # minutes on 2 CPU cores; 2-digit addition reaches ~40-55% pass@1 with noise 0.5
-    "cpu_tiny": dict(n_layer=2, n_head=4, d_model=64, steps=2000, batch_size=256, lr=3e-3),
+    # One thread: at this size intra-op parallelism costs more than it saves (and collapses when the
+    # cores are shared with other processes).
+    "cpu_tiny": dict(n_layer=2, n_head=4, d_model=64, steps=1000, batch_size=128, lr=3e-3, num_threads=1),
     "gpu_small": dict(n_layer=4, n_head=4, d_model=128, steps=5000, batch_size=512, lr=1e-3, difficulty=3),
     "gpu_medium": dict(n_layer=6, n_head=8, d_model=256, steps=10000, batch_size=512, lr=6e-4, difficulty=5),
 }
@@ -96,16 +101,17 @@ def sft_config_from_preset(preset: str, **overrides) -> SFTConfig:
     return SFTConfig(**{**SFT_PRESETS[preset], **overrides})
 
 
-def corrupt(answer: list[int], symbols: list[int], generator: torch.Generator) -> list[int]:
+def corrupt(answer: list[int], symbols: list[int], generator: torch.Generator, max_len: int | None = None) -> list[int]:
     """One random edit of an answer (token ids): substitute, delete or insert a symbol, uniformly.
 
-    A substitution always changes the token; a deletion of a one-token answer falls back to substitution.
+    The result always differs from ``answer``: a substitution always changes the token; a deletion of a
+    one-token answer, or an insertion that would exceed ``max_len``, falls back to a substitution.
     """
     kind = int(torch.randint(0, 3, (1,), generator=generator))
     pos = int(torch.randint(0, len(answer), (1,), generator=generator))
     if kind == 1 and len(answer) > 1:  # delete
         return answer[:pos] + answer[pos + 1 :]
-    if kind == 2:  # insert a random symbol before position pos (or at the end)
+    if kind == 2 and (max_len is None or len(answer) < max_len):  # insert a random symbol before position pos (or at the end)
         pos = int(torch.randint(0, len(answer) + 1, (1,), generator=generator))
         sym = symbols[int(torch.randint(0, len(symbols), (1,), generator=generator))]
         return answer[:pos] + [sym] + answer[pos:]
@@ -118,8 +124,8 @@ def noisy_demonstrations(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` training demonstrations: ``(prompts [n, P], responses [n, R], mask [n, R], corrupted [n])``.
 
-    Each answer is corrupted with probability ``noise_rate`` (see :func:`corrupt`); responses keep the
-    task's width R (an insertion into a longest answer drops its last digit before the EOS).
+    Each answer is corrupted with probability ``noise_rate`` (see :func:`corrupt`; answers stay within the
+    task's budget of R - 1 symbols + EOS), so exactly the corrupted demonstrations are wrong.
     """
     prompts = task.sample_prompts(n, generator, split="train")  # [n, P]
     clean, clean_mask = task.target_responses(prompts)  # [n, R]
@@ -129,7 +135,7 @@ def noisy_demonstrations(
     responses, mask = clean.clone(), clean_mask.clone()
     for i in torch.nonzero(corrupted).flatten().tolist():
         ans = clean[i][clean_mask[i]].tolist()[:-1]  # without EOS
-        new = corrupt(ans, symbols, generator)[: R - 1] + [eos]
+        new = corrupt(ans, symbols, generator, max_len=R - 1) + [eos]
         responses[i] = eos
         responses[i, : len(new)] = torch.tensor(new)
         mask[i] = False
@@ -153,6 +159,16 @@ def _lr_at(step: int, cfg: SFTConfig) -> float:
 
 def train_sft(cfg: SFTConfig, out: str | os.PathLike | None = None, progress: bool = True) -> tuple[GPT, dict]:
     """Train the reference policy; save it under ``out`` when given. Returns ``(model, final_eval)``."""
+    threads = torch.get_num_threads()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train_sft(cfg, out, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_sft(cfg: SFTConfig, out: str | os.PathLike | None, progress: bool) -> tuple[GPT, dict]:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task, cfg.difficulty, cfg.split_seed)
@@ -183,11 +199,11 @@ def train_sft(cfg: SFTConfig, out: str | os.PathLike | None = None, progress: bo
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        row = {"step": step + 1, "loss": float(loss), "lr": _lr_at(step, cfg), "wall_time": time.time() - t0}
+        row = {"step": step + 1, "loss": loss.item(), "lr": _lr_at(step, cfg), "wall_time": time.time() - t0}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row.update(evaluate(model, task, eval_prompts, cfg.eval_samples, ks, seed=cfg.seed + 7919))
             final = row
-            bar.set_postfix(loss=f"{float(loss):.3f}", pass1=f"{row['pass@1']:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", pass1=f"{row['pass@1']:.3f}")
         if out_dir is not None:
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -225,7 +241,3 @@ def load_reference(path: str | os.PathLike, device: str | torch.device = "cpu") 
     model = GPT(GPTConfig(**payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(device), task_from_dict(payload["task"]), payload
-
-
-def replace(cfg: SFTConfig, **changes) -> SFTConfig:
-    return dataclasses.replace(cfg, **changes)

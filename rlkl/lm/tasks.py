@@ -111,6 +111,9 @@ class Task:
     def _keys(self, problems: torch.Tensor) -> torch.Tensor:  # [n] long
         raise NotImplementedError
 
+    def _all_problems(self) -> torch.Tensor:  # [n_problems, k] long (small spaces only)
+        raise NotImplementedError
+
     def prompt_text(self, problem: list[int]) -> str:
         raise NotImplementedError
 
@@ -176,6 +179,13 @@ class Task:
     def eval_problems(self, n: int) -> torch.Tensor:
         """A fixed set of ``n`` distinct eval problems (the same for every run with this split)."""
         gen = torch.Generator().manual_seed(1_000_003 + self.split_seed)
+        if n_problems(self) <= 200_000:  # small space: enumerate the eval split, take a seeded subset
+            pool = self._all_problems()
+            pool = pool[self.is_eval(pool)]  # [n_eval_split, k]
+            if pool.shape[0] < n:
+                raise ValueError(f"the eval split of {self.name} (difficulty {self.difficulty}) has only "
+                                 f"{pool.shape[0]} problems; ask for at most that many eval prompts")
+            return pool[torch.randperm(pool.shape[0], generator=gen)[:n]]
         seen: dict[int, torch.Tensor] = {}
         for _ in range(1000):
             cand = self.sample_problems(n, gen, split="eval")
@@ -245,6 +255,10 @@ class AdditionTask(Task):
     def _keys(self, problems: torch.Tensor) -> torch.Tensor:
         return problems[:, 0] * 10**self.difficulty + problems[:, 1]  # [n]
 
+    def _all_problems(self) -> torch.Tensor:
+        r = torch.arange(10**self.difficulty)
+        return torch.cartesian_prod(r, r)  # [10^(2d), 2]
+
     @property
     def prompt_len(self) -> int:
         return 2 * self.difficulty + 2
@@ -281,6 +295,11 @@ class SortTask(Task):
     def _keys(self, problems: torch.Tensor) -> torch.Tensor:
         powers = 10 ** torch.arange(self.difficulty - 1, -1, -1)  # [d]
         return (problems * powers).sum(dim=1)  # [n]
+
+    def _all_problems(self) -> torch.Tensor:
+        keys = torch.arange(10**self.difficulty)  # [10^d]
+        powers = 10 ** torch.arange(self.difficulty - 1, -1, -1)  # [d]
+        return (keys[:, None] // powers) % 10  # [10^d, d] digits, most significant first
 
     @property
     def prompt_len(self) -> int:

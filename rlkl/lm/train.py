@@ -1,0 +1,589 @@
+"""RL training of the small LM with any registered Method (the same ``Method.loss`` the exact engine audits).
+
+One step: draw ``prompts_per_step`` training prompts, sample ``group_size`` completions of each at
+temperature 1 (groups are contiguous rows), score them with the task's verifier, compute the behaviour
+log-probs (π_old = the policy that sampled) and reference log-probs, then take ``updates_per_batch`` (K)
+AdamW steps on ``method.loss(logp, RolloutBatch(...))``. Every step logs one JSON line to
+``metrics.jsonl`` (formulas in ``docs/metrics.md``); every ``eval_every`` steps adds pass@k on held-out
+prompts; every ``checkpoint_every`` steps (and on Ctrl-C) writes ``checkpoint.pt``, from which
+``resume`` continues so that the metrics equal the uninterrupted run's, step for step, on CPU.
+
+How this departs from full-scale GRPO / RPG training (verl, TRL, the RPG repo):
+
+1. **Scale and task.** A ~0.1M-parameter GPT (``rlkl.lm.model``) on a synthetic task with an exact
+   verifier (``rlkl.lm.tasks``); no chat template, all prompts of a task have one length, responses are
+   a few tokens long. The reference policy is our own noisy-SFT model (``rlkl.lm.sft``).
+2. **Sampling.** Pure temperature-1 sampling (no top-p/top-k) by the training model itself, no KV cache,
+   no inference engine: there is no training/inference mismatch, so no rollout importance correction.
+   π_old log-probs are recomputed by one full forward after sampling (as verl does; here that forward is
+   the first update's own, detached), so the first of the K updates is exactly on-policy (ratio 1).
+3. **One mini-batch.** Each of the K optimizer steps uses the whole rollout batch (verl/TRL split a batch
+   into mini-batches and epochs; K stands for mini-batches × epochs). Steps 2..K are off-policy.
+4. **Nothing else in the loss.** No critic/value model, no entropy bonus, no format or overlong reward
+   shaping, no DAPO dynamic sampling (zero-advantage groups are kept, and counted), a fixed β (no
+   adaptive KL controller). A response that never emits EOS within the task's budget gets reward 0.
+5. **Reference refresh (RPG).** ``ref_refresh_every = N > 0`` hard-copies π_θ into π_ref every N steps
+   (RPG's iterative reference). The KL-drift metrics are always measured against the *initial*
+   reference π_0 (the SFT model), so runs with and without refresh are comparable.
+6. **Precision and parallelism.** float32 on CPU (bf16 autocast on CUDA forwards); single process, no
+   sequence packing, no gradient accumulation, no dynamic batch size.
+7. **Schedule.** Linear learning-rate warm-up over ``warmup_steps`` optimizer updates, then constant.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from rlkl.lm.metrics import evaluate, rollout_metrics, seq_sum, token_entropy, token_kl, tokens_per_second
+from rlkl.lm.model import autocast, maybe_compile, resolve_device, response_logits, sample, token_logprobs, unwrap
+from rlkl.lm.sft import load_reference
+from rlkl.lm.tasks import TASKS, Task
+
+# Metric keys that measure time, not training; they differ between a resumed and an uninterrupted run.
+TIMING_KEYS = ("time/rollout", "time/update", "time/step", "time/eval", "wall_time", "tokens_per_s")
+
+# Task difficulty used by a preset when none is given (shared by `rlkl sft` and `rlkl train`).
+PRESET_DIFFICULTY: dict[str, dict[str, int]] = {
+    "cpu_tiny": {"addition": 2, "sort": 4},
+    "gpu_small": {"addition": 3, "sort": 6},
+    "gpu_medium": {"addition": 5, "sort": 10},
+}
+
+
+def default_ref_path(task: str, difficulty: int, preset: str) -> str:
+    """Where ``rlkl sft`` writes (and ``rlkl train`` looks for) the reference of a task and preset."""
+    return os.path.join("runs", "sft", f"{task}-d{difficulty}-{preset}", "reference.pt")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines an RL run; saved as ``config.json`` in the run directory."""
+
+    method: str = "grpo"
+    """Registered method name (``rlkl methods`` lists them)."""
+    beta: float | None = None
+    """KL coefficient β; None keeps the method's registered default."""
+    unclipped: bool = False
+    """Remove the method's clipping: RPG-Style Clip off for ``rpg*`` methods; PPO/GSPO clip ranges opened
+    to (1e-6, 1e6) with no dual clip. Used to show what clipping buys when K > 1."""
+    task: str = "addition"
+    """Task name; must match the reference checkpoint's task."""
+    difficulty: int = 2
+    """Task difficulty; must match the reference checkpoint's."""
+    ref: str = ""
+    """Path of the SFT reference checkpoint (``reference.pt``); empty = the preset's default path."""
+    steps: int = 150
+    """RL steps (rollout batches)."""
+    prompts_per_step: int = 16
+    """Distinct prompts per rollout batch."""
+    group_size: int = 8
+    """Completions per prompt G (batch size B = prompts_per_step × G; groups are contiguous rows)."""
+    updates_per_batch: int = 1
+    """Optimizer steps K on each rollout batch (K > 1 makes steps 2..K off-policy)."""
+    ref_refresh_every: int = 0
+    """Copy π_θ into π_ref every this many steps (RPG iterative reference); 0 = never."""
+    partial_credit: bool = False
+    """Reward = fraction of correct answer digits instead of the binary verifier (pass@k stays binary)."""
+    lr: float = 3e-4
+    """Peak AdamW learning rate."""
+    adam_beta1: float = 0.9
+    """AdamW β1."""
+    adam_beta2: float = 0.99
+    """AdamW β2."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = no clipping; the norm is logged either way)."""
+    warmup_steps: int = 10
+    """Linear learning-rate warm-up, in optimizer updates."""
+    eval_every: int = 25
+    """Evaluate on held-out prompts every this many steps (also at step 0 and at the last step)."""
+    eval_prompts: int = 200
+    """Held-out eval prompts."""
+    eval_samples: int = 8
+    """Samples per eval prompt; pass@k is reported for k = 1, 2, 4, … up to this."""
+    checkpoint_every: int = 50
+    """Write ``checkpoint.pt`` every this many steps (also at the end and on Ctrl-C)."""
+    seed: int = 0
+    """Seed of the prompt stream and the sampling generator."""
+    device: str = "auto"
+    """``auto`` (cuda if available, else cpu), ``cpu`` or ``cuda``."""
+    compile: bool = False
+    """``torch.compile`` the policy for the update forward passes."""
+    num_threads: int = 0
+    """torch intra-op CPU threads (0 = leave torch's default)."""
+
+    def __post_init__(self) -> None:
+        from rlkl.methods import get_method
+
+        method = get_method(self.method)  # ValueError listing the registered names
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; known tasks: {', '.join(sorted(TASKS))}")
+        if self.updates_per_batch < 1:
+            raise ValueError(f"updates_per_batch (K) must be >= 1, got {self.updates_per_batch}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if method.is_group_based and self.group_size < 2:
+            raise ValueError(f"method {self.method!r} uses a group-based advantage ({method.advantage}); "
+                             f"group_size must be >= 2, got {self.group_size}")
+        if self.beta is not None and self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        for name in ("steps", "prompts_per_step", "eval_every", "eval_prompts", "eval_samples",
+                     "checkpoint_every", "difficulty"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ref_refresh_every", "warmup_steps", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0, grad_clip >= 0, weight_decay >= 0; got {self.lr}, {self.grad_clip}, "
+                             f"{self.weight_decay}")
+        resolve_device(self.device)  # ValueError when CUDA is requested but absent
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # ~1-2 minutes on 2 CPU cores: 16 prompts x 8 completions, 150 steps, 2-digit addition
+    # (one thread: at this size intra-op parallelism costs more than it saves)
+    "cpu_tiny": dict(steps=150, prompts_per_step=16, group_size=8, lr=3e-4, warmup_steps=10, eval_every=25,
+                     eval_prompts=200, eval_samples=8, checkpoint_every=50, num_threads=1),
+    "gpu_small": dict(steps=500, prompts_per_step=64, group_size=8, lr=1e-4, warmup_steps=20, eval_every=50,
+                      eval_prompts=500, eval_samples=16, checkpoint_every=100),
+    "gpu_medium": dict(steps=1000, prompts_per_step=128, group_size=16, lr=5e-5, warmup_steps=50, eval_every=100,
+                       eval_prompts=1000, eval_samples=16, checkpoint_every=100),
+}
+
+
+def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
+    """A preset's TrainConfig with overrides; fills ``difficulty`` and ``ref`` defaults for the preset."""
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(TRAIN_PRESETS)}")
+    values = {**TRAIN_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None or k == "beta"}}
+    task = values.get("task", "addition")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    values.setdefault("difficulty", PRESET_DIFFICULTY[preset][task])
+    if not values.get("ref"):
+        values["ref"] = default_ref_path(task, values["difficulty"], preset)
+    return TrainConfig(**values)
+
+
+def build_method(cfg: TrainConfig):
+    """The registered Method with the config's β and clipping applied."""
+    from rlkl.methods import get_method
+
+    method = get_method(cfg.method)
+    if cfg.beta is not None:
+        method = dataclasses.replace(method, beta=float(cfg.beta))
+    if cfg.unclipped:
+        if method.policy_loss == "rpg":
+            method = dataclasses.replace(method, rpg_clip=None)
+        else:
+            method = dataclasses.replace(method, clip_low=1.0 - 1e-6, clip_high=1e6, dual_clip=None)
+    return method
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rollout and loss
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One rollout batch (B = prompts × G rows, groups contiguous) and its per-batch metrics.
+
+    ``logp_old`` and ``metrics`` are filled by :meth:`set_behaviour` from the policy's logits on the sampled
+    responses; the trainer takes those logits from the first update's forward pass (so π_old costs no extra
+    forward and the first update is exactly on-policy), :func:`collect_rollout` can also compute them.
+    """
+
+    prompts: torch.Tensor  # [B, P] long
+    responses: torch.Tensor  # [B, R] long
+    mask: torch.Tensor  # [B, R] bool
+    logp_sample: torch.Tensor  # [B, R] log-probs recorded while sampling (0 on padding)
+    logp_ref: torch.Tensor  # [B, R] reference log-probs (the loss's π_ref)
+    rewards: torch.Tensor  # [B] float32
+    group_size: int
+    logits_base: torch.Tensor  # [B, R, V] logits of π_0 (the KL-drift metrics' reference)
+    logits_ref: torch.Tensor  # [B, R, V] logits of π_ref (the same tensor as logits_base without refresh)
+    logp_old: torch.Tensor | None = None  # [B, R] behaviour log-probs (one full forward of π_old)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @torch.no_grad()
+    def set_behaviour(self, logits: torch.Tensor) -> None:
+        """Record π_old from its response logits ``[B, R, V]`` and compute the rollout metrics."""
+        logits = logits.detach().float()  # [B, R, V]
+        self.logp_old = token_logprobs(logits, self.responses)  # [B, R]
+        logp_base = token_logprobs(self.logits_base, self.responses)  # [B, R]
+        self.metrics.update(rollout_metrics(logits, self.logits_base, self.logp_old, logp_base, self.mask,
+                                            self.rewards, self.group_size))
+        if self.logits_ref is not self.logits_base:
+            self.metrics["kl_rev_tok_to_ref"] = float((token_kl(logits, self.logits_ref) * self.mask).sum()
+                                                      / self.mask.sum())
+
+    def batch(self, group_size: int | None = None):
+        from rlkl.methods import RolloutBatch
+
+        if self.logp_old is None:
+            raise ValueError("the rollout has no behaviour log-probs yet; call set_behaviour(logits) first")
+        return RolloutBatch(logp_old=self.logp_old, logp_ref=self.logp_ref, mask=self.mask,
+                            rewards=self.rewards, group_size=group_size or self.group_size)
+
+
+def policy_logits(model: torch.nn.Module, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """Response logits of the policy (differentiable): ``[B, R, V]`` float32."""
+    with autocast(prompts.device):
+        return response_logits(model, prompts, responses).float()  # [B, R, V]
+
+
+def policy_logp(model: torch.nn.Module, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+    """log π(sampled token) for every response position (differentiable): ``[B, R]``."""
+    return token_logprobs(policy_logits(model, prompts, responses), responses)  # [B, R]
+
+
+@torch.no_grad()
+def collect_rollout(
+    policy: torch.nn.Module,
+    ref: torch.nn.Module,
+    base: torch.nn.Module,
+    task: Task,
+    prompts: torch.Tensor,
+    group_size: int,
+    generator: torch.Generator,
+    partial_credit: bool = False,
+    with_behaviour: bool = True,
+) -> Rollout:
+    """Sample G completions per prompt from ``policy`` and compute everything the update needs.
+
+    ``ref`` gives ``logp_ref`` for the loss; ``base`` (π_0, the initial reference) is what the KL-drift
+    metrics are measured against (the same module as ``ref`` unless the reference is refreshed).
+    ``with_behaviour=False`` leaves ``logp_old`` to the caller (:meth:`Rollout.set_behaviour`).
+    """
+    device = prompts.device
+    rep = prompts.repeat_interleave(group_size, dim=0)  # [B, P]  rows i*G .. i*G+G-1 share prompt i
+    responses, mask, logp_sample = sample(policy, rep, task.max_response_len, task.eos_id, generator)  # [B, R] x3
+    rewards = task.score(rep.cpu(), responses.cpu(), partial_credit=partial_credit).to(device)  # [B]
+    with autocast(device):
+        logits_base = response_logits(base, rep, responses).float()  # [B, R, V]
+        logits_ref = logits_base if ref is base else response_logits(ref, rep, responses).float()  # [B, R, V]
+    ro = Rollout(rep, responses, mask, logp_sample, token_logprobs(logits_ref, responses), rewards.float(),
+                 group_size, logits_base, logits_ref)
+    if partial_credit:  # the binary pass rate next to the partial-credit reward
+        ro.metrics["pass_rate"] = float(task.score(rep.cpu(), responses.cpu()).mean())
+    if with_behaviour:
+        ro.set_behaviour(policy_logits(policy, rep, responses))
+    return ro
+
+
+def compute_loss(model: torch.nn.Module, method, rollout: Rollout, group_size: int):
+    """The trainer's loss: ``method.loss`` on the policy's log-probs of the rollout's tokens.
+
+    When the rollout has no behaviour log-probs yet, this forward pass provides them (π_old = π_θ now).
+    """
+    logits = policy_logits(model, rollout.prompts, rollout.responses)  # [B, R, V] requires grad
+    if rollout.logp_old is None:
+        rollout.set_behaviour(logits)
+    logp = token_logprobs(logits, rollout.responses)  # [B, R]
+    return method.loss(logp, rollout.batch(group_size))
+
+
+@torch.no_grad()
+def drift_metrics(policy: torch.nn.Module, base: torch.nn.Module, task: Task, prompts: torch.Tensor,
+                  generator: torch.Generator) -> dict[str, float]:
+    """Exact KL drift on eval prompts, one sample per prompt from π and one from π_0.
+
+    ``eval_kl_rev_seq`` = mean_i Σ_t KL(π‖π_0)(s_t) over y ~ π (= sequence KL(π‖π_0) in expectation);
+    ``eval_kl_fwd_seq`` = mean_i Σ_t KL(π_0‖π)(s_t) over y ~ π_0 (= sequence KL(π_0‖π) in expectation);
+    token-level versions are the token means on the same samples; ``eval_entropy`` on the π samples.
+    """
+    out: dict[str, float] = {}
+    for who, sampler, p, q in (("rev", policy, policy, base), ("fwd", base, base, policy)):
+        resp, mask, _ = sample(sampler, prompts, task.max_response_len, task.eos_id, generator)
+        with autocast(prompts.device):
+            lp = response_logits(p, prompts, resp).float()  # [n, R, V]
+            lq = response_logits(q, prompts, resp).float()  # [n, R, V]
+        kl = token_kl(lp, lq)  # [n, R]
+        out[f"eval_kl_{who}_seq"] = float(seq_sum(kl, mask).mean())
+        out[f"eval_kl_{who}_tok"] = float((kl * mask).sum() / mask.sum())
+        if who == "rev":
+            out["eval_entropy"] = float((token_entropy(lp) * mask).sum() / mask.sum())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------
+
+
+def _save_checkpoint(path: Path, step: int, wall_time: float, policy, ref, base, opt, prompt_gen, sample_gen) -> None:
+    payload = {
+        "step": step,
+        "wall_time": wall_time,
+        "policy": unwrap(policy).state_dict(),
+        "ref": None if ref is base else ref.state_dict(),
+        "optimizer": opt.state_dict(),
+        "prompt_gen": prompt_gen.get_state(),
+        "sample_gen": sample_gen.get_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_policy(run_dir: str | os.PathLike, device: str = "cpu"):
+    """The trained policy of a run (its latest checkpoint) and the task: ``(model, task)``."""
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    model, task, _ = load_reference(cfg.ref, device)
+    ck = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    model.load_state_dict(ck["policy"])
+    return model, task
+
+
+class _GracefulStop:
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop immediately."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
+
+    def __enter__(self) -> "_GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+
+
+def _lr_at(update: int, cfg: TrainConfig) -> float:
+    if cfg.warmup_steps == 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (update + 1) / cfg.warmup_steps)
+
+
+def _pass_ks(n: int) -> list[int]:
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    if ks[-1] != n:
+        ks.append(n)
+    return ks
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> list[dict]:
+    """Run (or resume) RL training; returns the metric rows written to ``metrics.jsonl``.
+
+    Args:
+        cfg: the run's configuration (on resume it must equal the saved ``config.json``, except ``steps``,
+            which may be raised to extend a run, and ``num_threads``/``compile``).
+        out_dir: run directory (``config.json``, ``method.json``, ``metrics.jsonl``, ``checkpoint.pt``).
+        resume: continue from ``out_dir/checkpoint.pt``.
+        progress: show the tqdm bar.
+        stop_after: stop (with a checkpoint) after this many steps of *this* invocation, as Ctrl-C would.
+    """
+    threads = torch.get_num_threads()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(cfg, Path(out_dir), resume, progress, stop_after)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after: int | None) -> list[dict]:
+    device = resolve_device(cfg.device)
+    method = build_method(cfg)
+
+    base, task, _ = load_reference(cfg.ref, device)
+    if task.name != cfg.task or task.difficulty != cfg.difficulty:
+        raise ValueError(f"reference {cfg.ref} was trained on {task.name} difficulty {task.difficulty}, but the "
+                         f"config asks for {cfg.task} difficulty {cfg.difficulty}")
+    base.requires_grad_(False).eval()
+    policy = copy.deepcopy(base).requires_grad_(True).train()
+    ref = base if cfg.ref_refresh_every == 0 else copy.deepcopy(base)
+    train_model = maybe_compile(policy, cfg.compile)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                            weight_decay=cfg.weight_decay)
+    prompt_gen = torch.Generator().manual_seed(cfg.seed)  # prompts are drawn on the CPU
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    eval_prompts = task.eval_prompts(cfg.eval_prompts).to(device)
+    ks = _pass_ks(cfg.eval_samples)
+
+    metrics_path, ckpt_path = out / "metrics.jsonl", out / "checkpoint.pt"
+    rows: list[dict] = []
+    start, wall0 = 0, 0.0
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
+        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+        free = {"steps", "num_threads", "compile"}  # the device is fixed: RNG states are per device
+        diff = [f.name for f in fields(TrainConfig) if f.name not in free and getattr(saved, f.name) != getattr(cfg, f.name)]
+        if diff:
+            raise ValueError(f"cannot change {diff} when resuming {out}; only {sorted(free)} may change")
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        policy.load_state_dict(ck["policy"])
+        if ck["ref"] is not None:
+            ref.load_state_dict(ck["ref"])
+        opt.load_state_dict(ck["optimizer"])
+        prompt_gen.set_state(ck["prompt_gen"])
+        sample_gen.set_state(ck["sample_gen"])
+        start, wall0 = int(ck["step"]), float(ck["wall_time"])
+        if metrics_path.exists():  # drop rows written after the checkpoint
+            rows = [r for r in (json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip())
+                    if r["step"] <= start]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        if ckpt_path.exists():
+            raise ValueError(f"{out} already holds a run (checkpoint.pt); resume it with --resume {out} "
+                             f"or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (out / "method.json").write_text(json.dumps(_jsonable(asdict(method)), indent=2) + "\n")
+
+    def log(row: dict) -> None:
+        rows.append(row)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def run_eval(step: int) -> dict:
+        t = time.time()
+        seed = cfg.seed * 1_000_003 + step
+        res = {f"eval_{k}": v for k, v in evaluate(policy, task, eval_prompts, cfg.eval_samples, ks, seed).items()}
+        res.update(drift_metrics(policy, base, task, eval_prompts, torch.Generator(device=device).manual_seed(seed + 1)))
+        res["time/eval"] = time.time() - t
+        return res
+
+    t_start = time.time() - wall0
+    if start == 0:
+        log({"step": 0, **run_eval(0), "wall_time": time.time() - t_start})
+
+    last_eval = next((r for r in reversed(rows) if "eval_pass@1" in r), {})
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.method} {cfg.task}-{cfg.difficulty}",
+               disable=not progress, dynamic_ncols=True)
+    step = start
+    with _GracefulStop() as stop:
+        while step < cfg.steps:
+            t0 = time.time()
+            prompts = task.sample_prompts(cfg.prompts_per_step, prompt_gen).to(device)  # [n, P]
+            policy.eval()
+            ro = collect_rollout(policy, ref, base, task, prompts, cfg.group_size, sample_gen, cfg.partial_credit,
+                                 with_behaviour=False)  # π_old comes from the first update's forward
+            policy.train()
+            t1 = time.time()
+            diag_sum: dict[str, float] = {}
+            losses, gnorms = [], []
+            for k in range(cfg.updates_per_batch):
+                lr = _lr_at(step * cfg.updates_per_batch + k, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss, diag = compute_loss(train_model, method, ro, cfg.group_size)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(policy.parameters(),
+                                                    cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                opt.step()
+                losses.append(loss.item())
+                gnorms.append(float(gn))
+                for key, v in diag.items():
+                    diag_sum[key] = diag_sum.get(key, 0.0) + float(v)
+            step += 1
+            if cfg.ref_refresh_every and step % cfg.ref_refresh_every == 0:
+                ref.load_state_dict(unwrap(policy).state_dict())
+            t2 = time.time()
+            K = cfg.updates_per_batch
+            row = {"step": step, **ro.metrics, "loss": sum(losses) / K, "grad_norm": sum(gnorms) / K,
+                   "grad_norm_last": gnorms[-1], "lr": lr}
+            row.update({f"diag/{key}": v / K for key, v in diag_sum.items()})
+            n_tok = int(ro.mask.sum())
+            row.update({"response_tokens": n_tok, "time/rollout": t1 - t0, "time/update": t2 - t1,
+                        "time/step": t2 - t0, "tokens_per_s": tokens_per_second(n_tok, t2 - t0)})
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                last_eval = run_eval(step)
+                row.update(last_eval)
+            row["wall_time"] = time.time() - t_start
+            log(row)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_mean']:.3f}", pass1=f"{last_eval.get('eval_pass@1', float('nan')):.3f}",
+                            kl=f"{row['kl_rev_tok']:.3f}")
+            stopping = stop.requested or (stop_after is not None and step - start >= stop_after)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+                _save_checkpoint(ckpt_path, step, time.time() - t_start, policy, ref, base, opt, prompt_gen, sample_gen)
+            if stopping:
+                if stop.requested:
+                    tqdm.write(f"stopped at step {step}; continue with: rlkl train --resume {out}")
+                break
+    bar.close()
+    return rows
+
+
+def resume(run_dir: str | os.PathLike, progress: bool = True, stop_after: int | None = None, **changes: Any) -> list[dict]:
+    """Continue the run in ``run_dir`` from its checkpoint (``changes`` may raise ``steps``, set threads/compile)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    return train(cfg, run_dir, resume=True, progress=progress, stop_after=stop_after)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def final_summary(rows: list[dict]) -> dict[str, float]:
+    """The last evaluation and the last step's training metrics of a run (for experiments and the CLI)."""
+    evals = [r for r in rows if "eval_pass@1" in r]
+    out = {k: v for k, v in rows[-1].items() if not k.startswith("eval_")} if rows else {}
+    if evals:
+        out.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
+        out["ref_eval_pass@1"] = evals[0]["eval_pass@1"]
+    return out
