@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from experiments import write_config, write_csv, write_json
 from rlkl.advantages import group_centered, leave_one_out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from experiments import write_config, write_csv, write_json
 from rlkl.methods import REGISTRY

@@ -483,7 +483,6 @@ def verify_rows(quick: bool = True) -> list:
     spec predicts (``Method.predicted_bias_terms``, all of the gap explained by the named terms).
     """
     from rlkl.methods import REGISTRY
-    from rlkl.report import Verdict
 
     fixed, eos, real, G = _grid(quick)
     rows = []

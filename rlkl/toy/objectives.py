@@ -388,7 +388,7 @@ def ratio_score_field(mdp: TreeMDP, policy: Policy, behaviour: Policy, values: T
     The unclipped off-policy reward field of token-level PPO / RPG (``token``), of sequence-level IS
     (``sequence``, = `score_gradient` for normalized π_old) and of REINFORCE without IS (``none``); rpg.md §8.32.
     """
-    P, N, T = mdp.num_prompts, mdp.num_responses, mdp.horizon
+    P, N = mdp.num_prompts, mdp.num_responses
     tl = policy.token_logp()
     with torch.no_grad():
         lo = behaviour.token_logp()
