@@ -382,7 +382,8 @@ class Method:
         """
         terms: list[str] = []
         obj = self.objective
-        if self.advantage == "group_standardized" and obj.utility != "finite_group":  # finite G is never arcsin
+        if self.advantage == "group_standardized" and (obj.utility != "finite_group" or off_policy):
+            # finite G is never arcsin; off-policy the weight w_G is evaluated at π_old's success probability
             terms.append("finite_group_utility")
         if self.advantage == "group_centered" and obj.utility != "leave_in":
             terms.append("leave_in_shrink")
