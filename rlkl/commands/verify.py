@@ -39,8 +39,7 @@ def collect(quick: bool = True, only: list[str] | None = None) -> list[Verdict]:
                 rows.append(Verdict(section, f"{section} checks", module_name, "SKIP", "module not available"))
                 continue
             raise
-        if not quick or section != "derivations":
-            print(f"[rlkl verify] running {section} ...", file=sys.stderr, flush=True)
+        print(f"[rlkl verify] running {section} ...", file=sys.stderr, flush=True)
         rows.extend(module.verify_rows(quick=quick))
         print(f"[rlkl verify] {section}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return rows
