@@ -6,6 +6,7 @@ Profiles (select with HYPOTHESIS_PROFILE=dev): ``ci`` (default; derandomized, fe
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -28,3 +29,12 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread (tiny tensors: more threads only add overhead), then restore."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,12 +12,7 @@ from rlkl.lm.metrics import (evaluate, grad_norm, kl_estimates, masked_mean, mea
 from rlkl.lm.model import GPT, GPTConfig, response_logits, token_logprobs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: intra-op threads only add overhead
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in the root conftest.py
 
 
 # ---- pass@k ------------------------------------------------------------------------------------------

@@ -6,12 +6,7 @@ import torch
 from rlkl.lm.model import GPT, GPTConfig, resolve_device, response_logits, sample, token_logprobs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: intra-op threads only add overhead
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in the root conftest.py
 
 
 def _model(seed=0, vocab=7, block=12):

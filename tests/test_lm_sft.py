@@ -7,12 +7,7 @@ from rlkl.lm.sft import SFTConfig, corrupt, load_reference, noisy_demonstrations
 from rlkl.lm.tasks import make_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in the root conftest.py
 
 
 def test_corrupt_always_changes_the_answer():

@@ -16,12 +16,7 @@ from rlkl.lm.train import (TIMING_KEYS, TrainConfig, _GracefulStop, build_method
 from rlkl.methods import RolloutBatch, get_method
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in the root conftest.py
 
 
 @pytest.fixture(scope="module")
