@@ -257,14 +257,16 @@ class Method:
             rewards = rewards - self.beta * seq_kl
         return compute_advantages(self.advantage, rewards, batch.group_size, self.adv_eps, self.adv_std)
 
-    def advantages(self, batch: RolloutBatch) -> Tensor:
+    def advantages(self, batch: RolloutBatch, sequence_advantages: Tensor | None = None) -> Tensor:
         """``[B, T]`` token advantages used by the policy loss (no gradient; zero on padding).
 
         Includes the reward-side KL placements (``reward``, ``reward_to_go``, ``future_return``), computed from
-        the rollout log-probs ``logp_old`` as verl/OpenRLHF/FRPO do.
+        the rollout log-probs ``logp_old`` as verl/OpenRLHF/FRPO do. ``sequence_advantages`` lets a caller that
+        already has :meth:`sequence_advantages` for this batch pass it instead of recomputing it.
         """
         mask = batch.mask
-        adv = self.sequence_advantages(batch)[:, None].expand_as(batch.logp_old) * mask  # [B, T]
+        seq_adv = self.sequence_advantages(batch) if sequence_advantages is None else sequence_advantages
+        adv = seq_adv[:, None].expand_as(batch.logp_old) * mask  # [B, T]
         if self.beta > 0 and self.policy_loss != "rpg":
             log_ratio = (batch.logp_old - batch.logp_ref).detach()  # sg[·]: a reward, not a loss
             if self.kl_placement == "reward_to_go":
@@ -361,10 +363,10 @@ class Method:
           ``advantage/mean|std``, ``zero_advantage_group_fraction``.
         """
         self._check(logp, batch)
-        total, diagnostics = self.loss_given_advantages(logp, batch.logp_old, batch.mask, self.advantages(batch),
-                                                        batch.logp_ref)
+        seq_adv = self.sequence_advantages(batch)
+        total, diagnostics = self.loss_given_advantages(logp, batch.logp_old, batch.mask,
+                                                        self.advantages(batch, seq_adv), batch.logp_ref)
         with torch.no_grad():
-            seq_adv = self.sequence_advantages(batch)
             G = batch.group_size
             per_group_max = seq_adv.view(-1, G).abs().amax(-1)
             diagnostics["advantage/mean"] = seq_adv.mean()
