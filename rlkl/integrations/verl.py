@@ -139,6 +139,15 @@ def _group_order(index: Any, batch_size: int) -> tuple[Tensor, int]:
     return torch.tensor([i for rows in groups.values() for i in rows], dtype=torch.long), sizes[0]
 
 
+def _label(fn, name: str, kind: str, factory: str):
+    """Name and document a generated verl function after the rlkl method it wraps (``fn.__rlkl__ = name``)."""
+    fn.__name__ = f"rlkl_{name}_{kind}"
+    fn.__qualname__ = fn.__name__
+    fn.__doc__ = f"rlkl {name!r} {kind.replace('_', ' ')} for verl (see rlkl.integrations.verl.{factory})."
+    fn.__rlkl__ = name
+    return fn
+
+
 def make_adv_estimator(name: str):
     """verl advantage estimator for rlkl method ``name`` (``register_adv_est`` signature).
 
@@ -184,11 +193,7 @@ def make_adv_estimator(name: str):
         adv = adv.to(token_level_rewards.dtype)
         return adv, adv
 
-    estimator.__name__ = f"rlkl_{name}_advantage"
-    estimator.__qualname__ = estimator.__name__
-    estimator.__doc__ = f"rlkl {name!r} advantage for verl (see rlkl.integrations.verl.make_adv_estimator)."
-    estimator.__rlkl__ = name
-    return estimator
+    return _label(estimator, name, "advantage", "make_adv_estimator")
 
 
 def _global_scale(mask: Tensor, mode: str, info: dict) -> Tensor | float:
@@ -241,11 +246,7 @@ def make_policy_loss(name: str):
         metrics.update({f"rlkl/{k}": float(v) for k, v in diag.items()})
         return loss, metrics
 
-    policy_loss.__name__ = f"rlkl_{name}_policy_loss"
-    policy_loss.__qualname__ = policy_loss.__name__
-    policy_loss.__doc__ = f"rlkl {name!r} policy loss for verl (see rlkl.integrations.verl.make_policy_loss)."
-    policy_loss.__rlkl__ = name
-    return policy_loss
+    return _label(policy_loss, name, "policy_loss", "make_policy_loss")
 
 
 # one function object per name, so re-registration is a no-op for verl's duplicate check
