@@ -78,3 +78,43 @@ def check_token_tensors(mask: Tensor, **tensors: Tensor) -> tuple[int, int]:
     check_same_dtype(**tensors)
     check_mask("mask", mask, shape)
     return shape
+
+
+def check_real(name: str, value, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+               high_open: bool = False, allow_none: bool = False, allow_inf: bool = False) -> float | None:
+    """Validate a scalar hyper-parameter once, at the public boundary, and return it as a float.
+
+    Rejects non-numbers (bools and strings included), NaN, ±inf (unless ``allow_inf``) and values outside
+    ``[low, high]`` (``low_open`` / ``high_open`` make a bound strict). The message names the argument, the value
+    and the admissible range, so a NaN β can never silently switch a KL term off.
+    """
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} must be a number, got None")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, Tensor) and value.dim() == 0 and not value.dtype.is_complex):
+        raise ValueError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if v != v:
+        raise ValueError(f"{name} must be a number, got nan")
+    if not allow_inf and v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if low is not None and (v < low or (low_open and v == low)) or high is not None and (v > high or (high_open and v == high)):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        rng = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"{name} must be in {rng}, got {v:g}")
+    return v
+
+
+def check_int(name: str, value, *, low: int | None = None, high: int | None = None, allow_none: bool = False) -> int | None:
+    """Validate an integer hyper-parameter (bools and floats rejected) in ``[low, high]``; return it."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be in [{'-inf' if low is None else low}, {'inf' if high is None else high}], "
+                         f"got {value}")
+    return value
