@@ -10,10 +10,11 @@ from rlkl.methods import get_method
 from rlkl.toy.audit import aggregation_scale, make_setup
 from rlkl.toy.expected import expected_gradient
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import ObjectiveSpec, objective_gradient
+from rlkl.objective import Objective
+from rlkl.toy.objectives import objective_gradient
 
 beta = 0.1
-kl_only = ObjectiveSpec("none", "reverse_kl", "sequence", "ref", beta=1.0)   # J = −KL_seq
+kl_only = Objective("none", "reverse_kl", "sequence", "ref", beta=1.0)   # J = −KL_seq
 print(f"{'T':>2} {'method':<14}{'rel. error of the KL part of E[grad L]':>40}")
 for T in (1, 2, 4):
     mdp = TreeMDP.random(vocab_size=2, horizon=T, num_prompts=1, reward="binary", seed=T)
