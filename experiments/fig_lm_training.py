@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from experiments import write_config, write_json
+from . import write_config, write_json
 
 TRAIN_KEYS = ("reward_mean",)
 EVAL_KEYS = ("eval_pass@1", "eval_pass@8", "eval_entropy", "eval_kl_rev_seq", "eval_kl_rev_tok", "eval_kl_fwd_seq")
@@ -83,9 +83,8 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
         data = _collect(Path(env))
         mode = f"read from RLKL_LM_RUN={env}"
     else:
-        import importlib
+        from . import lm_kl_comparison as lm
 
-        lm = importlib.import_module("experiments.lm_kl_comparison")
         lm_run = out_dir / "lm_run"
         lm.main(["--out", str(lm_run), "--workers", "2", "--seeds", str(seed), str(seed + 1), str(seed + 2)])
         data = _collect(lm_run)

@@ -7,7 +7,7 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import new_figure, save
 
 UTIL_LABELS = {"expected_reward": "E[R]", "leave_in": "(1−1/G)·E[R]", "finite_group": r"$U_G(p)$"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import method_styles, new_figure, panel_label, save
 
 LABELS = {"grpo_k1_loss": "k1 loss", "grpo_k2_loss": "k2 loss", "grpo": "k3 loss (GRPO)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import method_styles, new_figure, panel_label, save
 
 PANELS = (("reward_mean", "train_step", "training reward (moving avg. 5)"),

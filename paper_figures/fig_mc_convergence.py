@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import method_styles, new_figure, panel_label, save
 
 

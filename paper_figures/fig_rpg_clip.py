@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import FAMILY_COLORS, new_figure, panel_label, save
 
 CURVES = (("ppo_dual_clip", "PPO dual clip", FAMILY_COLORS["grpo"], "-"),
