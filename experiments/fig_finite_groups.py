@@ -59,7 +59,7 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
         shrink["centered"].append((s1 - f1).tolist())
         shrink["leave_one_out"].append((s2 - f2).tolist())
     engine = []
-    for name, adv in (("dr_grpo", "group_centered"), ("rloo_no_kl", "leave_one_out")):
+    for name, adv in (("dr_grpo", "group_centered"), ("dr_grpo_leave_one_out", "leave_one_out")):
         m = REGISTRY["dr_grpo"].replace(advantage=adv, name=name)
         c = aggregation_scale(m, mdp)
         t = -c * objective_gradient(ObjectiveSpec("expected_reward"), mdp, pi, ref, beh)
