@@ -26,7 +26,7 @@ CLIP_KEYS = ("diag/clip_fraction/low", "diag/clip_fraction/high", "diag/clip_fra
 DEFAULT_PANELS = (("reward_mean", "training reward"),
                   ("eval_pass@1", "eval pass@1"),
                   ("pass@max", "eval pass@k"),
-                  ("eval_kl_rev_seq", "exact KL(π‖π_ref) per sequence (nats)"),
+                  ("eval_kl_rev_seq", r"exact KL(π‖$\pi_{ref}$) per sequence (nats)"),
                   ("eval_entropy", "exact entropy (nats/token)"),
                   ("clip_fraction", "clip fraction (low + high + dual)"))
 
