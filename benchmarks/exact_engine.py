@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from rlkl.components import Raw
 from rlkl.methods import get_method
 from rlkl.toy.expected import _call, _prepare, expected_gradient, loss_spec, make_batch
 from rlkl.toy.mdp import TreeMDP
@@ -80,7 +81,7 @@ def run(sizes: list[int], grpo_max: int = 5, repeats: int = 2) -> list[dict]:
         pi = TabularPolicy.random(mdp, seed=1)
         ref = TabularPolicy.random(mdp, seed=2).detached()
         old = pi.perturbed(0.2, 3).detached()
-        cases = [("rpg_urkl_seq", get_method("rpg_reinforce_urkl_seq").replace(advantage="raw", beta=0.1), old, 1)]
+        cases = [("rpg_urkl_seq", get_method("rpg_reinforce_urkl_seq").replace(advantage=Raw(), beta=0.1), old, 1)]
         if T <= grpo_max:
             cases.append(("grpo(G=4)", get_method("grpo").replace(beta=0.1), None, 4))
         for label, method, beh, G in cases:

@@ -23,10 +23,11 @@
 
 # %%
 from rlkl.methods import get_method
-from rlkl.toy import ObjectiveSpec, TabularPolicy, TreeMDP, expected_gradient, objective_gradient
+from rlkl.components import Aggregation
+from rlkl.toy import Objective, TabularPolicy, TreeMDP, expected_gradient, objective_gradient
 
 beta = 0.1
-kl_only = ObjectiveSpec("none", "reverse_kl", "sequence", "ref", beta=1.0)   # J = −KL_seq(π‖π_ref)
+kl_only = Objective("none", "reverse_kl", "sequence", "ref", beta=1.0)   # J = −KL_seq(π‖π_ref)
 
 # %% [markdown]
 # For each horizon T: a random binary tree, a random policy π and reference π_ref. The KL part of a method's expected
@@ -42,7 +43,7 @@ for T in (1, 2, 4):
     ref = TabularPolicy.random(mdp, seed=20_000).detached()
     grad_kl = -objective_gradient(kl_only, mdp, pi, ref, pi.detached())      # ∇ KL_seq(π‖π_ref)
     for name in ("grpo_k2_loss", "grpo", "frpo"):
-        m = get_method(name).replace(aggregation="seq-mean-token-sum")
+        m = get_method(name).replace(aggregation=Aggregation("seq-mean-token-sum"))
         g = [expected_gradient(m.replace(beta=b), mdp, pi, ref=ref, group_size=2).grad for b in (beta, 0.0)]
         target = beta * grad_kl                                              # loss gradient of +β·KL_seq
         err = ((g[0] - g[1]) - target).norm() / target.norm()

@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for name, method, extra in vs:
         m = get_method(method)
-        has_kl = m.policy_loss == "rpg" or m.kl_placement != "none"
+        has_kl = m.has_kl
         for seed in args.seeds:
             cfg = {"method": method, "seed": seed, "steps": args.steps, "ref": ref, "difficulty": 2, **extra}
             if has_kl:

@@ -11,8 +11,8 @@ from rlkl.plotting import FAMILY_COLORS, new_figure, panel_label, save
 
 
 #: registry method (and the one change made to it) behind each engine point of (b)
-ENGINE_LABELS = {"dr_grpo": "dr_grpo", "dr_grpo_leave_one_out": "dr_grpo + leave-one-out"}
-ENGINE_ALIASES = {"dr_grpo_leave_one_out": "rloo_no_kl"}  # the name in data files written by older versions
+ENGINE_LABELS = {"dr_grpo": "dr_grpo", "dr_grpo+leave_one_out": "dr_grpo + leave-one-out"}
+ENGINE_ALIASES = {"dr_grpo+leave_one_out": ("rloo_no_kl",)}  # the name in data files written by older versions
 
 
 def plot(data_path, out_stem):
@@ -45,8 +45,8 @@ def plot(data_path, out_stem):
              label="leave-one-out")
     ax2.plot(Gd, 1 - 1 / Gd, color="k", ls=":", lw=1.2, label="1 − 1/G")
     for name, color, mk in (("dr_grpo", FAMILY_COLORS["dr_grpo"], "o"),
-                            ("dr_grpo_leave_one_out", FAMILY_COLORS["baseline"], "s")):
-        rows = [r for r in d["engine"] if r["method"] in (name, ENGINE_ALIASES.get(name))]
+                            ("dr_grpo+leave_one_out", FAMILY_COLORS["baseline"], "s")):
+        rows = [r for r in d["engine"] if r["method"] in (name, *ENGINE_ALIASES.get(name, ()))]
         ax2.plot([r["G"] for r in rows], [r["fitted_scale"] for r in rows], ls="none", marker=mk, mfc="none",
                  color=color, ms=6, label=f"{ENGINE_LABELS[name]} (exact, tree)")
     ax2.set(xlabel="group size G", ylabel="E[A|r=1] − E[A|r=0]  (× ∇p)", ylim=(0.0, 1.05))
