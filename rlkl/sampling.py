@@ -157,7 +157,7 @@ class Sampler:
 
     def engine_logits(self, logits: Tensor, perturbation: Tensor | None = None) -> Tensor:
         """z_e = round_dtype(z + perturbation) in the dtype of ``logits`` (−inf stays −inf)."""
-        z = logits if perturbation is None else logits + perturbation.to(logits)
+        z = logits if perturbation is None else logits + perturbation.to(logits)  # −inf stays −inf
         if self.dtype is SamplerDtype.FLOAT64:
             return z
         return z.to(_TORCH_DTYPES[self.dtype]).to(logits.dtype)
@@ -167,13 +167,16 @@ class Sampler:
 
         Args:
           logits: ``[..., V]`` float logits z of π_old (−inf = a token of zero probability).
-          perturbation: ``[..., V]`` additive logit perturbation (e.g. :meth:`noise_like`), or None.
+          perturbation: ``[..., V]`` additive logit perturbation; None: :meth:`noise_like` of the logits' shape
+            (nothing when ``noise == 0``).
         Returns:
           :class:`SamplerOutput`.
         """
         check_float("logits", logits, finite=False)
         if bool(torch.isnan(logits).any()) or bool((logits == float("inf")).any()):
             raise ValueError("logits must not contain NaN or +inf")
+        if perturbation is None:
+            perturbation = self.noise_like(tuple(logits.shape))
         z_e = self.engine_logits(logits, perturbation)
         scaled = z_e / self.temperature
         log_tilde = torch.log_softmax(scaled, dim=-1)  # π̃
