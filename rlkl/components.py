@@ -508,7 +508,7 @@ class RolloutCorrection:
     multiplies the per-token policy loss, not the KL loss (verl ``rollout_is_weights``, TRL
     ``importance_sampling_ratio``). Every correction gives w = 1 when ρ = 1 (bounds must contain 1). None can
     reach the tokens the sampler cut (q = 0): against the objective of the full π_θ every one is biased by the
-    missing mass (docs/theory.md, "Rollout–trainer mismatch").
+    missing mass (docs/theory.md §7, T21).
 
     Class attributes: ``replays_kept_set`` — the trainer must renormalize π_θ and π_old over the sampler's kept
     set (:class:`MaskReplay`); ``bound_term`` — the name of the bias term its bound adds
@@ -726,7 +726,7 @@ class MaskReplay(RolloutCorrection):
     The caller computes ``logp`` and ``RolloutBatch.logp_old`` as log π(a_t|s_t) − log Σ_{a∈K_{s_t}} π(a|s_t)
     (masked log-softmax; ``rlkl.toy.samplers.TransformedPolicy`` in the exact engine) and passes
     ``RolloutBatch.kept_logmass``. At τ = 1 with processed log-probs the replayed π_old equals q, so ρ = 1 and the
-    update is on-policy for the truncated policy T(π_θ) (vLLM #49577; prime-rl's trainer-side replay).
+    update is on-policy for the truncated policy T(π_θ) (docs/theory.md §7, T22).
     """
 
     replays_kept_set: ClassVar[bool] = True

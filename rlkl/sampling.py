@@ -1,8 +1,7 @@
 """What an inference engine samples from, and the importance weights that correct for it.
 
 A trainer computes π_old(a|s) = softmax(z)(a) from its own logits z (full vocabulary, training precision). The
-engine that produced the rollout sampled from a *transformed* distribution q (docs/theory.md, "Rollout–trainer
-mismatch"). :class:`Sampler` is that transformation, applied per state to a ``[..., V]`` logit tensor, in this
+engine that produced the rollout sampled from a *transformed* distribution q (docs/theory.md §7). :class:`Sampler` is that transformation, applied per state to a ``[..., V]`` logit tensor, in this
 order:
 
 1. **precision**: z_e = round_dtype(z + σ·ε) — an optional seeded perturbation ε ~ N(0, 1) (a different kernel),
@@ -238,8 +237,7 @@ def token_is_weights(log_ratio: Tensor, mask: Tensor, cap: float | None = None, 
     """Token-level truncated IS: w_t = clamp(ρ_t, floor, cap) (no bound when None): ``[B, T]``, 0 on padding.
 
     verl ``rollout_is=token`` (w_t = min(ρ_t, C), ``rollout_is_threshold`` C = 2.0); TRL
-    ``vllm_importance_sampling_mode="token_truncate"`` (clamp to [C_min, C_max]). Yao et al. 2025 ("Your efficient
-    RL framework secretly brings you off-policy RL training", TIS).
+    ``vllm_importance_sampling_mode="token_truncate"`` (clamp to [C_min, C_max]); docs/theory.md §7 (T23).
     """
     return _bound(_clamp_exp(log_ratio), cap, floor) * mask
 

@@ -289,3 +289,34 @@ def test_sampler_needs_a_normalized_policy():
     with pytest.raises(ValueError):
         audit_mismatch(REGISTRY["grpo"], mdp, TabularPolicy.random(mdp), Sampler(top_p=0.5),
                        corrections=["token_tis:1"])
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def test_cli_prints_bias_against_both_objectives_and_variance(capsys):
+    import json
+
+    from rlkl.cli import main
+
+    argv = ["audit", "--method", "rloo", "--vocab", "3", "--horizon", "2", "--prompts", "1", "--group-size", "2",
+            "--top-p", "0.8", "--correction", "none,token_tis:2,seq_mis:2,mask_replay"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for word in ("none", "token_tis:2", "seq_mis:2", "mask_replay", "bias full", "deployed", "variance",
+                 "truncation_mass", "kept mass"):
+        assert word in out, word
+    assert main(argv + ["--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["correction"] for r in records] == ["none", "token_tis:2", "seq_mis:2", "mask_replay"]
+    for r in records:
+        assert r["variance"] > 0 and r["full"]["unexplained"] <= 1e-10 and r["deployed"]["unexplained"] <= 1e-10
+    assert records[-1]["deployed"]["rel_bias"] <= 1e-12  # rloo + mask replay: exact for J(T(π_θ)) at τ = 1
+
+
+@pytest.mark.parametrize("extra,msg", [(["--top-p", "1.5"], "top_p"), (["--correction", "token_tis:1"], "> 1"),
+                                       (["--top-p", "0.8", "--off-policy"], "off-policy"),
+                                       (["--correction", "bogus"], "unknown rollout correction")])
+def test_cli_bad_input_is_a_clear_error(capsys, extra, msg):
+    from rlkl.cli import main
+
+    assert main(["audit", "--method", "rloo", "--horizon", "2", *extra]) == 2
+    assert msg in capsys.readouterr().err

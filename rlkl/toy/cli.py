@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--off-policy", action="store_true", help="sample from a perturbed behaviour policy π_old")
     parser.add_argument("--policy", choices=("tabular", "loglinear"), default="tabular", help="policy class")
     parser.add_argument("--json", action="store_true", help="print the records as JSON (schema: docs/audit.md)")
+    from rlkl.toy import mismatch_cli
+
+    mismatch_cli.add_arguments(parser)
 
 
 def _format(records: list[dict]) -> str:
@@ -50,6 +53,10 @@ def _format(records: list[dict]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run the audit; print a table (or JSON with ``--json``). Returns 0, or 2 on bad arguments."""
+    from rlkl.toy import mismatch_cli
+
+    if mismatch_cli.requested(args):  # a sampler or rollout corrections: the mismatch audit
+        return mismatch_cli.main(args)
     from rlkl.methods import REGISTRY
     from rlkl.toy.audit import audit, default_mdps
 

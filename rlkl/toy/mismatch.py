@@ -1,6 +1,6 @@
 """Exact audit of rollout corrections behind an inference-engine sampler: bias against two objectives, variance.
 
-Setting (docs/theory.md, "Rollout–trainer mismatch"): the trainer is at θ = θ_old (π_θ = π_old, the first update
+Setting (docs/theory.md §7): the trainer is at θ = θ_old (π_θ = π_old, the first update
 after a rollout), the engine samples groups from q = Sampler(π_old) (``rlkl.toy.samplers.SampledPolicy``) and
 reports log-probs; a Method with rollout correction c weights its policy loss by w = c(π_old/q_reported). For each
 correction this module computes, in float64:
@@ -22,7 +22,7 @@ score-function loss at θ = θ_old (Reinforce, PPO-clip or GSPO surrogate at rat
 with D the sampling distribution, h_D(y) = E_{y_2..y_G ~ D}[A_1 | y_1 = y] the shaped advantage, pen_t the
 reward-side KL penalty, κ_t the KL-loss coefficient, a(y) the aggregation's row weight and Tr the policy the trainer
 differentiates. The terms are the changes of F along a fixed path, one mismatch source at a time (docs/audit.md,
-"Rollout–trainer mismatch"):
+"Rollout–trainer mismatch" section):
 
 * ``processed_vs_raw``: raw (log softmax(z_e)) instead of processed (log q) reported log-probs in w;
 * ``cap_truncation`` / ``rejection``: the correction's cap / mask against the same ratio unbounded;
