@@ -1,7 +1,7 @@
 """Figure data: the exact bias and variance of each rollout correction behind a truncating or lower-precision sampler.
 
-On a random binary tree (V = 5, T = 2, P = 2) with the registry's ``rloo`` (exact for its objective on-policy, so
-every bias here is the sampler's), G = 3, the trainer at θ = θ_old: for each rollout correction and each sampler,
+On a random binary tree (V = 5, T = 2, P = 2; V = 4 with ``quick``) with the registry's ``rloo`` (exact for its
+objective on-policy, so every bias here is the sampler's), G = 3, the trainer at θ = θ_old: for each rollout correction and each sampler,
 ``rlkl.toy.mismatch.audit_mismatch`` gives the exact relative bias of E[∇L] against −c∇J(π_θ) (full objective) and
 −c∇J(T(π_θ)) (the deployed, transformed policy), and the exact per-group variance tr Cov[ĝ]. Two sweeps:
 (1) top-p from 1 down to 0.5 (τ = 1, processed log-probs); (2) the engine's precision at top_p = 1 (logits rounded
@@ -58,7 +58,7 @@ def _mc_projection(per_group: torch.Tensor, exact: torch.Tensor, target: torch.T
 def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     n_mc = 800 if quick else 20000
-    mdp = TreeMDP.random(5, 2, 2, reward="binary", seed=51 + seed)
+    mdp = TreeMDP.random(4 if quick else 5, 2, 2, reward="binary", seed=51 + seed)  # quick: a smaller tree
     pi, _, ref = make_setup(mdp, seed)
     method = REGISTRY[METHOD]
     corrections = [correction_from_spec(c) for c in CORRECTIONS]
