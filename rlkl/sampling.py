@@ -41,7 +41,7 @@ from rlkl.options import LogprobsMode, SamplerDtype, set_enum
 
 __all__ = ["Sampler", "SamplerOutput", "kept_set", "rollout_log_ratio", "token_is_weights",
            "sequence_is_weights", "masked_is_weights", "geometric_mean_weights", "mismatch_diagnostics",
-           "effective_sample_size"]
+           "effective_sample_size", "kept_log_softmax", "kept_logmass", "exact_mismatch_kl"]
 
 _TORCH_DTYPES = {SamplerDtype.FLOAT32: torch.float32, SamplerDtype.BFLOAT16: torch.bfloat16,
                  SamplerDtype.FLOAT16: torch.float16}
@@ -322,3 +322,35 @@ def mismatch_diagnostics(logp_old: Tensor, logp_rollout: Tensor, mask: Tensor, w
         if kept_logmass is not None:
             out["kept_mass"] = mean(kept_logmass.exp())
     return {k: v.to(logp_old.dtype) for k, v in out.items()}
+
+
+# ================================================================================================ trainer side
+def kept_log_softmax(logits: Tensor, kept: Tensor) -> Tensor:
+    """Mask replay: log π^K(a|s) = log π(a|s) − log Σ_{b∈K_s} π(b|s) on K_s, −inf outside: ``[..., V]``.
+
+    Differentiable in ``logits``; no gradient reaches the cut tokens. ``kept``: ``[..., V]`` bool, the engine's kept
+    set (non-empty at every state).
+    """
+    return torch.log_softmax(torch.where(kept, logits, torch.full_like(logits, float("-inf"))), dim=-1)
+
+
+def kept_logmass(logits: Tensor, kept: Tensor) -> Tensor:
+    """log S = log Σ_{a∈K_s} softmax(logits)(a): ``[...]`` (the trainer's mass on the engine's kept set)."""
+    masked = torch.where(kept, logits, torch.full_like(logits, float("-inf")))
+    return torch.logsumexp(masked, dim=-1) - torch.logsumexp(logits, dim=-1)
+
+
+def exact_mismatch_kl(log_q: Tensor, log_old: Tensor, mask: Tensor) -> Tensor:
+    """⟨KL(q‖π_old)(s_t)⟩ = Σ_t m_t Σ_a q(a|s_t) (log q − log π_old)(a|s_t) / Σ_t m_t, from full distributions.
+
+    Args:
+      log_q: ``[B, T, V]`` the engine's log q (−inf outside the kept set); log_old: ``[B, T, V]`` the trainer's
+        log π_old; mask: ``[B, T]`` bool.
+    Returns:
+      0-dim tensor (detached).
+    """
+    with torch.no_grad():
+        q = log_q.exp()
+        diff = torch.where(q > 0, log_q - log_old, torch.zeros_like(log_q))
+        per_state = (q * diff).sum(-1)  # [B, T]
+        return (per_state * mask).sum() / mask.sum()

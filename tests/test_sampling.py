@@ -261,3 +261,22 @@ def test_method_dict_round_trip_keeps_the_correction_and_reads_old_dicts():
     assert REGISTRY["dapo_seq_mis"].correction == SequenceMIS(3.0)
     with pytest.raises(ValueError, match="correction"):
         REGISTRY["grpo"].replace(correction="token_tis:2")
+
+
+def test_trainer_side_replay_and_exact_mismatch_kl():
+    from rlkl.sampling import exact_mismatch_kl, kept_log_softmax, kept_logmass
+
+    logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2]]], dtype=torch.float64)).requires_grad_(True)
+    kept = torch.tensor([[[True, True, False]]])
+    lp = kept_log_softmax(logits, kept)
+    # renormalized over {0, 1}: (0.5, 0.3)/0.8 = (0.625, 0.375); log S = log 0.8
+    torch.testing.assert_close(lp.exp(), torch.tensor([[[0.625, 0.375, 0.0]]], dtype=torch.float64), rtol=1e-14,
+                               atol=0)
+    assert kept_logmass(logits, kept).item() == pytest.approx(math.log(0.8), rel=1e-14)
+    (g,) = torch.autograd.grad(lp[0, 0, 0], logits)
+    assert g[0, 0, 2].item() == 0.0  # no gradient reaches the cut token
+    # q = top-p of π_old: KL(q‖π_old) = Σ_K q log(q/π_old) = −log S = 0.2231
+    log_q = Sampler(top_p=0.75).transform(logits.detach()).log_q
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    assert exact_mismatch_kl(log_q, logits.detach().log_softmax(-1), mask).item() == pytest.approx(-math.log(0.8),
+                                                                                                 rel=1e-14)
