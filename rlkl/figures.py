@@ -111,6 +111,28 @@ def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: b
     return rec
 
 
+def _run_all(specs: list[FigureSpec], out: Path, args: argparse.Namespace) -> list[dict]:
+    """Run each figure under one progress bar (closed on Ctrl-C too, so no lock or semaphore is left behind)."""
+    from tqdm import tqdm
+
+    records = []
+    mode = "quick" if args.quick else "full"
+    with tqdm(specs, desc=f"rlkl figures ({mode})", unit="fig", file=sys.stderr, dynamic_ncols=True) as bar:
+        for spec in bar:
+            bar.set_postfix_str(spec.name)
+            if args.plot_only and not (out / "data" / spec.name / "result_path.json").exists():
+                rec = {"name": spec.name, "title": spec.title, "plot_only": True, "status": "missing",
+                       "reason": f"no data in {out / 'data' / spec.name} (run it without --plot-only)", "seconds": 0.0}
+            else:
+                rec = run_figure(spec, out, quick=args.quick, seed=args.seed, plot_only=args.plot_only)
+            records.append(rec)
+            if rec["status"] != "ok":
+                tqdm.write(f"[rlkl figures] {spec.name}: {rec['status'].upper()} — {rec['reason']}", file=sys.stderr)
+                if rec["status"] == "error":
+                    tqdm.write(rec["traceback"], file=sys.stderr)
+    return records
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="minutes-long version (small grids, few samples, tiny LM run); what CI runs")
@@ -132,22 +154,22 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rlkl figures: {exc}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
     out = Path(args.out).resolve()
+    if args.plot_only:
+        missing = [s.name for s in specs if not (out / "data" / s.name / "result_path.json").exists()]
+        if len(missing) == len(specs):
+            print(f"rlkl figures: error: --plot-only redraws from data in {out / 'data'}, and there is none for "
+                  f"{', '.join(missing)}; run `rlkl figures --out {args.out}` without --plot-only first",
+                  file=sys.stderr)
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     mode = "quick" if args.quick else "full"
-    records = []
     t0 = time.perf_counter()
-    bar = tqdm(specs, desc=f"rlkl figures ({mode})", unit="fig", file=sys.stderr, dynamic_ncols=True)
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
-        rec = run_figure(spec, out, quick=args.quick, seed=args.seed, plot_only=args.plot_only)
-        records.append(rec)
-        if rec["status"] != "ok":
-            tqdm.write(f"[rlkl figures] {spec.name}: {rec['status'].upper()} — {rec['reason']}", file=sys.stderr)
-            if rec["status"] == "error":
-                tqdm.write(rec["traceback"], file=sys.stderr)
+    try:
+        records = _run_all(specs, out, args)
+    except KeyboardInterrupt:
+        print(f"rlkl figures: interrupted; figures already written are in {out}", file=sys.stderr)
+        return 130
     total = time.perf_counter() - t0
     manifest_path = out / "manifest.json"
     previous = {}

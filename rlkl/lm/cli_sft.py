@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         cfg, out = _config(args)
         t0 = time.time()
         _, final = train_sft(cfg, out, progress=not args.quiet, resume=bool(args.resume), force=args.force,
-                             tensorboard=args.tensorboard)
+                             tensorboard=args.tensorboard, graceful=True)
     except (ValueError, FileNotFoundError) as exc:
         print(f"rlkl sft: error: {exc}", file=sys.stderr)
         return 2

@@ -46,10 +46,11 @@ def _run(args: argparse.Namespace, overrides: dict) -> tuple[list[dict], str]:
         extra = sorted(set(overrides) - allowed)
         if extra:
             raise ValueError(f"--resume continues the saved config; cannot change {extra} (only {sorted(allowed)})")
-        return resume(args.resume, progress=not args.quiet, tensorboard=args.tensorboard, **overrides), args.resume
+        return (resume(args.resume, progress=not args.quiet, tensorboard=args.tensorboard, graceful=True, **overrides),
+                args.resume)
     cfg = config_from_preset(args.preset, **overrides)
     out = args.out or os.path.join("runs", "train", f"{cfg.task}-d{cfg.difficulty}-{cfg.method}-s{cfg.seed}")
-    return train(cfg, out, progress=not args.quiet, tensorboard=args.tensorboard), out
+    return train(cfg, out, progress=not args.quiet, tensorboard=args.tensorboard, graceful=True), out
 
 
 def main(args: argparse.Namespace) -> int:

@@ -34,9 +34,10 @@ def note(prog: str, message: str) -> None:
 class GracefulStop:
     """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop now (KeyboardInterrupt)."""
 
-    def __init__(self, what: str = "step") -> None:
+    def __init__(self, what: str = "step", enabled: bool = True) -> None:
         self.requested = False
         self.what = what
+        self.enabled = enabled  # False: Ctrl-C raises KeyboardInterrupt at once (the last checkpoint stays)
         self._old = None
 
     def _handler(self, signum, frame) -> None:
@@ -47,7 +48,7 @@ class GracefulStop:
                    f"checkpoint is kept)", file=sys.stderr)
 
     def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handler)
         return self
 

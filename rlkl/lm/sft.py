@@ -168,21 +168,23 @@ def _lr_at(step: int, cfg: SFTConfig) -> float:
 
 
 def train_sft(cfg: SFTConfig, out: str | os.PathLike | None = None, progress: bool = True, resume: bool = False,
-              force: bool = False, stop_after: int | None = None, tensorboard: bool = False) -> tuple[GPT, dict]:
+              force: bool = False, stop_after: int | None = None, tensorboard: bool = False,
+              graceful: bool = False) -> tuple[GPT, dict]:
     """Train the reference policy; save it under ``out`` when given. Returns ``(model, final_eval)``.
 
     With ``out``, the run checkpoints like ``rlkl train`` (``checkpoint.pt`` after step 1, every
     ``checkpoint_every`` steps and on Ctrl-C; removed once ``reference.pt`` is written) and ``resume=True``
     continues it so that the reference equals the uninterrupted run's. An existing ``reference.pt`` is never
     overwritten unless ``force`` (which starts the run afresh). ``stop_after`` stops (with a checkpoint) after
-    that many steps of this invocation; the model is then returned with ``final_eval = {}``.
+    that many steps of this invocation; the model is then returned with ``final_eval = {}``. ``graceful``: the
+    first Ctrl-C finishes the step and checkpoints (``rlkl sft``); otherwise Ctrl-C raises KeyboardInterrupt.
     """
     threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
         return _train_sft(cfg, Path(out) if out is not None else None, progress, resume, force, stop_after,
-                          tensorboard, torch.get_num_threads())
+                          tensorboard, graceful, torch.get_num_threads())
     finally:
         torch.set_num_threads(threads)
 
@@ -219,7 +221,7 @@ def _open_sft_run(cfg: SFTConfig, out: Path, resume: bool, force: bool, threads:
 
 
 def _train_sft(cfg: SFTConfig, out: Path | None, progress: bool, resume: bool, force: bool, stop_after: int | None,
-               tensorboard: bool, threads: int) -> tuple[GPT, dict]:
+               tensorboard: bool, graceful: bool, threads: int) -> tuple[GPT, dict]:
     from rlkl._io import atomic_write_json
     from rlkl.lm.runlog import GracefulStop, MetricLog, restore_rows, save_checkpoint
 
@@ -257,7 +259,7 @@ def _train_sft(cfg: SFTConfig, out: Path | None, progress: bool, resume: bool, f
                disable=not progress, dynamic_ncols=True)
     step, stopped = start, False
     try:
-        with GracefulStop() as stop:
+        with GracefulStop(enabled=graceful) as stop:
             for step in bar:
                 row = _sft_step(cfg, model, opt, task, gen, step, device, t0)
                 if row["step"] % cfg.eval_every == 0 or row["step"] == cfg.steps:

@@ -496,6 +496,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     tensorboard: bool = False,
+    graceful: bool = False,
 ) -> list[dict]:
     """Run (or resume) RL training; returns the metric rows written to ``metrics.jsonl``.
 
@@ -510,12 +511,14 @@ def train(
         progress: show the tqdm bar.
         stop_after: stop (with a checkpoint) after this many steps of *this* invocation, as Ctrl-C would.
         tensorboard: also log every metric to ``out_dir/tensorboard`` (needs ``pip install 'rlkl[tensorboard]'``).
+        graceful: the first Ctrl-C finishes the step, checkpoints and returns (what ``rlkl train`` does);
+            otherwise Ctrl-C raises KeyboardInterrupt at once and the last checkpoint is the saved state.
     """
     threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(cfg, Path(out_dir), resume, progress, stop_after, tensorboard, torch.get_num_threads())
+        return _train(cfg, Path(out_dir), resume, progress, stop_after, tensorboard, graceful, torch.get_num_threads())
     finally:
         torch.set_num_threads(threads)
 
@@ -544,7 +547,7 @@ def _update(cfg: TrainConfig, method, st: _State, ro: Rollout) -> dict:
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after: int | None, tensorboard: bool,
-           threads: int) -> list[dict]:
+           graceful: bool, threads: int) -> list[dict]:
     device = resolve_device(cfg.device)
     method = build_method(cfg)
     st, task = _build_state(cfg, device)
@@ -570,7 +573,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
     t_start = time.time() - st.wall0
     start = st.step
     ckpt = out / "checkpoint.pt"
-    with MetricLog(out, rows, tensorboard) as log, GracefulStop() as stop:
+    with MetricLog(out, rows, tensorboard) as log, GracefulStop(enabled=graceful) as stop:
         def checkpoint() -> None:
             save_checkpoint(ckpt, log, _payload(st, time.time() - t_start, ref_sha256, threads, cfg))
 
@@ -616,12 +619,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
 
 
 def resume(run_dir: str | os.PathLike, progress: bool = True, stop_after: int | None = None,
-           tensorboard: bool = False, **changes: Any) -> list[dict]:
+           tensorboard: bool = False, graceful: bool = False, **changes: Any) -> list[dict]:
     """Continue the run in ``run_dir`` from its checkpoint (``changes`` may raise ``steps``, set threads/compile)."""
     run_dir = Path(run_dir)
     cfg = _read_config(run_dir)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-    return train(cfg, run_dir, resume=True, progress=progress, stop_after=stop_after, tensorboard=tensorboard)
+    return train(cfg, run_dir, resume=True, progress=progress, stop_after=stop_after, tensorboard=tensorboard,
+                 graceful=graceful)
 
 
 def _jsonable(x: Any) -> Any:
