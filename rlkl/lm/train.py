@@ -577,7 +577,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
         def checkpoint() -> None:
             save_checkpoint(ckpt, log, _payload(st, time.time() - t_start, ref_sha256, threads, cfg))
 
-        if st.step == 0:
+        if not log.rows:  # a fresh run (a resume from the step-0 checkpoint has this row already)
             log.log({"step": 0, **run_eval(0), "wall_time": time.time() - t_start})
             checkpoint()  # the first checkpoint: a kill from here on never loses the run
         last_eval = next((r for r in reversed(log.rows) if "eval_pass@1" in r), {})
