@@ -390,3 +390,24 @@ def test_ctrl_c_message(ref_path, tmp_path, command, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert f"rlkl {command} --resume {out}" in err and "Traceback" not in err
     assert (out / "checkpoint.pt").exists()
+
+
+def test_every_logged_key_is_documented(ref_path, tmp_path):
+    """docs/metrics.md names every key a train row (K = 2, refresh, partial credit) or an SFT row carries."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"`([^`]+)`", doc))
+    rows = train(_cfg(ref_path, method="rpg_reinforce_urkl", updates_per_batch=2, ref_refresh_every=1,
+                      partial_credit=True, steps=2), tmp_path / "r", progress=False)
+    sft_rows = _disk(train_sft(_sft(steps=6, eval_every=6), tmp_path / "s", progress=False) and tmp_path / "s")
+
+    def covered(key: str) -> bool:
+        key = re.sub(r"pass@\d+$", "pass@k", key)
+        if key in documented:
+            return True
+        head, _, last = key.rpartition("/")  # `diag/ratio/mean`, `/min`, `/max` style rows
+        return bool(head) and f"/{last}" in documented and any(d.startswith(head + "/") for d in documented)
+
+    missing = sorted({k for r in rows + sft_rows for k in r if not covered(k)})
+    assert not missing, f"keys without a definition in docs/metrics.md: {missing}"

@@ -5,8 +5,10 @@ temperature 1 (groups are contiguous rows), score them with the task's verifier,
 log-probs (π_old = the policy that sampled) and reference log-probs, then take ``updates_per_batch`` (K)
 AdamW steps on ``method.loss(logp, RolloutBatch(...))``. Every step logs one JSON line to
 ``metrics.jsonl`` (formulas in ``docs/metrics.md``); every ``eval_every`` steps adds pass@k on held-out
-prompts; every ``checkpoint_every`` steps (and on Ctrl-C) writes ``checkpoint.pt``, from which
-``resume`` continues so that the metrics equal the uninterrupted run's, step for step, on CPU.
+prompts; after the step-0 evaluation, every ``checkpoint_every`` steps and on Ctrl-C it writes
+``checkpoint.pt`` atomically (with the metric rows so far, the reference file's sha256 and the thread count),
+from which ``resume`` continues so that the metrics equal the uninterrupted run's, step for step, on CPU
+(run files: ``rlkl.lm.runlog``, docs/metrics.md).
 
 How this departs from full-scale GRPO / RPG training (verl, TRL, the RPG repo):
 
