@@ -227,13 +227,7 @@ def _train_sft(cfg: SFTConfig, out: Path | None, progress: bool, resume: bool, f
 
     device = resolve_device(cfg.device)
     ck = _open_sft_run(cfg, out, resume, force, threads, device) if out is not None else None
-    torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task, cfg.difficulty, cfg.split_seed)
-    mcfg = GPTConfig(vocab_size=task.vocab_size, block_size=task.prompt_len + task.max_response_len,
-                     n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model)
-    model = GPT(mcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)  # demonstrations + noise (CPU)
+    task, model, opt, gen = _sft_state(cfg, device)
     start, wall0, rows = 0, 0.0, []
     if ck is not None:
         model.load_state_dict(ck["model"])
@@ -287,6 +281,17 @@ def _train_sft(cfg: SFTConfig, out: Path | None, progress: bool, resume: bool, f
         save_reference(out / "reference.pt", model, task, cfg, final)
         (out / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete: reference.pt is its result
     return model, final
+
+
+def _sft_state(cfg: SFTConfig, device):
+    """The task, a freshly initialised model (seeded), its optimizer and the demonstration generator."""
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.task, cfg.difficulty, cfg.split_seed)
+    mcfg = GPTConfig(vocab_size=task.vocab_size, block_size=task.prompt_len + task.max_response_len,
+                     n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model)
+    model = GPT(mcfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    return task, model, opt, torch.Generator().manual_seed(cfg.seed)  # the generator: demonstrations + noise (CPU)
 
 
 def _sft_step(cfg: SFTConfig, model, opt, task: Task, gen: torch.Generator, step: int, device, t0: float) -> dict:

@@ -548,6 +548,25 @@ def _update(cfg: TrainConfig, method, st: _State, ro: Rollout) -> dict:
     return row
 
 
+def _rl_step(cfg: TrainConfig, method, st: _State, task: Task, device) -> dict:
+    """One RL step: rollout, K updates, reference refresh; advances ``st.step``; returns the step's metric row."""
+    t0 = time.time()
+    prompts = task.sample_prompts(cfg.prompts_per_step, st.prompt_gen).to(device)  # [n, P]
+    st.policy.eval()
+    ro = collect_rollout(st.policy, st.ref, st.base, task, prompts, cfg.group_size, st.sample_gen,
+                         cfg.partial_credit, with_behaviour=False)  # π_old comes from the first update
+    st.policy.train()
+    t1 = time.time()
+    upd = _update(cfg, method, st, ro)
+    st.step += 1
+    if cfg.ref_refresh_every and st.step % cfg.ref_refresh_every == 0:
+        st.ref.load_state_dict(unwrap(st.policy).state_dict())
+    t2 = time.time()
+    n_tok = int(ro.mask.sum())
+    return {"step": st.step, **ro.metrics, **upd, "response_tokens": n_tok, "time/rollout": t1 - t0,
+            "time/update": t2 - t1, "time/step": t2 - t0, "tokens_per_s": tokens_per_second(n_tok, t2 - t0)}
+
+
 def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after: int | None, tensorboard: bool,
            graceful: bool, threads: int) -> list[dict]:
     device = resolve_device(cfg.device)
@@ -586,21 +605,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
         bar = tqdm(total=cfg.steps, initial=st.step, desc=f"{cfg.method} {cfg.task}-{cfg.difficulty}",
                    disable=not progress, dynamic_ncols=True)
         while st.step < cfg.steps and not stop.requested:
-            t0 = time.time()
-            prompts = task.sample_prompts(cfg.prompts_per_step, st.prompt_gen).to(device)  # [n, P]
-            st.policy.eval()
-            ro = collect_rollout(st.policy, st.ref, st.base, task, prompts, cfg.group_size, st.sample_gen,
-                                 cfg.partial_credit, with_behaviour=False)  # π_old comes from the first update
-            st.policy.train()
-            t1 = time.time()
-            upd = _update(cfg, method, st, ro)
-            st.step += 1
-            if cfg.ref_refresh_every and st.step % cfg.ref_refresh_every == 0:
-                st.ref.load_state_dict(unwrap(st.policy).state_dict())
-            t2 = time.time()
-            n_tok = int(ro.mask.sum())
-            row = {"step": st.step, **ro.metrics, **upd, "response_tokens": n_tok, "time/rollout": t1 - t0,
-                   "time/update": t2 - t1, "time/step": t2 - t0, "tokens_per_s": tokens_per_second(n_tok, t2 - t0)}
+            row = _rl_step(cfg, method, st, task, device)  # st.step += 1
             if st.step % cfg.eval_every == 0 or st.step == cfg.steps:
                 last_eval = run_eval(st.step)
                 row.update(last_eval)
