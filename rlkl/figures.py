@@ -111,7 +111,33 @@ def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: b
     return rec
 
 
-def _run_all(specs: list[FigureSpec], out: Path, args: argparse.Namespace) -> list[dict]:
+class _CtrlC:
+    """Remembers a Ctrl-C even when a library swallows the KeyboardInterrupt (e.g. one raised inside an import)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._old = None
+
+    def _handler(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_CtrlC":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _run_all(specs: list[FigureSpec], out: Path, args: argparse.Namespace, ctrl_c: _CtrlC | None = None) -> list[dict]:
     """Run each figure under one progress bar (closed on Ctrl-C too, so no lock or semaphore is left behind)."""
     from tqdm import tqdm
 
@@ -125,6 +151,8 @@ def _run_all(specs: list[FigureSpec], out: Path, args: argparse.Namespace) -> li
                        "reason": f"no data in {out / 'data' / spec.name} (run it without --plot-only)", "seconds": 0.0}
             else:
                 rec = run_figure(spec, out, quick=args.quick, seed=args.seed, plot_only=args.plot_only)
+            if ctrl_c is not None and ctrl_c.seen:  # the interrupt was caught inside the figure: stop here
+                raise KeyboardInterrupt
             records.append(rec)
             if rec["status"] != "ok":
                 tqdm.write(f"[rlkl figures] {spec.name}: {rec['status'].upper()} — {rec['reason']}", file=sys.stderr)
@@ -166,7 +194,8 @@ def main(args: argparse.Namespace) -> int:
     mode = "quick" if args.quick else "full"
     t0 = time.perf_counter()
     try:
-        records = _run_all(specs, out, args)
+        with _CtrlC() as ctrl_c:
+            records = _run_all(specs, out, args, ctrl_c)
     except KeyboardInterrupt:
         print(f"rlkl figures: interrupted; figures already written are in {out}", file=sys.stderr)
         return 130

@@ -53,7 +53,7 @@ def test_methods_flag_json_must_be_an_object(capsys, flag, value, kind):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--vocab", "10", "--horizon", "400"], "too large to enumerate exactly: about 1e403 token slots"),
+    (["--vocab", "10", "--horizon", "400"], "enumeration too large: --vocab 10 --horizon 400 --prompts 2 needs about 1e403 token slots"),
     (["--vocab", "4", "--horizon", "12"], "402,653,184 token slots"),
     (["--group-size", "0"], "--group-size must be in [1, inf], got 0"),
     (["--vocab", "1"], "--vocab must be in [2, inf]"),

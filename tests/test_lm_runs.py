@@ -274,8 +274,8 @@ def test_sft_default_path_is_seed_specific(tmp_path, monkeypatch, capsys):
 TRAIN_ARGS = ["--difficulty", "1", "--steps", "6", "--prompts_per_step", "2", "--group_size", "4", "--eval_every", "3",
               "--eval_prompts", "4", "--eval_samples", "2", "--checkpoint_every", "2", "--num_threads", "1", "--quiet"]
 SFT_ARGS = ["--task", "addition", "--difficulty", "1", "--n_layer", "1", "--n_head", "2", "--d_model", "16",
-            "--steps", "40", "--batch_size", "16", "--eval_prompts", "4", "--eval_samples", "2", "--eval_every", "20",
-            "--checkpoint_every", "5", "--num_threads", "1", "--quiet"]
+            "--steps", "24", "--batch_size", "16", "--eval_prompts", "4", "--eval_samples", "2", "--eval_every", "12",
+            "--checkpoint_every", "4", "--num_threads", "1", "--quiet"]
 
 
 def _rlkl(argv, cwd):
@@ -348,7 +348,7 @@ def _kill_sft(tmp_path, n_kills, seed, ctrl_c=False):
     start = ["sft", *SFT_ARGS, "--out", str(out)]
     if ctrl_c:
         _interrupted("sft", start, out, tmp_path)
-    _kill_and_resume(start, ["sft", "--resume", str(out), "--quiet"], out, n_kills, 39, seed, tmp_path)
+    _kill_and_resume(start, ["sft", "--resume", str(out), "--quiet"], out, n_kills, 23, seed, tmp_path)
     assert _strip(_disk(out), SFT_TIMING) == _strip(_disk(tmp_path / "sft_full"), SFT_TIMING)
     a, b = load_reference(tmp_path / "sft_full" / "reference.pt")[0], load_reference(out / "reference.pt")[0]
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
@@ -359,8 +359,8 @@ def test_sigkill_train_then_resume_equals_the_uninterrupted_run(ref_path, tmp_pa
     _kill_train(ref_path, tmp_path, n_kills=1, seed=0)  # (a real Ctrl-C of `rlkl train`: the slow variant)
 
 
-def test_ctrl_c_then_sigkill_sft_then_resume_equals_the_uninterrupted_run(tmp_path):
-    _kill_sft(tmp_path, n_kills=1, seed=0, ctrl_c=True)
+def test_sigkill_sft_then_resume_equals_the_uninterrupted_run(tmp_path):
+    _kill_sft(tmp_path, n_kills=1, seed=0)  # (a real Ctrl-C of the subprocess: the slow variant)
 
 
 @pytest.mark.slow

@@ -67,8 +67,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     slots = None if n is None else args.prompts * n * args.horizon
     if slots is None or slots > DEFAULT_MAX_TOKEN_SLOTS:
         size = f"{slots:,}" if slots is not None else f"about 1e{digits:.0f}"
-        raise ValueError(f"--vocab {args.vocab} --horizon {args.horizon} --prompts {args.prompts} is too large to "
-                         f"enumerate exactly: {size} token slots > {DEFAULT_MAX_TOKEN_SLOTS:,}; the audit holds every "
+        raise ValueError(f"enumeration too large: --vocab {args.vocab} --horizon {args.horizon} --prompts "
+                         f"{args.prompts} needs {size} token slots > {DEFAULT_MAX_TOKEN_SLOTS:,}; the audit holds every "
                          f"response (vocab^horizon per prompt): choose a smaller --vocab or --horizon")
 
 
