@@ -246,6 +246,9 @@ def test_sft_refuses_to_overwrite_without_force_and_resumes_exactly(tmp_path):
     for a, b in zip(full_model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
     assert _strip(_disk(out), SFT_TIMING) == _strip(_disk(tmp_path / "full"), SFT_TIMING)
+    torch.save({"stale": 1}, out / "checkpoint.pt")  # a kill between writing reference.pt and removing the checkpoint
+    _, again = train_sft(_sft(), out, progress=False, resume=True)  # resuming a finished run returns its result
+    assert again == final2 and not (out / "checkpoint.pt").exists()
     before = sha256_file(out / "reference.pt")
     with pytest.raises(ValueError, match=r"already exists \(sha256 .*pass --force"):
         train_sft(_sft(seed=1), out, progress=False)
@@ -304,14 +307,17 @@ def _kill_and_resume(start_argv, resume_argv, out: Path, n_kills: int, n_rows: i
     """Run, SIGKILL at ``n_kills`` random points, resume each time, let it finish; returns stderr of the last run."""
     rng = random.Random(seed)
     done = start = 0
+    def started() -> bool:  # a checkpoint, or a finished SFT reference: continue with the resume command
+        return (out / "checkpoint.pt").exists() or (out / "reference.pt").exists()
+
     for _ in range(n_kills):
-        argv = resume_argv if (out / "checkpoint.pt").exists() else start_argv
+        argv = resume_argv if started() else start_argv
         rows = out.joinpath("metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").exists() else 0
         target = rng.randint(min(rows + 1, n_rows), n_rows)
         if _interrupt(_rlkl(argv, cwd), out / "metrics.jsonl", target, rng.uniform(0.0, 0.05), signal.SIGKILL):
             done += 1
         start += 1
-    argv = resume_argv if (out / "checkpoint.pt").exists() else start_argv
+    argv = resume_argv if started() else start_argv
     p = _rlkl(argv, cwd)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err

@@ -195,6 +195,8 @@ def _open_sft_run(cfg: SFTConfig, out: Path, resume: bool, force: bool, threads:
     from rlkl.lm.runlog import load_checkpoint
 
     ref, ckpt = out / "reference.pt", out / "checkpoint.pt"
+    if ref.exists() and resume and not force:
+        return {"complete": True}  # resuming a finished run (a kill may have left its last checkpoint behind)
     if ref.exists() and not force:
         raise ValueError(f"{ref} already exists (sha256 {sha256_file(ref)[:16]}…); runs trained against it would no "
                          f"longer match it if it were replaced: pass --force to overwrite it, or choose another --out")
@@ -227,6 +229,13 @@ def _train_sft(cfg: SFTConfig, out: Path | None, progress: bool, resume: bool, f
 
     device = resolve_device(cfg.device)
     ck = _open_sft_run(cfg, out, resume, force, threads, device) if out is not None else None
+    if ck is not None and ck.get("complete"):
+        from rlkl.lm.runlog import note
+
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        model, _, payload = load_reference(out / "reference.pt", device)
+        note("rlkl sft", f"{out} is complete (reference.pt written); nothing to resume")
+        return model, payload["eval"]
     task, model, opt, gen = _sft_state(cfg, device)
     start, wall0, rows = 0, 0.0, []
     if ck is not None:
