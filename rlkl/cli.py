@@ -18,6 +18,8 @@ import importlib
 import os
 import sys
 
+from rlkl import __version__
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error: ``rlkl CMD: error: MESSAGE (see rlkl CMD --help)`` and exit 2."""
@@ -35,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rlkl.lm.cli_train", "RL-train the small LM with any registered method"),
     "figures": ("rlkl.figures", "regenerate every figure (experiments data + paper_figures)"),
     "bench": ("rlkl.bench", "run the performance benchmarks"),
+    "plot": ("rlkl.plot", "draw training curves (reward, pass@k, exact KL, entropy, clip fraction) of run dirs"),
 }
 
 
@@ -53,6 +56,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="rlkl",
         description="Which objective does this KL-regularized loss actually optimize? Exact answers on small problems.",
     )
+    parser.add_argument("--version", action="version", version=f"rlkl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     chosen = None if argv is None else _selected(argv)
     for name, (module_name, help_text) in COMMANDS.items():

@@ -32,7 +32,8 @@ from rlkl import advantages as _adv
 from rlkl import losses as _loss
 from rlkl._checks import check_float, check_int, check_real
 from rlkl.divergences import get_f_divergence, kl_estimate
-from rlkl.objective import Std, set_enum
+from rlkl.options import (AggMode, Estimator, RewardForm, RPGDivergence, RPGForm, RPGLevel, Std,  # noqa: F401
+                          set_enum)
 
 __all__ = [
     "Estimator", "AggMode", "RPGDivergence", "RPGForm", "RPGLevel", "RewardForm", "Std",
@@ -43,62 +44,6 @@ __all__ = [
 ]
 
 RPGClip = _loss.RPGClip
-
-
-class Estimator(str, enum.Enum):
-    """Schulman's per-token estimators of KL(π‖π_ref) from δ = log π − log π_ref: k1 = δ, k2 = δ²/2,
-    k3 = e^{−δ} − 1 + δ (``rlkl.divergences``)."""
-
-    K1 = "k1"
-    K2 = "k2"
-    K3 = "k3"
-
-
-class AggMode(str, enum.Enum):
-    """Loss aggregation (verl ``loss_agg_mode``); see :class:`Aggregation`."""
-
-    TOKEN_MEAN = "token-mean"
-    SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"
-    SEQ_MEAN_TOKEN_SUM = "seq-mean-token-sum"
-    SEQ_MEAN_TOKEN_SUM_NORM = "seq-mean-token-sum-norm"
-
-
-class RPGDivergence(str, enum.Enum):
-    """The KL of an RPG surrogate to π_old: forward, reverse, unnormalized forward, unnormalized reverse
-    (RPG arXiv 2505.17508 Secs. 3.1–3.2)."""
-
-    FKL = "fkl"
-    RKL = "rkl"
-    UFKL = "ufkl"
-    URKL = "urkl"
-
-    @property
-    def is_reverse(self) -> bool:
-        return self in (RPGDivergence.RKL, RPGDivergence.URKL)
-
-
-class RPGForm(str, enum.Enum):
-    """DIFFERENTIABLE: the fully differentiable surrogate (RPG Tables 1, 4); REINFORCE: −sg[Weight]·log π (Table 2)."""
-
-    DIFFERENTIABLE = "differentiable"
-    REINFORCE = "reinforce"
-
-
-class RPGLevel(str, enum.Enum):
-    """TOKEN: every token is a sample with its own ratio (the released code); SEQUENCE: a whole response is one
-    sample with the sequence ratio π_θ(y)/π_old(y) (exact for every divergence)."""
-
-    TOKEN = "token"
-    SEQUENCE = "sequence"
-
-
-class RewardForm(str, enum.Enum):
-    """FUSED: Σ_t k_t summed into the sequence reward *before* the advantage (verl ``use_kl_in_reward``).
-    REWARD_TO_GO: −β·k_t as a per-token reward, its causal return added to the advantage *after* normalization
-    (OpenRLHF / InstructGPT-style PPO)."""
-
-    FUSED = "fused"
-    REWARD_TO_GO = "reward_to_go"
 
 
 def _set_real(obj: Any, name: str, **bounds: Any) -> None:

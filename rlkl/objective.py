@@ -17,73 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlkl._checks import check_int, check_real
-
-
-class Utility(str, enum.Enum):
-    """U(p) of the objective.
-
-    EXPECTED_REWARD: U = p (E[R]). LEAVE_IN: U = (1 − 1/G)·p (a group mean that includes the sample as baseline,
-    RPG arXiv 2505.17508 App. C). LINEAR: U = c·p (``utility_scale`` c). ARCSIN: U = 2·arcsin√p (GRPO's G → ∞
-    utility, FRPO arXiv 2601.10201 Prop. 3.1; binary rewards). FINITE_GROUP: U_G(p) = ∫_0^p w_G (the exact
-    finite-group utility of ``rlkl.utility``; binary rewards). NONE: U = 0.
-    """
-
-    EXPECTED_REWARD = "expected_reward"
-    LEAVE_IN = "leave_in"
-    LINEAR = "linear"
-    ARCSIN = "arcsin"
-    FINITE_GROUP = "finite_group"
-    NONE = "none"
-
-
-class Regularizer(str, enum.Enum):
-    """D_x: REVERSE_KL KL(π‖anchor); FORWARD_KL KL(anchor‖π); UNNORMALIZED_* RPG's UKL (arXiv 2505.17508 Defs. 3.1,
-    3.4); TOKEN_F_DIVERGENCE FRPO's E_{y~π} Σ_t D_f(π(·|s_t)‖anchor(·|s_t)) (arXiv 2601.10201 Thm 4.1); NONE."""
-
-    NONE = "none"
-    REVERSE_KL = "reverse_kl"
-    FORWARD_KL = "forward_kl"
-    UNNORMALIZED_REVERSE_KL = "unnormalized_reverse_kl"
-    UNNORMALIZED_FORWARD_KL = "unnormalized_forward_kl"
-    TOKEN_F_DIVERGENCE = "token_f_divergence"
-
-
-class Level(str, enum.Enum):
-    """SEQUENCE: the divergence of the whole response distribution (states visited by π_θ). LOCAL: Σ_s d(s)·D(π(·|s)‖
-    anchor(·|s)) with the state distribution d held fixed when differentiating — what a per-token loss-side
-    penalty follows (FRPO arXiv 2601.10201 Prop. 4.3)."""
-
-    SEQUENCE = "sequence"
-    LOCAL = "local"
-
-
-class Anchor(str, enum.Enum):
-    """REF: the reference policy π_ref. OLD: the behaviour policy π_old (RPG's iterative reference)."""
-
-    REF = "ref"
-    OLD = "old"
-
-
-class Std(str, enum.Enum):
-    """Standard deviation of a group: BESSEL divides by G − 1 (verl, TRL), POPULATION by G (FRPO Alg. 1)."""
-
-    BESSEL = "bessel"
-    POPULATION = "population"
-
-
-def coerce(enum_cls: type[enum.Enum], name: str, value: Any) -> enum.Enum:
-    """``value`` as a member of ``enum_cls`` (members or their string values); ValueError listing the choices."""
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not one of {[m.value for m in enum_cls]}") from None
-
-
-def set_enum(obj: Any, name: str, enum_cls: type[enum.Enum]) -> None:
-    """In a frozen dataclass's ``__post_init__``: coerce field ``name`` to ``enum_cls``."""
-    object.__setattr__(obj, name, coerce(enum_cls, f"{type(obj).__name__}.{name}", getattr(obj, name)))
+from rlkl.options import Anchor, Level, Regularizer, Std, StrEnum, Utility, coerce, set_enum  # noqa: F401 (re-exported)
 
 
 _BINARY_UTILITIES = (Utility.ARCSIN, Utility.FINITE_GROUP)

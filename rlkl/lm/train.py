@@ -150,7 +150,7 @@ class TrainConfig:
             check_int(name, getattr(self, name), low=0)
         check_int("seed", self.seed, low=0, high=2**32 - 1)
         if method.is_group_based and self.group_size < 2:
-            raise ValueError(f"method {self.method!r} uses a group-based advantage ({method.advantage}); "
+            raise ValueError(f"method {self.method!r} uses a group-based advantage ({type(method.advantage).__name__}); "
                              f"group_size must be >= 2, got {self.group_size}")
         check_real("lr", self.lr, low=0.0, low_open=True)
         check_real("adam_beta1", self.adam_beta1, low=0.0, high=1.0, high_open=True)
@@ -213,10 +213,7 @@ def build_method(cfg: TrainConfig):
     if cfg.beta is not None:
         method = dataclasses.replace(method, beta=float(cfg.beta))
     if cfg.unclipped:
-        if method.policy_loss == "rpg":
-            method = dataclasses.replace(method, rpg_clip=None)
-        else:
-            method = dataclasses.replace(method, clip_low=1.0 - 1e-6, clip_high=1e6, dual_clip=None)
+        method = method.replace(policy_loss=method.policy_loss.unclipped())
     return method
 
 
@@ -575,7 +572,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
     ref_sha256 = sha256_file(cfg.ref)
     rows = _open_run(cfg, out, resume, st, ref_sha256, threads, device)
     atomic_write_json(out / "config.json", cfg.to_dict())
-    atomic_write_json(out / "method.json", _jsonable(asdict(method)))
+    atomic_write_json(out / "method.json", method.to_dict())
     atomic_write_json(out / "run.json", {"ref": cfg.ref, "ref_sha256": ref_sha256, "num_threads": threads,
                                          "device": str(device), "torch": torch.__version__})
     eval_prompts = task.eval_prompts(cfg.eval_prompts).to(device)
