@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from rlkl._checks import (check_bool, check_choice, check_float, check_group_size, check_real, check_same_dtype,
-                          check_token_tensors)
+from rlkl._checks import (check_bool, check_choice, check_float, check_group_size, check_int, check_real,
+                          check_same_dtype, check_token_tensors)
 from rlkl.divergences import FDivergence, get_f_divergence
 
 StdKind = Literal["population", "bessel"]
@@ -39,10 +39,10 @@ def _standardize(x: Tensor, std: StdKind, eps: float, dim: int = -1) -> Tensor:
     # all-equal groups: advantage exactly 0 (verl/TRL give 0/(0+ε) = 0; with ε = 0 this avoids 0/0). Decided by
     # max == min, not by s > 0: the float mean of equal values can differ from them by round-off.
     degenerate = x.amax(dim=dim, keepdim=True) == x.amin(dim=dim, keepdim=True)
-    with torch.no_grad():  # a power of two >= max|x| per slice: the division by it is exact (no gradient needed)
+    with torch.no_grad():  # a power of two in (max|x|/2, max|x|] per slice: dividing by it is exact
         mag = x.abs().amax(dim=dim, keepdim=True)
-        scale = torch.ldexp(torch.ones_like(mag), torch.frexp(mag).exponent)
-    # z in [−1, 1]: squares of tiny rewards (5.9e-204) do not underflow, sums of huge ones do not overflow
+        scale = torch.ldexp(torch.ones_like(mag), torch.frexp(mag).exponent - 1)
+    # z in (−2, 2): squares of tiny rewards (5.9e-204) do not underflow, sums of huge ones do not overflow
     z = torch.where(degenerate, torch.zeros_like(x), x / scale)
     centred = z - z.mean(dim=dim, keepdim=True)
     centred = centred - centred.mean(dim=dim, keepdim=True)  # second pass removes the first mean's round-off
@@ -110,6 +110,7 @@ def compute_advantages(kind: AdvantageKind, rewards: Tensor, group_size: int, ep
                        std: StdKind = "bessel") -> Tensor:
     """Dispatch to one of the sequence-level advantages above (``raw`` = the reward itself, no baseline)."""
     check_choice("advantage", kind, ADVANTAGE_KINDS)
+    check_int("group_size", group_size, low=1)  # validated for every kind, also those that ignore it
     if kind == "group_standardized":
         return group_standardized(rewards, group_size, eps, std)
     if kind == "group_centered":

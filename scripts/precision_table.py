@@ -65,6 +65,8 @@ F_REF: dict[str, tuple[Callable, Callable]] = {
     "alpha=0.5": _alpha_ref(0.5),
     "alpha=2": _alpha_ref(2.0),
     "alpha=-1": _alpha_ref(-1.0),
+    "alpha=0.3": _alpha_ref(0.3),
+    "alpha=0.99": _alpha_ref(0.99),
 }
 
 
@@ -90,8 +92,8 @@ def grid(dtype: str, quick: bool) -> np.ndarray:
     hi = MAX_ABS_DELTA[dtype]
     if quick:  # other points than the full grid: a random log-uniform sample
         rng = np.random.default_rng(20250611)
-        mags = 10.0 ** rng.uniform(math.log10(MIN_ABS_DELTA), math.log10(hi), 240)
-        uni = rng.uniform(-5.0, 5.0, 60)
+        mags = 10.0 ** rng.uniform(math.log10(MIN_ABS_DELTA), math.log10(hi), 100)
+        uni = rng.uniform(-5.0, 5.0, 40)
     else:
         mags = np.logspace(math.log10(MIN_ABS_DELTA), math.log10(hi), 1400)
         uni = np.linspace(-5.0, 5.0, 1001)
@@ -193,12 +195,42 @@ floating-point evaluation of these functions can promise.
 """
 
 
+FOOTER = """
+## Guards and conventions (deliberate, each tested in tests/test_numerics.py)
+
+- **Masked logits.** `FDivergence.exact`, `exact_kl` and `unnormalized_kl` accept −inf (a category of
+  probability 0): P = Q = 0 contributes 0, P = 0 < Q contributes Q·f(0), Q = 0 < P contributes P·lim f(u)/u
+  (inf for KL-like f). nan and +inf are refused. `FDivergence.exact` computes in float64 and returns the input
+  dtype, so float32 logits 90 apart give the float32-representable answer (Pearson 3.05e38) instead of inf.
+- **Amari α.** u^α is formed from an exact product α·δ (Dekker's product in float64, a float64 product for float32
+  inputs), so non-dyadic α such as 0.3 keep a few u even at |δ| = 700 (a rounded α·δ alone would cost |αδ|·u);
+  near u = 1 the forms are chosen so that at most a factor ~8 cancels for any α (the α = 0.3 and 0.99 rows).
+- **FRPO.** The strictly-future sum Σ_{j>t} is summed on its own (never Σ_{j≥t} − own term); a regularizer that
+  leaves the dtype's range raises a ValueError naming `log_ratio` and the divergence (e.g. Neyman in float32 below
+  δ = −44.36) instead of passing inf on.
+- **RPG sequence level.** log w = Σ_t log ρ_t is clamped to ±20 like verl's token ratio (a deliberate difference
+  from the paper, which uses the raw ratio; `rlkl.losses.rpg_loss`): 100 float32 tokens at log ρ = 1 no longer give
+  inf/nan rows. Inside the clamp nothing changes.
+- **Aggregation.** `aggregate` divides before it sums, so finite per-token losses never aggregate to inf except
+  when the aggregate itself exceeds the dtype (only possible for the token-*sum* modes). No boolean indexing.
+- **Standardization.** Group/batch standardization rescales each group by a power of two before centring (exact),
+  centres twice and gives all-equal groups exactly 0 with a finite (zero) gradient, so ε = 0 is safe for any finite
+  rewards (5.9e-204 and 1e308 alike).
+- **Binomial weights.** `finite_group_weight` / `finite_group_utility` have their exact polynomial derivative at
+  p ∈ {0, 1}.
+- **dtypes.** Only float32 and float64 tensors are accepted; float16/bfloat16 raise a ValueError asking to cast
+  to float32 (float16 overflows at e^11, bfloat16 keeps 3 digits). Meta tensors raise a ValueError.
+- **Empty masks.** `masked_mean` of an all-False mask is 0 (a diagnostic over no token); the losses and
+  `aggregate` refuse a mask that selects no token.
+"""
+
+
 def render(res: dict, n_points: int, n_quick: int) -> str:
     lines = [HEADER.format(n_points=n_points, n_quick=n_quick, max32=MAX_ABS_DELTA["float32"],
                            max64=MAX_ABS_DELTA["float64"])]
     for dname in DTYPES:
         lines.append(f"## {dname}\n")
-        cols = " | ".join(r[0] for r in REGIONS)
+        cols = " | ".join(r[0].replace("|", "\\|") for r in REGIONS)
         lines.append(f"| function | {cols} | finite range of δ | bound |")
         lines.append("|---" * (len(REGIONS) + 3) + "|")
         for name, per in res.items():
@@ -206,7 +238,7 @@ def render(res: dict, n_points: int, n_quick: int) -> str:
             cells = " | ".join(_fmt(e) for e in d["max"])
             lines.append(f"| {name} | {cells} | {_range(d['range'], dname)} | {bound_in_u(max(d['max']), dname)} u |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + FOOTER
 
 
 ROW_RE = re.compile(r"^\| (?P<name>[^|]+?) \|(?P<cells>.*)\| (?P<bound>\d+) u \|$")
