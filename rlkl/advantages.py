@@ -49,7 +49,9 @@ def _standardize(x: Tensor, std: StdKind, eps: float, dim: int = -1) -> Tensor:
     n = x.shape[dim] - (1 if std == "bessel" else 0)
     var = (centred * centred).sum(dim=dim, keepdim=True) / n
     s = torch.sqrt(torch.where(degenerate, torch.ones_like(var), var))  # > 0 off degenerate slices
-    return torch.where(degenerate, torch.zeros_like(centred), centred / (s + eps / scale))
+    eps_scaled = torch.full_like(scale, eps) / scale  # tensor / tensor: a python scalar / tensor is computed as
+    # scalar·reciprocal(tensor), which is 0·inf = nan for a subnormal scale
+    return torch.where(degenerate, torch.zeros_like(centred), centred / (s + eps_scaled))
 
 
 def group_standardized(rewards: Tensor, group_size: int, eps: float = 1e-6, std: StdKind = "bessel") -> Tensor:

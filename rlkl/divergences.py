@@ -552,9 +552,11 @@ def exact_kl(logits_p: Tensor, logits_q: Tensor, dim: int = -1) -> Tensor:
       ``[...]`` KL(p‖q).
     """
     lp, lq = _log_softmax_pair(logits_p, logits_q, dim)
-    p0 = torch.isneginf(lp)
-    lr = torch.where(p0, torch.zeros_like(lp), lp - lq)  # 0·(−inf − x) is a 0 term, and never a nan gradient
-    return (lp.exp() * lr).sum(dim=dim)
+    p0, q0 = torch.isneginf(lp), torch.isneginf(lq)
+    lr = torch.where(p0 | q0, torch.zeros_like(lp), lp - lq)  # 0·(−inf − x) is a 0 term, never a nan gradient
+    # q = 0 < p: an infinite term even when p itself underflows to 0 (p = e^-1000 in float32)
+    term = torch.where(q0 & ~p0, torch.full_like(lp, math.inf), lp.exp() * lr)
+    return term.sum(dim=dim)
 
 
 def unnormalized_kl(log_p: Tensor, log_q: Tensor, dim: int = -1) -> Tensor:
