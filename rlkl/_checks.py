@@ -126,7 +126,9 @@ def check_real(name: str, value, *, low: float | None = None, high: float | None
         raise ValueError(f"{name} must be a number, got nan")
     if not allow_inf and v in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {v}")
-    if low is not None and (v < low or (low_open and v == low)) or high is not None and (v > high or (high_open and v == high)):
+    below = low is not None and (v < low or (low_open and v == low))
+    above = high is not None and (v > high or (high_open and v == high))
+    if below or above:
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         rng = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
@@ -134,7 +136,8 @@ def check_real(name: str, value, *, low: float | None = None, high: float | None
     return v
 
 
-def check_int(name: str, value, *, low: int | None = None, high: int | None = None, allow_none: bool = False) -> int | None:
+def check_int(name: str, value, *, low: int | None = None, high: int | None = None,
+              allow_none: bool = False) -> int | None:
     """Validate an integer hyper-parameter (bools and floats rejected) in ``[low, high]``; return it."""
     if value is None and allow_none:
         return None

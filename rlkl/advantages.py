@@ -129,7 +129,7 @@ def future_return(values: Tensor, mask: Tensor, include_current: bool) -> Tensor
     """Masked reverse cumulative sum S_t = Σ_{j ≥ t} m_j v_j (``include_current``) or Σ_{j > t} m_j v_j.
 
     FRPO (arXiv 2601.10201) Alg. 1 uses the inclusive sum of k1 log-ratios; the general f-divergence identity
-    (spec frpo.md, I6) needs the strictly-future sum of f(u_j)/u_j. Tang & Munos (arXiv 2506.09477): the
+    (FRPO arXiv 2601.10201, Thm 4.1) needs the strictly-future sum of f(u_j)/u_j. Tang & Munos (arXiv 2506.09477): the
     sequence-level reverse-KL gradient is E[Σ_t ∇log π_t Σ_{j≥t} log(π/π_ref)_j].
 
     Args:
@@ -184,7 +184,7 @@ def frpo_regularizer(log_ratio: Tensor, mask: Tensor, divergence: str | FDiverge
     """FRPO's per-token regularizer reg_t = [f'(u_t) − f'(1)] + Σ_{j>t} f(u_j)/u_j, u = π/π_ref.
 
     For the token-wise regularizer R = E_{y~π} Σ_t D_f(π(·|s_t)‖π_ref(·|s_t)),
-    ∇R = E[Σ_t ∇log π(a_t|s_t)·(f'(u_t) + Σ_{j>t} f(u_j)/u_j)] (spec frpo.md I6; FRPO arXiv 2601.10201 Thm 4.1
+    ∇R = E[Σ_t ∇log π(a_t|s_t)·(f'(u_t) + Σ_{j>t} f(u_j)/u_j)] (FRPO arXiv 2601.10201 Thm 4.1
     in the standard convention). The constant f'(1) is a baseline (E_π[∇log π] = 0) and is dropped, so for
     reverse KL reg_t = δ_t + Σ_{j>t} δ_j = Σ_{j≥t} δ_j, FRPO's default inclusive k1 sum (Eq. 4.5).
     ``include_local=False`` keeps only the strictly-future part, for use when the local gradient comes from a

@@ -17,7 +17,7 @@ second order at u = 1 (k3, f(u), f(u)/u) uses a Taylor series below a per-dtype 
 stays within a few ulps for every |log_ratio| from 1e-12 up to where the value itself leaves the dtype's range.
 That range is the only limit: in float32 (max ≈ e^88.7) k3 and the Hellinger estimate are finite for
 log_ratio >= −88.7, forward KL's −l·e^{−l} for l >= −84.3, Neyman's (1 − 1/u)² only for l >= −44.3 and Pearson's
-(u − 1)²/u for l <= 88.7; float64 reaches about 8× further. Only float32 and float64 are accepted
+(u − 1)²/u for |l| <= 88.7; float64 reaches about 8× further. Only float32 and float64 are accepted
 (``rlkl._checks.check_float``): 16-bit floats overflow already at |log_ratio| ≈ 11 and carry 3 digits.
 """
 

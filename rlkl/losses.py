@@ -85,7 +85,7 @@ def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | None = None) -> Tensor:
-    """Reduce a ``[B, T]`` per-token loss to a scalar (verl ``agg_loss``; spec/peers.md §1.5).
+    """Reduce a ``[B, T]`` per-token loss to a scalar (verl ``agg_loss``; docs/integrations.md).
 
     - ``token-mean``: Σ_{i,t} m l / Σ m (DAPO; verl default; TRL ``dapo``/``bnpo``).
     - ``seq-mean-token-mean``: (1/B') Σ_i (Σ_t m l / |y_i|) (original GRPO; TRL ``grpo``): the 1/|y_i| factor
@@ -171,7 +171,7 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
     l_t = max(−ρ_t A_t, −clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t), and for A_t < 0 with dual clip c > 1:
     l_t = min(l_t, −c A_t). ρ_t = exp(clamp(log π_θ − log π_old, ±20)) (verl's guard).
     Schulman et al. (arXiv 1707.06347) eq. 7; clip-higher: DAPO (arXiv 2503.14476); dual clip: Ye et al. (2020),
-    RPG eq. Sec. 3.3; verl ``vanilla`` loss (spec/peers.md §1.4).
+    RPG eq. Sec. 3.3; verl ``vanilla`` loss (docs/integrations.md).
 
     Gradient: −A_t ρ_t ∇log π_θ on unclipped tokens and 0 on clipped ones; at ρ ≡ 1 (first step after sampling,
     samples from π_old = π_θ) it equals REINFORCE's −A_t∇log π_θ.
@@ -254,7 +254,7 @@ def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator
     """Per-token KL penalty used *as a loss*: k(log π_θ − log π_ref), optionally × ρ = π_θ/π_old.
 
     Expected gradients, tokens sampled from π_old (RPG arXiv 2505.17508 §2.3; Tang & Munos arXiv 2506.09477;
-    spec frpo.md §4.5), per state s with the state distribution held fixed ("local"):
+    FRPO arXiv 2601.10201 Prop. 4.3), per state s with the state distribution held fixed ("local"):
       - k1: on-policy E[∇k1] = 0 — no regularization at all.
       - k2 (and any ``straight_through`` k+): on-policy ∇KL(π_θ(·|s)‖π_ref(·|s)), the local reverse-KL gradient.
       - k3 (GRPO default, verl ``low_var_kl``): on-policy ∇KL(π_ref(·|s)‖π_θ(·|s)), the local *forward* KL.
@@ -395,7 +395,8 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     Both give, per sample, ∇ℓ = −Weight·∇lp, so E_{π_old}[∇ℓ] = −∇J for J = E_{π_θ}[R] − β·D with D the
     forward/reverse, normalized/unnormalized KL to π_old (Z_old = ``z_old``) — exactly at ``level="sequence"``
     (x = a whole response). ``level="token"`` (the released code) treats each token as a sample with its own w_t,
-    lp_t: exact for the forward directions (chain rule under π_old), not for the reverse ones (spec rpg.md §1.8(5)).
+    lp_t: exact for the forward directions (chain rule under π_old), not for the reverse ones (their identities need
+    the sequence ratio, not the token ratios w_t).
 
     With ``clip``:
       - ``form="differentiable"``: Alg. 1 / App. G.1 dual clip on w with the θ-dependent regularized advantage

@@ -42,7 +42,7 @@ def _as_tensor(p) -> tuple[Tensor, bool]:
 
 
 def _out(t: Tensor, is_tensor: bool):
-    return t if is_tensor else (float(t) if t.dim() == 0 else t.numpy())
+    return t if is_tensor else (float(t) if t.dim() == 0 else t.cpu().numpy())
 
 
 def grpo_utility(p):
@@ -120,7 +120,7 @@ def finite_group_weight(p, group_size: int, std: StdKind = "population", eps: fl
     """w_G(p): GRPO's exact expected update per unit ∇p for binary rewards and group size G.
 
     w_G(p) = E[A_1 | r_1 = 1] − E[A_1 | r_1 = 0] with A_i = (r_i − mean)/(std + ε), all-equal groups giving 0
-    (spec frpo.md §0: equivalently E_{S~Bin(G,p)}[σ̂_S²/(s_S + ε)]/(p(1−p)), σ̂_S² = S(G−S)/G²). Closed forms with
+    (equivalently E_{S~Bin(G,p)}[σ̂_S²/(s_S + ε)]/(p(1−p)), σ̂_S² = S(G−S)/G²). Closed forms with
     the population std, ε = 0: w_2 = 1, w_3 = √2, w_4 = √3 + (3 − 2√3)p(1−p); w_G(0⁺) = √(G−1);
     w_G → 1/√(p(1−p)) as G → ∞.
 

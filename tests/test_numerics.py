@@ -281,7 +281,8 @@ def test_eps_zero_standardization_of_subnormal_scale_rewards():
 
 def test_finite_group_weight_gradient_at_the_edges():
     # G = 4, population std, ε = 0: w_4(p) = √3 + (3 − 2√3) p(1 − p) → w_4'(0) = 3 − 2√3, w_4'(1) = −(3 − 2√3)
-    for p0, slope in ((0.0, 3 - 2 * math.sqrt(3)), (1.0, -(3 - 2 * math.sqrt(3))), (0.25, 0.5 * (3 - 2 * math.sqrt(3)))):
+    c = 3 - 2 * math.sqrt(3)
+    for p0, slope in ((0.0, c), (1.0, -c), (0.25, 0.5 * c)):  # w_4'(p) = c(1 − 2p)
         p = t(p0).requires_grad_()
         (g,) = torch.autograd.grad(finite_group_weight(p, 4), p)
         assert g.item() == pytest.approx(slope, rel=1e-12, abs=1e-14), p0
