@@ -136,7 +136,7 @@ class TrainConfig:
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if method.is_group_based and self.group_size < 2:
-            raise ValueError(f"method {self.method!r} uses a group-based advantage ({method.advantage}); "
+            raise ValueError(f"method {self.method!r} uses a group-based advantage ({type(method.advantage).__name__}); "
                              f"group_size must be >= 2, got {self.group_size}")
         if self.beta is not None and self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
@@ -198,10 +198,7 @@ def build_method(cfg: TrainConfig):
     if cfg.beta is not None:
         method = dataclasses.replace(method, beta=float(cfg.beta))
     if cfg.unclipped:
-        if method.policy_loss == "rpg":
-            method = dataclasses.replace(method, rpg_clip=None)
-        else:
-            method = dataclasses.replace(method, clip_low=1.0 - 1e-6, clip_high=1e6, dual_clip=None)
+        method = method.replace(policy_loss=method.policy_loss.unclipped())
     return method
 
 
@@ -481,7 +478,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
         out.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    (out / "method.json").write_text(json.dumps(_jsonable(asdict(method)), indent=2) + "\n")
+    (out / "method.json").write_text(json.dumps(method.to_dict(), indent=2) + "\n")
 
     def log(row: dict) -> None:
         rows.append(row)
