@@ -144,7 +144,7 @@ def check_int(name: str, value, *, low: int | None = None, high: int | None = No
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
-        lo = "(-inf" if low is None else f"[{low}"
-        hi = "inf)" if high is None else f"{high}]"
-        raise ValueError(f"{name} must be an int in {lo}, {hi}, got {value}")
+        # message format relied on by the CLI tests: "NAME must be in [low, high], got V"
+        raise ValueError(f"{name} must be in [{'-inf' if low is None else low}, {'inf' if high is None else high}], "
+                         f"got {value}")
     return value
