@@ -79,10 +79,12 @@ def _case(seed: int, B: int, T: int, G: int, padding: str, max_gap: float, binar
     z = torch.zeros((), dtype=torch.float64)
     clean = lambda x: torch.where(mask, x, z).to(dtype)
     batch = RolloutBatch(clean(logp_old), clean(logp_ref), mask, rewards.to(dtype), G)
-    fill = _fill(padding, (B, T), g, dtype)
-    dirty = lambda x: torch.where(mask, x.to(dtype), fill)
-    gb = GarbageBatch(dirty(logp_old), dirty(logp_ref), mask, rewards.to(dtype), G, garbage=fill, clean=batch)
-    return Case(int(seed), clean(logp), batch, dirty(logp), gb)
+    # an independent fill per tensor: a difference of two garbage tensors (log π_θ − log π_old) is garbage too
+    fills = [_fill(padding, (B, T), g, dtype) for _ in range(4)]
+    dirty = lambda x, k: torch.where(mask, x.to(dtype), fills[k])
+    gb = GarbageBatch(dirty(logp_old, 0), dirty(logp_ref, 1), mask, rewards.to(dtype), G, garbage=fills[3],
+                      clean=batch)
+    return Case(int(seed), clean(logp), batch, dirty(logp, 2), gb)
 
 
 def conformance_batches(n_cases: int = 24, group_size: int = 4, seed: int = 0, padding: str = "huge",

@@ -100,6 +100,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "rlkl(**settings): per-test settings of the rlkl fixtures, e.g. "
                             "rlkl(group_size=3, off_policy=True, eos='fixed', seeds=(0, 1))")
+    _session_settings(config)  # a bad --rlkl-* / rlkl_* value is a usage error now, not in the first test using it
 
 
 def _session_settings(config: pytest.Config) -> RlklSettings:
@@ -109,7 +110,10 @@ def _session_settings(config: pytest.Config) -> RlklSettings:
         if raw is None:
             raw = config.getini(f"rlkl_{f.name}")
         if raw not in (None, "", []):
-            values[f.name] = _parse(f.name, raw)
+            try:
+                values[f.name] = _parse(f.name, raw)
+            except ValueError as exc:
+                raise pytest.UsageError(f"rlkl {f.name}={raw!r}: {exc}") from None
     try:
         return RlklSettings(**values)
     except (TypeError, ValueError) as exc:
