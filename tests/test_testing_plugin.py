@@ -90,3 +90,17 @@ def test_a_bad_option_is_a_usage_error(tmp_path):
     (tmp_path / "test_x.py").write_text("def test_x():\n    pass\n")
     res = _run(tmp_path, "-q", "--rlkl-eos", "sometimes")
     assert res.returncode == 4 and "eos='sometimes'" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_the_docs_test_file_passes():
+    """The copy-paste file of docs/testing.md, run in-process with the plugin's fixture object."""
+    from rlkl.testing.plugin import RlklChecker, RlklSettings
+
+    text = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    code = text.split("```python", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(code, "docs/testing.md", "exec"), ns)
+    tests = [v for k, v in ns.items() if k.startswith("test_")]
+    assert len(tests) == 2
+    for test in tests:
+        test(RlklChecker(RlklSettings()))
