@@ -93,7 +93,13 @@ def _grad(loss_fn: Callable, p: _Probe, counter: list) -> tuple[float, Tensor]:
     """(loss value, ∂loss/∂logp) for one call (zeros when the loss does not depend on logp)."""
     leaf = p.logp.detach().clone().requires_grad_(True)
     t0 = time.perf_counter()
-    out = loss_fn(leaf, p.batch())
+    try:
+        out = loss_fn(leaf, p.batch())
+    except Exception as exc:  # the user's code: say where it failed and how to skip the probe
+        raise ValueError(f"probing {getattr(loss_fn, '__name__', 'loss_fn')} failed on a random batch (B={p.logp.shape[0]}, "
+                         f"T={p.logp.shape[1]}, G={p.G}, rewards in [0, 1), ragged lengths): {type(exc).__name__}: "
+                         f"{exc}. Declare the coupling instead: rlkl.toy.expected.LossSpec(loss_fn, G, aggregation, "
+                         "coupling)") from exc
     loss = out[0] if isinstance(out, tuple) else out
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ValueError(f"loss_fn must return a scalar tensor (or (scalar, diagnostics)), got {type(loss).__name__}"
