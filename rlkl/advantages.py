@@ -257,3 +257,114 @@ def frpo_advantages(rewards: Tensor, logp: Tensor, logp_ref: Tensor, mask: Tenso
     log_ratio = (logp - logp_ref).detach()
     reg = frpo_regularizer(log_ratio, mask, divergence, include_local)  # [B, T]
     return (a_out.detach()[:, None] - beta * reg) * mask
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# outcome advantages of verl 0.9.1's other estimators (trainer/ppo/core_algos.py), restated from their rules
+
+
+def length_weighted_centered(rewards: Tensor, lengths: Tensor, group_size: int) -> Tensor:
+    """OPO: A_i = r_i − b_g, b_g = Σ_{j∈g} |y_j| r_j / Σ_{j∈g} |y_j| (the group's length-weighted mean reward).
+
+    Hao et al. arXiv 2505.23585 (OPO, the optimal baseline with the squared score norm approximated by the response
+    length); verl ``compute_opo_outcome_advantage``. The baseline includes r_i itself, so (as the group mean of
+    Dr. GRPO, which it equals for equal lengths) it is not independent of the sample.
+
+    Args:
+      rewards: ``[B]``; lengths: ``[B]`` |y_i| (valid token counts, > 0); group_size: G >= 2.
+    Returns:
+      ``[B]`` advantages.
+    """
+    g = _groups(rewards, group_size)  # [B/G, G]
+    check_float("lengths", lengths, shape=rewards.shape)
+    check_same_dtype(rewards=rewards, lengths=lengths)
+    if bool((lengths <= 0).any()):
+        raise ValueError("lengths must be positive (every response has at least one token)")
+    L = lengths.view(-1, group_size)
+    baseline = (L * g).sum(-1, keepdim=True) / L.sum(-1, keepdim=True)  # [B/G, 1]
+    return (g - baseline).reshape(-1)
+
+
+def pass_at_k_advantage(rewards: Tensor, group_size: int, normalize: bool = True, eps: float = 1e-6,
+                        std: StdKind = "bessel") -> Tensor:
+    """Best-of-group advantage A_i = [r_i − max_{j≠i} r_j]_+ (÷ (std_g r + ε) when ``normalize``).
+
+    Only a group's unique best response gets a non-zero advantage, r_max − r_second (verl
+    ``compute_grpo_passk_outcome_advantage``, after Chen et al. arXiv 2503.19595; ``norm_adv_by_std_in_grpo``
+    = ``normalize``, torch's Bessel std). On-policy, with the score-function surrogate and sequence-level
+    aggregation, E[∇L] = −(1/G)·∇E[max_i r_i] without normalization — for binary rewards −∇[(1 − (1 − p)^G)/G],
+    pass@G per sample; the std makes that κ_G = 1/(σ_G + ε) times larger (σ_G: the std of one success in G).
+
+    Args:
+      rewards: ``[B]``; group_size: G >= 2; normalize: divide by the group std; eps: ε; std: bessel | population.
+    Returns:
+      ``[B]`` advantages (zero for all but the strict best of each group).
+    """
+    g = _groups(rewards, group_size)  # [K, G]
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    check_choice("std", std, ("population", "bessel"))
+    G = group_size
+    eye = torch.eye(G, dtype=torch.bool, device=g.device)
+    others = g.unsqueeze(1).expand(-1, G, G).masked_fill(eye, float("-inf")).amax(-1)  # [K, G] max_{j≠i} r_j
+    adv = torch.clamp(g - others, min=0.0)
+    if normalize:
+        s = g.std(dim=-1, correction=1 if std == "bessel" else 0, keepdim=True)
+        adv = torch.where(adv > 0, adv / (s + eps), torch.zeros_like(adv))  # adv > 0 implies s > 0
+    return adv.reshape(-1)
+
+
+def gpg_advantage(rewards: Tensor, group_size: int, scope: str = "batch") -> Tensor:
+    """GPG: A_i = α·(r_i − mean_g r), α = n / max(1, #{j: r_j ≠ 0}) over the n rows of the scope.
+
+    Chu et al. arXiv 2504.02546 (GPG); the rule of verl ``compute_gpg_outcome_advantage`` (f_norm = 1, α from the
+    count of non-zero rewards in the batch). ``scope="group"`` takes the count per group (equal on a batch of one
+    group — the exact engine's unit).
+
+    Args:
+      rewards: ``[B]``; group_size: G >= 2; scope: ``"batch"`` | ``"group"``.
+    Returns:
+      ``[B]`` advantages.
+    """
+    g = _groups(rewards, group_size)
+    check_choice("scope", scope, ("batch", "group"))
+    centred = g - g.mean(dim=-1, keepdim=True)
+    if scope == "batch":
+        alpha = g.numel() / torch.clamp((g != 0).sum().to(g.dtype), min=1.0)
+    else:
+        alpha = group_size / torch.clamp((g != 0).sum(-1, keepdim=True).to(g.dtype), min=1.0)  # [K, 1]
+    return (alpha * centred).reshape(-1)
+
+
+def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, std: StdKind = "bessel",
+                  group_size: int | None = None) -> Tensor:
+    """Token whitening A_{i,t} = (x_{i,t} − μ)/sqrt(σ² + ε) over the valid tokens of the batch (or of each group).
+
+    μ = Σ m·x/Σ m, σ² = Σ m·(x − μ)²/(Σ m − 1) (Bessel, verl's ``masked_var``) or /Σ m (population): REINFORCE++'s
+    global advantage normalization (Hu arXiv 2501.03262 eq. 10; verl ``masked_whiten`` inside
+    ``reinforce_plus_plus`` and ``reinforce_plus_plus_baseline``). A response weighs by its number of tokens. verl's
+    ``masked_mean`` also adds 1e-8 to the token count (a relative 1e-8/Σ m difference, not reproduced). All-equal
+    values give 0 (not round-off/√ε).
+
+    Args:
+      values: ``[B, T]``; mask: ``[B, T]`` bool; eps: ε inside the square root (verl: 1e-8); std: bessel |
+      population; group_size: None (statistics over the batch) or G (per contiguous group of G rows).
+    Returns:
+      ``[B, T]``, zero where ``mask`` is False.
+    """
+    B, T = check_token_tensors(mask, values=values)
+    check_choice("std", std, ("population", "bessel"))
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    G = B if group_size is None else check_group_size(B, group_size)
+    x = values.reshape(B // G, G * T)
+    m = mask.reshape(B // G, G * T).to(values.dtype)
+    n = m.sum(-1, keepdim=True)  # [K, 1] valid tokens per scope
+    if std == "bessel" and bool((n < 2).any()):
+        raise ValueError("Bessel-corrected whitening needs at least 2 valid tokens per batch (or group)")
+    mu = (x * m).sum(-1, keepdim=True) / n
+    var = (m * (x - mu) ** 2).sum(-1, keepdim=True) / (n - 1 if std == "bessel" else n)
+    big = torch.where(m > 0, x, torch.full_like(x, float("-inf"))).amax(-1, keepdim=True)
+    small = torch.where(m > 0, x, torch.full_like(x, float("inf"))).amin(-1, keepdim=True)
+    out = torch.where(big == small, torch.zeros_like(x), (x - mu) / torch.sqrt(var + eps))
+    return (out * m).reshape(B, T)

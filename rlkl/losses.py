@@ -495,3 +495,37 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     if clip is None:
         return PolicyLossOutput(loss, zero, zero, zero, *ratio_stats)
     return PolicyLossOutput(loss, frac(low), frac(high), frac(dual), *ratio_stats)
+
+
+def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | None = None,
+               clip_high: float = 0.2) -> PolicyLossOutput:
+    """CISPO: l_t = −sg[ŵ_t]·A_t·log π_θ(a_t|s_t), ŵ_t = clip(ρ_t, 1 − ε_low, 1 + ε_high) (one-sided: min(ρ_t, 1 + ε_high)).
+
+    MiniMax-M1 arXiv 2506.13585 eqs. 4–5: the importance weight is clipped and held constant, so no token loses
+    its gradient — each gets −ŵ_t A_t ∇log π_θ (a REINFORCE term weighted by the capped ratio); the paper bounds
+    only the top (``clip_low=None``), verl ``compute_policy_loss_cispo`` clamps both sides. ρ_t =
+    exp(clamp(log π_θ − log π_old, ±20)) (verl's guard). Unclipped, the gradient is −ρ_t A_t ∇log π_θ, the
+    per-token importance-weighted policy gradient.
+
+    Args:
+      logp: ``[B, T]`` log π_θ (differentiable); logp_old: ``[B, T]`` (data); advantages: ``[B, T]`` (detached
+        inside); mask: ``[B, T]`` bool; clip_low: ε_low in (0, 1) or None; clip_high: ε_high > 0.
+    Returns:
+      PolicyLossOutput (``clip_fraction_high``: ρ > 1 + ε_high, ``clip_fraction_low``: ρ < 1 − ε_low, any A).
+    """
+    check_token_tensors(mask, logp=logp, logp_old=logp_old)
+    _check_adv(advantages, logp)
+    if clip_low is not None and not 0 < clip_low < 1:
+        raise ValueError(f"clip_low must be in (0, 1) or None, got {clip_low}")
+    if not clip_high > 0:
+        raise ValueError(f"clip_high must be > 0, got {clip_high}")
+    A = advantages.detach()  # sg[A]
+    ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    low = 0.0 if clip_low is None else 1.0 - clip_low
+    weight = torch.clamp(ratio, min=low, max=1.0 + clip_high)
+    loss = -weight.detach() * A * logp  # sg[ŵ]: the capped IS weight is a constant; the gradient flows via log π
+    high_c = ratio > 1.0 + clip_high
+    low_c = ratio < low
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    return PolicyLossOutput(loss * mask, _frac(low_c, mask, logp.dtype), _frac(high_c, mask, logp.dtype), zero,
+                            *_ratio_stats(ratio, mask))
