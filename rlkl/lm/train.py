@@ -170,7 +170,7 @@ class TrainConfig:
                      "checkpoint_every", "difficulty", "group_size"):
             check_int(name, getattr(self, name), low=1)
         check_int("updates_per_batch (K)", self.updates_per_batch, low=1)
-        for name in ("ref_refresh_every", "warmup_steps", "num_threads"):
+        for name in ("ref_refresh_every", "warmup_steps", "num_threads", "top_k"):
             check_int(name, getattr(self, name), low=0)
         check_int("seed", self.seed, low=0, high=2**32 - 1)
         if method.is_group_based and self.group_size < 2:

@@ -96,6 +96,8 @@ def main(args: argparse.Namespace) -> int:
 
         specs = DEFAULT_CORRECTIONS if args.correction is None else [s for s in args.correction.split(",") if s]
         corrections = [correction_from_spec(s.strip()) for s in specs]
+        if not corrections:
+            raise ValueError("--correction needs at least one correction, e.g. none,token_tis:2")
         names = list(REGISTRY) if args.method == "all" else [n.strip() for n in args.method.split(",") if n.strip()]
         unknown = [n for n in names if n not in REGISTRY]
         if unknown:
