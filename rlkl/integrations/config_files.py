@@ -62,6 +62,9 @@ def _yaml_error(path: str, exc: yaml.YAMLError) -> ValueError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+    ctx, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if ctx and cmark is not None and cmark is not mark:
+        problem += f" ({ctx} that starts at line {cmark.line + 1})"
     return ValueError(f"{where}: malformed YAML: {problem}")
 
 

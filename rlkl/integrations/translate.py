@@ -106,7 +106,8 @@ class Translation:
                 "keys": {kind.value: [{"key": k.key, "value": _jsonable(k.value), "category": k.category,
                                        "reason": k.reason, "where": k.where} for k in self.by_kind(kind)]
                          for kind in Kind},
-                "defaults": {k: _jsonable(v) for k, v in self.defaults.items()}, "notes": list(self.notes)}
+                "defaults": {k: _jsonable(v) for k, v in self.defaults.items()},
+                "values": {k: _jsonable(v) for k, v in self.values.items()}, "notes": list(self.notes)}
 
 
 def _jsonable(v: Any) -> Any:
