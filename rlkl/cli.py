@@ -13,6 +13,8 @@ import argparse
 import importlib
 import sys
 
+from rlkl import __version__
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("rlkl.commands.verify", "run every verification (estimators, derivations, audit) and print the verdict table"),
@@ -23,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rlkl.lm.cli_train", "RL-train the small LM with any registered method"),
     "figures": ("rlkl.figures", "regenerate every figure (experiments data + paper_figures)"),
     "bench": ("rlkl.bench", "run the performance benchmarks"),
+    "plot": ("rlkl.plot", "draw training curves (reward, pass@k, exact KL, entropy, clip fraction) of run dirs"),
 }
 
 
@@ -41,6 +44,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="rlkl",
         description="Which objective does this KL-regularized loss actually optimize? Exact answers on small problems.",
     )
+    parser.add_argument("--version", action="version", version=f"rlkl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = None if argv is None else _selected(argv)
     for name, (module_name, help_text) in COMMANDS.items():

@@ -10,7 +10,8 @@ Layout of the run dir ``--out`` (default ``runs/figures``)::
 ``--quick`` is the minutes-long version CI runs (smaller grids, fewer Monte Carlo samples, a tiny LM run);
 the default is the full version behind the README gallery. The same ``--seed`` reproduces the same numbers.
 Experiments live in ``experiments/fig_*.py`` (``run(out_dir, quick, seed) -> data path``) and figure scripts in
-``paper_figures/fig_*.py`` (``plot(data_path, out_stem)``), both at the repository root.
+``paper_figures/fig_*.py`` (``plot(data_path, out_stem)``), folders at the repository root that are installed as
+``rlkl.experiments`` and ``rlkl.paper_figures`` (so the command works from a wheel too).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass(frozen=True)
 class FigureSpec:
@@ -38,7 +37,7 @@ class FigureSpec:
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("fig_grpo_utility", "GRPO's implicit utility 2·arcsin√p and the exact finite-group U_G"),
     FigureSpec("fig_kl_estimators", "k1/k2/k3 per sample; Schulman's Gaussian table, exact and Monte Carlo",
-               ("derivations.kl_estimators",)),
+               ("rlkl.derivations.kl_estimators",)),
     FigureSpec("fig_audit_heatmap", "audit: methods × objectives, relative error of the exact expected gradient",
                ("rlkl.toy.audit",)),
     FigureSpec("fig_future_kl", "future KL: local KL losses vs the sequence-level reverse KL as T grows",
@@ -57,13 +56,6 @@ FIGURES: tuple[FigureSpec, ...] = (
 FIGURE_NAMES: tuple[str, ...] = tuple(f.name for f in FIGURES)
 
 
-def _ensure_repo_on_path() -> None:
-    """``experiments`` and ``paper_figures`` are repository folders, not installed packages."""
-    root = str(REPO_ROOT)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-
-
 def _resolve(only: list[str] | None) -> list[FigureSpec]:
     if not only:
         return list(FIGURES)
@@ -79,7 +71,6 @@ def _resolve(only: list[str] | None) -> list[FigureSpec]:
 
 def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: bool = False) -> dict:
     """Run one experiment and its figure script; returns the manifest record."""
-    _ensure_repo_on_path()
     rec: dict = {"name": spec.name, "title": spec.title, "plot_only": bool(plot_only)}
     data_dir = out / "data" / spec.name
     t0 = time.perf_counter()
@@ -87,12 +78,12 @@ def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: b
         if plot_only:
             data_path = Path(json.loads((data_dir / "result_path.json").read_text())["data"])
         else:
-            experiment = importlib.import_module(f"experiments.{spec.name}")
+            experiment = importlib.import_module(f"rlkl.experiments.{spec.name}")
             data_dir.mkdir(parents=True, exist_ok=True)
             data_path = Path(experiment.run(data_dir, quick=quick, seed=seed))
             (data_dir / "result_path.json").write_text(json.dumps({"data": str(data_path)}) + "\n")
         t1 = time.perf_counter()
-        plotter = importlib.import_module(f"paper_figures.{spec.name}")
+        plotter = importlib.import_module(f"rlkl.paper_figures.{spec.name}")
         stem = out / spec.name
         plotter.plot(data_path, stem)
         t2 = time.perf_counter()
