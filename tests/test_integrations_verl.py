@@ -464,10 +464,12 @@ def test_verls_own_ppo_trainer_yaml_every_key_classified():
 def test_rlkl_audit_of_verls_own_config_prints_a_verdict(capsys):
     from rlkl.cli import main
 
+    # the command: verl's own config, two overrides (rollout.n stays verl's default 1: noted, G from the audit)
     rc = main(["audit", "--verl", str(VERL_CONFIG_DIR / "ppo_trainer.yaml"), "algorithm.adv_estimator=grpo",
-               "actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.rollout.n=4", "--horizon", "2"])
+               "actor_rollout_ref.actor.use_kl_loss=True", "--horizon", "2"])
     out = capsys.readouterr().out
     assert rc == 0 and "BIASED" in out and "forward_direction" in out and "smallest change to exact" in out
+    assert "rollout.n is not set (verl's default 1" in out and "(G=4;" in out
 
 
 def test_hydra_errors_are_reported():

@@ -142,7 +142,7 @@ def _candidate(t: tr.Translation, change: dict):
     notes: list = []
     if t.framework == "verl":
         m = tr._verl_method(values, given, problems, notes, "candidate")
-        layout, _, _ = tr._verl_layout(values, m, problems, notes, given)
+        layout, _, _ = tr._verl_layout(values, m, problems, notes, set())  # G as the translation
     else:
         m = tr._trl_method(values, given, problems, "candidate", tr._trl_version(t.version))
         layout, _, _ = tr._trl_layout(values, m, problems, notes, 1)

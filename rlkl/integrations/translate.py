@@ -232,7 +232,9 @@ def translate_verl(source: Any = None, overrides: Any = (), name: str = "verl_co
         values[_R + "n"] = values[_A + "rollout_n"]
     notes: list[str] = []
     method = _verl_method(values, given, problems, notes, name)
-    layout, G, steps = _verl_layout(values, method, problems, notes, given)
+    # keys the user wrote (their file, overrides, mapping) — not the defaults Hydra composed in
+    stated = set(where) | (set() if "composed by Hydra" in raw.origin else set(given))
+    layout, G, steps = _verl_layout(values, method, problems, notes, stated)
     keys = _classify_all(given, where, VERL_RULES, problems,
                          f"unknown to verl {VERL_VERSION}'s ppo_trainer config (misspelled, or from another verl "
                          "version)")
@@ -416,19 +418,19 @@ def _verl_method(v: dict, given: dict, problems: _Problems, notes: list, name: s
         return None
 
 
-def _verl_layout(v: dict, method: Optional[Method], problems: _Problems, notes: list, given: dict
+def _verl_layout(v: dict, method: Optional[Method], problems: _Problems, notes: list, stated: set
                  ) -> tuple[BatchLayout, Optional[int], int]:
     G = v[_R + "n"]
     if G is None or G < 1:
         problems.add(_R + "n", f"rollout.n must be a positive int, got {G!r}")
         G = 1
     if method is not None and method.is_group_based and G < 2:
-        if _R + "n" in given or _A + "rollout_n" in given:
+        if _R + "n" in stated or _A + "rollout_n" in stated:
             problems.add(_R + "n", f"rollout.n={G}: {type(method.advantage).__name__} needs groups of >= 2 "
                          "responses (verl then uses mean 0 and std 1: the raw reward)")
         else:
-            notes.append("actor_rollout_ref.rollout.n is not set: verl's default 1 turns a group advantage into the "
-                         "raw reward; the audit uses its own group size")
+            notes.append(f"actor_rollout_ref.rollout.n is not set (verl's default {G} turns a group advantage into "
+                         "the raw reward): the audit uses its own group size (--group-size)")
             G = None
     train, mini, epochs = v["data.train_batch_size"], v[_A + "ppo_mini_batch_size"], v[_A + "ppo_epochs"]
     if not (mini and train and epochs) or mini < 1 or train < 1 or epochs < 1 or train % mini:
