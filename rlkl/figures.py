@@ -102,6 +102,56 @@ def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: b
     return rec
 
 
+class _CtrlC:
+    """Remembers a Ctrl-C even when a library swallows the KeyboardInterrupt (e.g. one raised inside an import)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._old = None
+
+    def _handler(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_CtrlC":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _run_all(specs: list[FigureSpec], out: Path, args: argparse.Namespace, ctrl_c: _CtrlC | None = None) -> list[dict]:
+    """Run each figure under one progress bar (closed on Ctrl-C too, so no lock or semaphore is left behind)."""
+    from tqdm import tqdm
+
+    records = []
+    mode = "quick" if args.quick else "full"
+    with tqdm(specs, desc=f"rlkl figures ({mode})", unit="fig", file=sys.stderr, dynamic_ncols=True) as bar:
+        for spec in bar:
+            bar.set_postfix_str(spec.name)
+            if args.plot_only and not (out / "data" / spec.name / "result_path.json").exists():
+                rec = {"name": spec.name, "title": spec.title, "plot_only": True, "status": "missing",
+                       "reason": f"no data in {out / 'data' / spec.name} (run it without --plot-only)", "seconds": 0.0}
+            else:
+                rec = run_figure(spec, out, quick=args.quick, seed=args.seed, plot_only=args.plot_only)
+            if ctrl_c is not None and ctrl_c.seen:  # the interrupt was caught inside the figure: stop here
+                raise KeyboardInterrupt
+            records.append(rec)
+            if rec["status"] != "ok":
+                tqdm.write(f"[rlkl figures] {spec.name}: {rec['status'].upper()} — {rec['reason']}", file=sys.stderr)
+                if rec["status"] == "error":
+                    tqdm.write(rec["traceback"], file=sys.stderr)
+    return records
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="minutes-long version (small grids, few samples, tiny LM run); what CI runs")
@@ -123,22 +173,23 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rlkl figures: {exc}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
     out = Path(args.out).resolve()
+    if args.plot_only:
+        missing = [s.name for s in specs if not (out / "data" / s.name / "result_path.json").exists()]
+        if len(missing) == len(specs):
+            print(f"rlkl figures: error: --plot-only redraws from data in {out / 'data'}, and there is none for "
+                  f"{', '.join(missing)}; run `rlkl figures --out {args.out}` without --plot-only first",
+                  file=sys.stderr)
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     mode = "quick" if args.quick else "full"
-    records = []
     t0 = time.perf_counter()
-    bar = tqdm(specs, desc=f"rlkl figures ({mode})", unit="fig", file=sys.stderr, dynamic_ncols=True)
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
-        rec = run_figure(spec, out, quick=args.quick, seed=args.seed, plot_only=args.plot_only)
-        records.append(rec)
-        if rec["status"] != "ok":
-            tqdm.write(f"[rlkl figures] {spec.name}: {rec['status'].upper()} — {rec['reason']}", file=sys.stderr)
-            if rec["status"] == "error":
-                tqdm.write(rec["traceback"], file=sys.stderr)
+    try:
+        with _CtrlC() as ctrl_c:
+            records = _run_all(specs, out, args, ctrl_c)
+    except KeyboardInterrupt:
+        print(f"rlkl figures: interrupted; figures already written are in {out}", file=sys.stderr)
+        return 130
     total = time.perf_counter() - t0
     manifest_path = out / "manifest.json"
     previous = {}
