@@ -22,6 +22,7 @@ import argparse
 import itertools
 import json
 import math
+import sys
 from typing import Any, Optional, Sequence
 
 import torch
@@ -344,4 +345,9 @@ def main_config(args: argparse.Namespace) -> int:
         print(json.dumps(rep, indent=2, default=repr))
     else:
         print(format_report(rep))
-    return 0 if t.method is not None else 2
+    if t.method is None:
+        bad = ", ".join(k.key for k in t.unsupported)
+        print(f"rlkl audit: error: the {t.framework} config is not translatable ({len(t.unsupported)} key"
+              f"{'s' if len(t.unsupported) != 1 else ''} not supported: {bad}; reasons above)", file=sys.stderr)
+        return 2
+    return 0
