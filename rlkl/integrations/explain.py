@@ -327,18 +327,22 @@ def _verl_args(tokens: Sequence[str], override_text: Optional[str]) -> tuple[Any
     return source, overrides
 
 
-def main_config(args: argparse.Namespace) -> int:
-    """``rlkl audit --verl ... | --verl-overrides ... | --trl ...``: print the report (or JSON with ``--json``)."""
-    from rlkl.toy.audit import default_mdps
-
+def translation_from_args(args: argparse.Namespace) -> tr.Translation:
+    """The Translation of ``--verl ... / --verl-overrides ... / --trl ...`` (``rlkl audit``, ``rlkl train``)."""
     if args.trl and (args.verl or args.verl_overrides):
         raise ValueError("give either --trl or --verl/--verl-overrides, not both")
     if args.trl:
         src = json.loads(args.trl) if args.trl.lstrip().startswith("{") else args.trl
-        t = tr.translate_trl(src, trl_version=getattr(args, "trl_version", None))
-    else:
-        source, overrides = _verl_args(args.verl, args.verl_overrides)
-        t = tr.translate_verl(source, overrides)
+        return tr.translate_trl(src, trl_version=getattr(args, "trl_version", None))
+    source, overrides = _verl_args(args.verl, args.verl_overrides)
+    return tr.translate_verl(source, overrides)
+
+
+def main_config(args: argparse.Namespace) -> int:
+    """``rlkl audit --verl ... | --verl-overrides ... | --trl ...``: print the report (or JSON with ``--json``)."""
+    from rlkl.toy.audit import default_mdps
+
+    t = translation_from_args(args)
     mdps = default_mdps(args.vocab, args.horizon, args.prompts, args.eos, args.seeds, args.reward)
     rep = explain(t, mdps, args.seeds, args.group_size, args.off_policy, args.policy, beta=args.beta)
     if args.json:
