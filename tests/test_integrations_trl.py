@@ -428,7 +428,7 @@ def test_trl_training_argument_fields_are_all_classified():
     from trl import GRPOConfig, ModelConfig
     from trl.scripts.grpo import GRPOScriptArguments
 
-    from rlkl.integrations.keys import TRL_RULES, Kind, classify
+    from rlkl.integrations.keys import TRL_RULES, classify
 
     names = set()
     for cls in (TrainingArguments, GRPOConfig, ModelConfig, GRPOScriptArguments):

@@ -75,7 +75,7 @@ def test_cli_trains_a_translated_verl_config(ref_path, tmp_path, capsys):
     out = tmp_path / "verl"
     base = ["--ref", ref_path, "--difficulty", "1", "--steps", "2", "--prompts-per-step", "4", "--eval_prompts", "6",
             "--eval_samples", "2", "--quiet", "--out", str(out)]
-    assert _cli(["--verl", str(FIX / "verl_grpo.yaml"), f"actor_rollout_ref.actor.kl_loss_coef=0.02", *base]) == 0
+    assert _cli(["--verl", str(FIX / "verl_grpo.yaml"), "actor_rollout_ref.actor.kl_loss_coef=0.02", *base]) == 0
     saved = json.loads((out / "config.json").read_text())
     expected = from_verl(str(FIX / "verl_grpo.yaml"), overrides=["actor_rollout_ref.actor.kl_loss_coef=0.02"])
     assert Method.from_dict(json.loads(saved["method_json"])) == expected

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlkl._checks import check_float, check_int, check_mask
+from rlkl._checks import check_int, check_mask
 from rlkl.options import AggMode, StrEnum, coerce, set_enum
 
 __all__ = ["Pool", "BatchLayout", "token_weights", "split_loss", "expected_row_weights", "layout_loss_spec",
