@@ -5,8 +5,9 @@ Each term's meaning is in ``BIAS_TERMS`` (and docs/audit.md).
 
 from __future__ import annotations
 
-from rlkl.components import (GSPO, RPG, AggMode, BatchStandardized, Estimator, FutureReturn, GroupCentered,
-                             GroupStandardized, KLLoss, KLReward, PPOClip, Reinforce, RewardForm, RPGLevel)
+from rlkl.components import (CISPO, GSPO, RPG, AggMode, BatchStandardized, Estimator, FutureReturn, GPGAdvantage,
+                             GroupCentered, GroupStandardized, KLLoss, KLReward, LengthWeightedCentered, PassAtK,
+                             PPOClip, Reinforce, RewardForm, RPGLevel, TokenWhitened)
 from rlkl.objective import Level, Regularizer, Utility
 
 BIAS_TERMS = {
@@ -24,6 +25,7 @@ BIAS_TERMS = {
     "batch_normalization": "batch-level std normalization couples prompts",
     "token_level_ratio": "off-policy: per-token ratios w_t (or none) instead of the sequence ratio",
     "stale_kl_reward": "off-policy: the reward-side KL uses π_old's log-ratios, not π_θ's",
+    "utility_mismatch": "the advantage's shaped reward E[A | r] is not the intended utility's derivative",
 }
 
 
@@ -33,8 +35,12 @@ def _advantage_terms(m, off_policy: bool) -> list[str]:
         return ["finite_group_utility"]  # finite G is never arcsin; off-policy w_G is evaluated at π_old's p
     if isinstance(adv, GroupCentered) and obj.utility is not Utility.LEAVE_IN:
         return ["leave_in_shrink"]
-    if isinstance(adv, BatchStandardized):
+    if isinstance(adv, (BatchStandardized, TokenWhitened)):
         return ["batch_normalization"]
+    if isinstance(adv, PassAtK) and (obj.utility is not Utility.PASS_AT_K or adv.normalize):
+        return ["utility_mismatch"]  # pass@G/G times κ_G = 1/(σ_G + ε) with the std
+    if isinstance(adv, (LengthWeightedCentered, GPGAdvantage)) and obj.utility is not Utility.LEAVE_IN:
+        return ["utility_mismatch"]  # OPO: the leave-in group mean on equal lengths; GPG: × α
     return []
 
 
@@ -74,9 +80,10 @@ def predicted_bias_terms(m, off_policy: bool = False, variable_length: bool = Fa
     """The names (keys of ``BIAS_TERMS``) predicted for Method ``m`` in the given setting."""
     terms = _advantage_terms(m, off_policy) + _kl_terms(m, off_policy)
     pl = m.policy_loss
-    if off_policy and (isinstance(pl, (Reinforce, PPOClip, GSPO)) or (isinstance(pl, RPG) and pl.level is RPGLevel.TOKEN)):
+    if off_policy and (isinstance(pl, (Reinforce, PPOClip, GSPO, CISPO)) or
+                       (isinstance(pl, RPG) and pl.level is RPGLevel.TOKEN)):
         terms.append("token_level_ratio")  # per-token (or no) ratios instead of the sequence ratio
-    if off_policy and isinstance(pl, (PPOClip, GSPO)):
+    if off_policy and isinstance(pl, (PPOClip, GSPO, CISPO)):
         terms.append("clipping")
     if variable_length and m.aggregation.mode in (AggMode.TOKEN_MEAN, AggMode.SEQ_MEAN_TOKEN_MEAN):
         terms.append("length_normalization")
