@@ -97,6 +97,23 @@ VERL_CASES = {
     "gpg_loss_grpo_adv": ({"algorithm.adv_estimator": "grpo", "actor.policy_loss.loss_mode": "gpg"}, 4),
     "grpo_dual_clip": ({"algorithm.adv_estimator": "grpo", "actor.clip_ratio_low": 0.1, "actor.clip_ratio_high": 0.1,
                         "actor.clip_ratio_c": 1.5}, 4),
+    "grpo_passk": ({"algorithm.adv_estimator": "grpo_passk"}, 4),
+    "opo_seq_mean": ({"algorithm.adv_estimator": "opo", "actor.loss_agg_mode": "seq-mean-token-mean"}, 4),
+    "gpg": ({"algorithm.adv_estimator": "gpg", "actor.policy_loss.loss_mode": "gpg"}, 2),
+    "reinforce_pp": ({"algorithm.adv_estimator": "reinforce_plus_plus", "actor.use_kl_loss": True,
+                      "actor.kl_loss_coef": 0.05, "actor.kl_loss_type": "mse"}, 4),
+    "reinforce_pp_baseline": ({"algorithm.adv_estimator": "reinforce_plus_plus_baseline"}, 4),
+    "cispo": ({"algorithm.adv_estimator": "grpo", "actor.policy_loss.loss_mode": "cispo", "actor.clip_ratio_low": 0.1,
+               "actor.clip_ratio_high": 0.15}, 4),
+}
+
+
+#: where verl's estimator itself is not float64-exact: (relative tolerance of the advantages, the reason)
+ADVANTAGE_RTOL = {
+    "grpo_vectorized": (1e-6, "group mean/std in float32 (verl.utils.groupwise.group_mean_std casts the scores)"),
+    "gpg": (1e-6, "alpha = bsz / count_nonzero(scores) is a float32 tensor"),
+    "reinforce_plus_plus": (1e-7, "verl_F.masked_mean divides by mask.sum() + 1e-8"),
+    "reinforce_plus_plus_baseline": (1e-7, "verl_F.masked_mean divides by mask.sum() + 1e-8"),
 }
 
 
@@ -153,8 +170,8 @@ def record_verl() -> dict[str, dict]:
             "verl", verl.__version__, name, flags, b, micro, total.detach(), grad, adv,
             f"core_algos.{est.__name__} + policy loss {loss_mode!r} + kl_penalty/agg_loss over {int(micro.max()) + 1} "
             "micro-batches with the FSDP engine's global batch info")
-        # grpo_vectorized's group statistics are float32 (verl.utils.groupwise.group_mean_std casts the scores)
-        fx["advantage_precision"] = "float32" if flags["algorithm.adv_estimator"] == "grpo_vectorized" else "float64"
+        fx["advantage_rtol"], fx["advantage_rtol_reason"] = ADVANTAGE_RTOL.get(flags["algorithm.adv_estimator"],
+                                                                               (1e-12, "float64 throughout"))
         out[f"verl_{name}"] = fx
     return out
 
@@ -170,6 +187,7 @@ TRL_CASES = {
     "grpo_sequence": ({"loss_type": "grpo", "importance_sampling_level": "sequence", "beta": 0.04,
                        "use_bias_correction_kl": False}, 4),
     "luspo_sequence": ({"loss_type": "luspo", "importance_sampling_level": "sequence"}, 2),
+    "cispo": ({"loss_type": "cispo", "epsilon_high": 1.2, "beta": 0.02}, 2),
 }
 
 

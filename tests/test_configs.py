@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from rlkl.cli import main
-from rlkl.components import (GSPO, AggMode, Aggregation, Estimator, FutureReturn, GroupCentered, GroupStandardized,
-                             KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, RewardForm, Std)
+from rlkl.components import (CISPO, GSPO, AggMode, Aggregation, Estimator, FutureReturn, GPGAdvantage, GroupCentered,
+                             GroupStandardized, KLLoss, KLReward, LeaveOneOut, LengthWeightedCentered, NoKL, PassAtK,
+                             PPOClip, Reinforce, RewardForm, Std, TokenWhitened)
 from rlkl.integrations.config_files import load_trl, load_verl, split_overrides
 from rlkl.integrations.explain import equivalent_method, explain, format_report
 from rlkl.integrations.flags import from_trl, from_verl
@@ -164,9 +165,7 @@ def test_every_untranslatable_key_is_named_with_its_reason():
 
 
 @pytest.mark.parametrize("est,reason", [
-    ("gae", "critic"), ("remax", "greedy rollout"), ("grpo_passk", "no rlkl component yet"),
-    ("opo", "no rlkl component yet"), ("gpg", "no rlkl component yet"),
-    ("reinforce_plus_plus", "no rlkl component yet"), ("reinforce_plus_plus_baseline", "no rlkl component yet"),
+    ("gae", "critic"), ("remax", "greedy rollout"),
     ("optimal_token_baseline", "per-token baseline"), ("gdpo", "several reward components"),
     ("nonsense", "neither a verl 0.9.1 estimator nor an rlkl plug-in name")])
 def test_refused_adv_estimators_say_why(est, reason):
@@ -196,6 +195,22 @@ def test_translated_adv_estimators():
     # in-reward KL with verl's defaults
     kr = from_verl({"algorithm.adv_estimator": "grpo", "algorithm.use_kl_in_reward": True})
     assert (kr.kl, kr.beta) == (KLReward(Estimator.K1, RewardForm.FUSED), 0.001)
+    # the estimators and losses the registry added (CISPO, Pass@k, OPO, GPG, REINFORCE++)
+    assert from_verl({"algorithm.adv_estimator": "grpo_passk", **n4}).advantage == PassAtK(True, Std.BESSEL, 1e-6)
+    assert from_verl({"algorithm.adv_estimator": "grpo_passk", "algorithm.norm_adv_by_std_in_grpo": False,
+                      **n4}).advantage.normalize is False
+    assert from_verl({"algorithm.adv_estimator": "opo", **n4}).advantage == LengthWeightedCentered()
+    gpg = from_verl({"algorithm.adv_estimator": "gpg", "actor.policy_loss.loss_mode": "gpg", **n4})
+    assert (gpg.advantage, gpg.policy_loss) == (GPGAdvantage(), Reinforce())
+    rpp = from_verl({"algorithm.adv_estimator": "reinforce_plus_plus", "algorithm.use_kl_in_reward": True})
+    assert rpp.advantage == TokenWhitened(group_mean=False) and rpp.kl.form is RewardForm.REWARD_TO_GO
+    rppb = from_verl({"algorithm.adv_estimator": "reinforce_plus_plus_baseline", "algorithm.use_kl_in_reward": True,
+                      **n4})
+    assert rppb.advantage == TokenWhitened(group_mean=True) and rppb.kl.form is RewardForm.FUSED
+    disc = translate_verl({"algorithm.adv_estimator": "reinforce_plus_plus", "algorithm.gamma": 0.99})
+    assert disc.method is None and "discounted return" in disc.unsupported[0].reason
+    cispo = from_verl({"algorithm.adv_estimator": "grpo", "actor.policy_loss.loss_mode": "cispo", **n4})
+    assert cispo.policy_loss == CISPO(0.2, 0.2)
 
 
 def test_trl_every_loss_type_and_options():
@@ -203,9 +218,14 @@ def test_trl_every_loss_type_and_options():
                      ("dapo", AggMode.TOKEN_MEAN), ("dr_grpo", AggMode.SEQ_MEAN_TOKEN_SUM_NORM),
                      ("luspo", AggMode.SEQ_MEAN_TOKEN_SUM)):
         assert from_trl({"loss_type": lt, "beta": 0.04}).aggregation.mode is mode
-    for lt in ("cispo", "sapo", "vespo"):
+    for lt in ("sapo", "vespo"):
         t = translate_trl({"loss_type": lt})
         assert t.method is None and f"loss_type={lt!r} is not translatable" in t.unsupported[0].reason
+    # TRL's cispo caps ρ at epsilon_high itself (ε_max): CISPO(no lower bound, ε_high = ε_max − 1)
+    c = from_trl({"loss_type": "cispo", "epsilon_high": 5.0})
+    assert c.policy_loss == CISPO(None, 4.0) and c.aggregation.mode is AggMode.TOKEN_MEAN
+    bad = translate_trl({"loss_type": "cispo"})  # epsilon_high defaults to epsilon = 0.2: caps every weight below 1
+    assert bad.method is None and "(trl default)" in bad.unsupported[0].reason
     seq = translate_trl({"beta": 0.04, "importance_sampling_level": "sequence"})  # + bias correction (default)
     assert seq.method is None and "sequence* ratio" in seq.unsupported[0].reason
     assert isinstance(from_trl({"importance_sampling_level": "sequence"}).policy_loss, GSPO)

@@ -411,9 +411,10 @@ def test_from_trl_grpo_config_objects():
     assert from_trl(_grpo_config(beta=0.04)).kl == KLLoss("k3", importance_weight=True)  # the 1.16 default
     for lt in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
         assert from_trl(_grpo_config(loss_type=lt, beta=0.04, use_bias_correction_kl=False)).beta == 0.04
-    for lt in ("cispo", "sapo", "vespo"):
+    for lt in ("sapo", "vespo"):
         refused = translate_trl(_grpo_config(loss_type=lt))
         assert refused.method is None and "not translatable" in refused.unsupported[0].reason
+    assert from_trl(_grpo_config(loss_type="cispo", epsilon_high=5.0)).policy_loss.high == 4.0
     assert isinstance(from_trl(_grpo_config(importance_sampling_level="sequence")).policy_loss, GSPO)
 
 

@@ -39,11 +39,18 @@ MAX_AUDIT_GROUPS = 300_000
 _FIELDS = ("advantage", "policy_loss", "kl", "aggregation")
 
 
+def _known_methods() -> dict[str, Method]:
+    """The registry and the methods awaiting their audit terms (``rlkl.methods.AWAITING_AUDIT``, when present)."""
+    from rlkl import methods
+
+    return {**REGISTRY, **getattr(methods, "AWAITING_AUDIT", {})}
+
+
 def equivalent_method(m: Method) -> tuple[Optional[str], list[str]]:
     """(registered name, differing component fields): ``[]`` = the same components (β may differ); otherwise the
     registered method differing in one component, or (None, []) when none is that close."""
     best = None
-    for name, r in REGISTRY.items():
+    for name, r in _known_methods().items():
         diff = [f for f in _FIELDS if getattr(r, f) != getattr(m, f)]
         if not diff:
             return name, []
@@ -257,7 +264,8 @@ def format_report(rep: dict) -> str:
         return "\n".join(lines)
     m = Method.from_dict(t["method"])
     eq = rep["equivalent"]
-    same = (f"= registered {eq['name']!r}" + (f" (β={m.beta:g} here)" if m.beta != REGISTRY[eq['name']].beta else "")
+    known = _known_methods()
+    same = (f"= registered {eq['name']!r}" + (f" (β={m.beta:g} here)" if m.beta != known[eq['name']].beta else "")
             if eq["name"] and not eq["differs_in"] else
             f"registered {eq['name']!r} except its {', '.join(eq['differs_in'])}" if eq["name"] else
             "no registered method has these components")

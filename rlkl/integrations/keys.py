@@ -121,8 +121,8 @@ VERL_RULES: tuple[Rule, ...] = (
     _r("algorithm.kl_ctrl.kl_coef", "translated", reason="β of the in-reward KL (and of rlkl's FRPO estimator)"),
     _r("algorithm.kl_ctrl.horizon", "ignored", "unused", "adaptive KL controller only"),
     _r("algorithm.kl_ctrl.target_kl", "ignored", "unused", "adaptive KL controller only"),
-    _r("algorithm.gamma", "ignored", "unused", "discount of GAE / REINFORCE++ returns; outcome-reward group "
-       "estimators do not read it"),
+    _r("algorithm.gamma", "translated", reason="discount of REINFORCE++'s return (1: the outcome reward on every "
+       "token; group estimators do not read it)"),
     _r("algorithm.lam", "ignored", "unused", "GAE's λ"),
     _r("algorithm.filter_groups.enable", "ignored", "unused", "DAPO dynamic sampling off", refuse=_truthy,
        refuse_reason="dynamic sampling re-draws prompts until a group's rewards differ: the prompt distribution "

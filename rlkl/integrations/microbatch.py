@@ -296,19 +296,23 @@ def expected_row_weights(lengths: Tensor, layout: BatchLayout, tables: _Tables) 
 def layout_loss_spec(method: Any, layout: BatchLayout, mdp: Any, behaviour: Any, group_size: int):
     """A ``rlkl.toy.expected.LossSpec`` whose expected gradient is the method's under ``layout``.
 
-    Only token-mean depends on the layout; the other modes give the Method's own spec.
+    Only token-mean depends on the layout; the other modes give the Method's own spec. An advantage with batch
+    statistics is evaluated per group (``rlkl.toy.expected.toy_equivalent``), as the Method's audit evaluates it.
     """
-    from rlkl.toy.expected import LossSpec, loss_spec
+    from rlkl.toy.expected import LossSpec, loss_spec, toy_equivalent
 
     G = int(group_size)
     layout.check(G)
     if method.aggregation.mode is not AggMode.TOKEN_MEAN or layout.is_group:
         return loss_spec(method, mdp, G)
     tables = _tables(layout, length_pmfs(mdp, behaviour), mdp.prompt_probs.detach().numpy(), G)
+    # batch statistics of an advantage (GPG's α, REINFORCE++'s whitening) are taken per group, as the audit of the
+    # Method takes them: the term isolates the aggregation's normalizer
+    toy = toy_equivalent(method)
 
     def loss_fn(logp: Tensor, batch: Any) -> Tensor:
-        adv = method.advantages(batch)  # [B, T], group statistics per G rows
-        ell = per_token_loss(method, logp, batch.logp_old, batch.logp_ref, batch.mask, adv)
+        adv = toy.advantages(batch)  # [B, T], group statistics per G rows
+        ell = per_token_loss(toy, logp, batch.logp_old, batch.logp_ref, batch.mask, adv)
         lengths = batch.mask.sum(-1).view(-1, G)  # [B/G, G]
         w = expected_row_weights(lengths, layout, tables).reshape(-1, 1).to(logp.dtype)  # data: no gradient
         return (ell * batch.mask * w).sum() / lengths.shape[0]  # mean over the groups of the call

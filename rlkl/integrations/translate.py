@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from rlkl.components import (GSPO, RPG, AggMode, Aggregation, Estimator, FutureReturn, GroupCentered,
-                             GroupStandardized, KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, Reinforce, RewardForm,
-                             RPGClip, Std)
+from rlkl.components import (CISPO, GSPO, RPG, AggMode, Aggregation, Estimator, FutureReturn, GPGAdvantage,
+                             GroupCentered, GroupStandardized, KLLoss, KLReward, LeaveOneOut, LengthWeightedCentered,
+                             NoKL, PassAtK, PPOClip, Reinforce, RewardForm, RPGClip, Std, TokenWhitened)
 from rlkl.integrations.config_files import RawConfig, load_trl, load_verl
 from rlkl.integrations.keys import TRL_RULES, VERL_RULES, Kind, classify
 from rlkl.integrations.microbatch import BatchLayout, Pool
@@ -131,7 +131,7 @@ VERL_DEFAULTS: dict[str, Any] = {
     _A + "clip_ratio_c": 3.0, _A + "loss_agg_mode": "token-mean", _A + "loss_scale_factor": None,
     _A + "policy_loss.loss_mode": "vanilla", _A + "entropy_coeff": 0.0, _R + "n": 1, _R + "response_length": 512,
     "data.max_response_length": 512, "data.train_batch_size": 1024, _A + "ppo_mini_batch_size": 256,
-    _A + "ppo_epochs": 1, _A + "shuffle": False, "trainer.balance_batch": True,
+    _A + "ppo_epochs": 1, _A + "shuffle": False, "trainer.balance_batch": True, "algorithm.gamma": 1.0,
 }
 _VERL_TYPES = {k: (bool if isinstance(v, bool) else int if isinstance(v, int) else float if isinstance(v, float)
                    else str) for k, v in VERL_DEFAULTS.items()}
@@ -147,17 +147,9 @@ _VERL_ADV_REFUSED = {
     "optimal_token_baseline": "a per-token baseline from Σπ² statistics of the actor; rlkl has no such component",
     "tir_optimal_token_baseline": "a per-token baseline from Σπ² statistics of the actor; rlkl has no such component",
     "gdpo": "GDPO normalizes several reward components separately; rlkl audits one reward R(x, y)",
-    "grpo_passk": "Pass@k advantage (only the best response gets r_max − r_second) has no rlkl component yet",
-    "opo": "OPO's length-weighted group baseline has no rlkl component yet",
-    "gpg": "GPG's batch-rescaled advantage (α = B/#non-zero rewards) has no rlkl component yet",
-    "reinforce_plus_plus": "REINFORCE++'s batch-whitened return (over all tokens of the batch) has no rlkl component "
-                           "yet",
-    "reinforce_plus_plus_baseline": "REINFORCE++-baseline (group mean, then batch token whitening) has no rlkl "
-                                    "component yet",
 }
 #: verl 0.9.1 policy-loss modes rlkl cannot express, with the reason
 _VERL_LOSS_REFUSED = {
-    "cispo": "CISPO (sg[clip(ρ)]·A·log π) has no rlkl component yet",
     "sapo": "SAPO's soft sigmoid gate has no rlkl component",
     "clip_cov": "Clip-Cov clips tokens by a batch covariance statistic (data-dependent mask)",
     "kl_cov": "KL-Cov penalizes tokens selected by a batch covariance statistic",
@@ -237,7 +229,7 @@ def translate_verl(source: Any = None, overrides: Any = (), name: str = "verl_co
     layout, G, steps = _verl_layout(values, method, problems, notes, stated)
     keys = _classify_all(given, where, VERL_RULES, problems,
                          f"unknown to verl {VERL_VERSION}'s ppo_trainer config (misspelled, or from another verl "
-                         "version)")
+                         "version)", "verl")
     if any(k.kind is Kind.UNSUPPORTED for k in keys):
         method = None
     return Translation("verl", VERL_VERSION, raw.origin, method, layout, G, steps, keys, defaults, values, notes)
@@ -264,7 +256,8 @@ def _effective(given: dict, defaults: dict, types: dict, framework: str, problem
     return values, used
 
 
-def _classify_all(given: dict, where: dict, rules, problems: _Problems, unknown: str) -> list[KeyReport]:
+def _classify_all(given: dict, where: dict, rules, problems: _Problems, unknown: str, framework: str
+                  ) -> list[KeyReport]:
     out = []
     for key, value in given.items():
         kind, category, reason = classify(key, value, rules, unknown)
@@ -273,7 +266,7 @@ def _classify_all(given: dict, where: dict, rules, problems: _Problems, unknown:
         out.append(KeyReport(key, value, kind, category, reason, where.get(key, "")))
     for key, reason in problems.items():  # a default that cannot be translated (e.g. adv_estimator=gae)
         if key not in given:
-            out.append(KeyReport(key, None, Kind.UNSUPPORTED, "", f"(verl default) {reason}", "default"))
+            out.append(KeyReport(key, None, Kind.UNSUPPORTED, "", f"({framework} default) {reason}", "default"))
     return out
 
 
@@ -301,6 +294,18 @@ def _verl_advantage(v: dict, problems: _Problems):
         return (GroupStandardized(Std.BESSEL, 1e-6) if v["algorithm.norm_adv_by_std_in_grpo"] else GroupCentered()), None
     if est in ("rloo", "rloo_vectorized"):
         return LeaveOneOut(), None
+    if est == "grpo_passk":  # only the strict best response learns; std-normalized like grpo
+        return PassAtK(bool(v["algorithm.norm_adv_by_std_in_grpo"]), Std.BESSEL, 1e-6), None
+    if est == "opo":
+        return LengthWeightedCentered(), None
+    if est == "gpg":  # α = B/#non-zero rewards over the whole batch
+        return GPGAdvantage(), None
+    if est in ("reinforce_plus_plus", "reinforce_plus_plus_baseline"):
+        if v["algorithm.gamma"] != 1.0:
+            problems.add("algorithm.gamma", f"gamma={v['algorithm.gamma']}: REINFORCE++ with a discounted return "
+                         "has no rlkl component (γ = 1: the outcome reward on every token)")
+            return None, None
+        return TokenWhitened(group_mean=est.endswith("_baseline")), None
     reason = _VERL_ADV_REFUSED.get(est)
     if reason is None:
         reason = (f"adv_estimator={est!r} is neither a verl {VERL_VERSION} estimator nor an rlkl plug-in name "
@@ -332,6 +337,8 @@ def _verl_policy_loss(v: dict, problems: _Problems):
             return GSPO(low, high), None
         if mode == "gpg":
             return Reinforce(), None
+        if mode == "cispo":  # verl clamps both sides: sg[clip(ρ, 1 − clip_ratio_low, 1 + clip_ratio_high)]
+            return CISPO(low, high), None
     except ValueError as exc:
         problems.add(_A + "clip_ratio_low", f"invalid clip range: {exc}")
         return None, None
@@ -366,7 +373,10 @@ def _verl_kl_term(v: dict, adv_method, problems: _Problems) -> tuple[Any, float]
                          "detached")
             return NoKL(), 0.0
         beta = v["algorithm.kl_ctrl.kl_coef"]
-        return (KLReward(est, RewardForm.FUSED), beta) if beta > 0 else (NoKL(), 0.0)
+        # REINFORCE++ whitens the per-token return (the KL as a reward-to-go); every other estimator sums the
+        # token-level rewards into the sequence score (the KL fused)
+        form = RewardForm.REWARD_TO_GO if v["algorithm.adv_estimator"] == "reinforce_plus_plus" else RewardForm.FUSED
+        return (KLReward(est, form), beta) if beta > 0 else (NoKL(), 0.0)
     if in_loss:
         est, plus, why = _verl_kl(v[_A + "kl_loss_type"])
         if why:
@@ -483,9 +493,9 @@ _TRL_TYPES = {"beta": float, "loss_type": str, "epsilon": float, "epsilon_high":
               "off_policy_mask_threshold": float, "num_iterations": int, "per_device_train_batch_size": int,
               "gradient_accumulation_steps": int, "steps_per_generation": int, "generation_batch_size": int}
 _TRL_AGG = {"grpo": AggMode.SEQ_MEAN_TOKEN_MEAN, "bnpo": AggMode.TOKEN_MEAN, "dapo": AggMode.TOKEN_MEAN,
-            "dr_grpo": AggMode.SEQ_MEAN_TOKEN_SUM_NORM, "luspo": AggMode.SEQ_MEAN_TOKEN_SUM}
-_TRL_LOSS_REFUSED = {"cispo": "CISPO (sg[min(ρ, ε_high)]·A·log π) has no rlkl component yet",
-                     "sapo": "SAPO's soft sigmoid gate has no rlkl component",
+            "dr_grpo": AggMode.SEQ_MEAN_TOKEN_SUM_NORM, "luspo": AggMode.SEQ_MEAN_TOKEN_SUM,
+            "cispo": AggMode.TOKEN_MEAN}
+_TRL_LOSS_REFUSED = {"sapo": "SAPO's soft sigmoid gate has no rlkl component",
                      "vespo": "VESPO's variational sequence weights have no rlkl component"}
 
 
@@ -511,7 +521,7 @@ def translate_trl(source: Any, name: str = "trl_config", trl_version: Any = None
     layout, G, steps = _trl_layout(values, method, problems, notes, num_processes)
     keys = _classify_all(given, raw.where, TRL_RULES, problems,
                          "not a field of TRL's GRPOConfig / TrainingArguments / ModelConfig / GRPOScriptArguments "
-                         "(TRL 1.16, transformers 5.24)")
+                         "(TRL 1.16, transformers 5.24)", "trl")
     if any(k.kind is Kind.UNSUPPORTED for k in keys):
         method = None
     return Translation("trl", f"{version[0]}.{version[1]}", raw.origin, method, layout, G, steps, keys, defaults,
@@ -558,8 +568,21 @@ def _trl_method(v: dict, given: dict, problems: _Problems, name: str, version) -
     if advantage is None or problems:
         return None
     shown = {k: given[k] for k in given if k in _TRL_TYPES}
+    if loss_type == "cispo":
+        if level == "sequence":
+            problems.add("importance_sampling_level", "loss_type='cispo' with the sequence ratio: rlkl's CISPO "
+                         "weights each token by its own ratio")
+        if eps_high <= 1.0:
+            problems.add("epsilon_high", f"loss_type='cispo' caps the ratio at epsilon_high itself (ε_max; TRL "
+                         f"recommends 5.0): epsilon_high={eps_high} <= 1 caps every weight below 1, which rlkl's CISPO "
+                         "(cap 1 + ε_high, ε_high > 0) does not express")
+        if problems:
+            return None
     try:
-        policy = GSPO(eps, eps_high) if level == "sequence" else PPOClip(eps, eps_high)
+        if loss_type == "cispo":  # TRL: sg[min(ρ, ε_max)]·A·log π, no lower bound
+            policy = CISPO(None, eps_high - 1.0)
+        else:
+            policy = GSPO(eps, eps_high) if level == "sequence" else PPOClip(eps, eps_high)
         return Method(name=name, advantage=advantage, policy_loss=policy, kl=kl, aggregation=Aggregation(mode, horizon),
                       beta=beta, objective=REVERSE_KL_TO_REF if beta > 0 else NO_REGULARIZER,
                       citation=f"TRL {version[0]}.{version[1]} GRPOConfig",
