@@ -91,6 +91,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "off_policy", False):
             raise ValueError("--off-policy is not supported with a sampler: the mismatch audit is at θ = θ_old")
+        if any(getattr(args, k, None) for k in ("verl", "verl_overrides", "trl")):
+            raise ValueError("the sampler options audit registered methods (--method), not a --verl/--trl config")
         sampler = _sampler(args)
         from rlkl.components import correction_from_spec
 
@@ -114,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
                                      setup={"seed": int(seed), "policy": args.policy})
                 records += [r.record for r in res]
     except ValueError as exc:
-        print(f"rlkl audit: {exc}", file=sys.stderr)
+        print(f"rlkl audit: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(records, indent=2) if args.json else format_records(records))
     return 0
