@@ -8,7 +8,7 @@ import torch
 
 from rlkl.objective import Objective
 from rlkl.losses import aggregate, reinforce_loss
-from rlkl.methods import get_method
+from rlkl.methods import REGISTRY, get_method
 from rlkl.toy import cli
 from rlkl.toy.audit import audit, audit_one, default_mdps, make_setup, verify_rows
 from rlkl.toy.expected import LossSpec
@@ -105,17 +105,19 @@ def test_default_mdps_are_seeded():
 @pytest.mark.slow
 def test_verify_rows_full_grid():
     rows = verify_rows(quick=False)
-    assert all(r.status in ("EXACT", "BIASED") for r in rows)
-    assert all(r.expected for r in rows if "off-policy" not in r.detail)
+    assert all(r.status in ("EXACT", "BIASED") and r.expected for r in rows), [r.detail for r in rows if not r.expected]
 
 
-def test_verify_rows_quick():
+def test_verify_rows_run_every_method_on_the_whole_grid():
+    """One row per registered method, each audited on {on, off} × {fixed, EOS} × {binary, real} × {tabular,
+    log-linear}: every setting as predicted, binary-reward claims skipped on real rewards, citations whole."""
     rows = verify_rows(quick=True)
-    assert rows and all(r.section == "audit" and r.status in ("EXACT", "BIASED") for r in rows)
-    by = {(r.claim.split(":")[0], "off-policy" in r.detail, "eos" in r.detail): r for r in rows}
-    assert by[("frpo", False, False)].status == "EXACT"
-    assert by[("grpo", False, False)].status == "BIASED" and by[("grpo", False, False)].expected
-    assert by[("rpg_reinforce_urkl_seq", True, False)].status == "EXACT"
-    assert by[("dr_grpo", False, True)].expected
-    # every on-policy verdict is what the spec predicts
-    assert all(r.expected for r in rows if "off-policy" not in r.detail), [r for r in rows if not r.expected]
+    by = {r.claim.split(":")[0]: r for r in rows}
+    assert set(REGISTRY) <= set(by)
+    assert all(r.section == "audit" and r.status in ("EXACT", "BIASED") and r.expected for r in rows), \
+        [r.detail for r in rows if not r.expected]
+    assert by["frpo"].status == "EXACT" and "8/8 settings" in by["frpo"].detail and "8 skipped" in by["frpo"].detail
+    assert by["grpo"].status == "BIASED" and by["grpo"].detail.startswith("16/16 settings as predicted")
+    assert by["rpg_reinforce_urkl_seq"].status == "EXACT" and "off-policy adds" not in by["rpg_reinforce_urkl_seq"].detail
+    assert "geometric_mean_ratio" in by["gspo"].detail and "length_normalization" not in by["dr_grpo"].detail
+    assert all(by[n].source == m.citation for n, m in REGISTRY.items())

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
-from rlkl.objective import Objective, Std, Utility
+from rlkl.objective import Objective, Regularizer, Std, Utility
 from rlkl.toy import reference as ref_
 from rlkl.toy.context import AuditContext
 from rlkl.toy.expected import expected_gradient, loss_spec, threads_for
@@ -340,7 +340,7 @@ def _arcsin_row(trees: dict, G: int):
     t0 = time.perf_counter()
     mdp = trees[(False, "binary")]
     m = get_method("no_kl").replace(advantage=GroupStandardized(Std.POPULATION, 0.0))
-    arcsin = Objective(Utility.ARCSIN, "none", group_size=G, std="population", beta=0.0)
+    arcsin = Objective(Utility.ARCSIN, Regularizer.NONE, group_size=G, std=Std.POPULATION, beta=0.0)
     pi, _, ref = make_setup(mdp, 0)
     r = audit_one(m, mdp, pi, None, ref, G, objective=arcsin, predicted=("finite_group_utility",)).record
     detail = (f"{mdp.name} G={G}: rel_error {r['rel_error']:.3g}, finite_group_utility "

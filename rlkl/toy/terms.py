@@ -336,43 +336,64 @@ register(BiasTerm(
 
 
 # ================================================================================================ KL as a loss
-def _kl_fields(ctx) -> Optional[dict]:
-    """The local fields F(d, ν, c) of a KL loss (cached on the context)."""
+@dataclass(frozen=True)
+class _KLFields:
+    """The local fields F[d, ν, c] = Σ_x ρ Σ_s d(s) Σ_a ν(a|s) c(a|s) ∇log π_θ(a|s) of a KL loss, times cβ.
+
+    d* is the objective's state distribution: π_θ's (sequence level), or π_old's for a local objective."""
+
+    old_old: Tensor  # cβ F[d_old, π_old, κ]: what the loss follows on π_old's tokens
+    old_theta: Tensor  # cβ F[d_old, π_θ, c̄]
+    star_theta: Tensor  # cβ F[d*, π_θ, c̄]
+    star_reverse: Tensor  # cβ F[d*, π_θ, δ] = cβ PG_rev
+    grad_d: Tensor  # cβ ∇D
+    plain_k1: bool
+    local: bool
+
+
+def _kl_fields(ctx) -> Optional[_KLFields]:
     kl = ctx.method.kl
     if not (ctx.kl_on and isinstance(kl, KLLoss)):
         return None
     if "kl_fields" not in ctx.extras:
         kappa, cbar = ref_.kl_loss_coefficients(kl, ctx.node_delta, ctx.node_log_rho)
-        star = "old" if ctx.objective.level is Level.LOCAL else "theta"
-        ctx.extras["kl_fields"] = {
-            "old_old": ctx.node_field("old", "old", kappa),
-            "old_theta": ctx.node_field("old", "theta", cbar),
-            "star_theta": ctx.node_field(star, "theta", cbar),
-            "star_rev": ctx.node_field(star, "theta", ctx.node_delta),
-            "plain_k1": _plain_k1(kl), "star": star}
+        local = ctx.objective.level is Level.LOCAL
+        star = "old" if local else "theta"
+        cb = ctx.c * ctx.beta
+        ctx.extras["kl_fields"] = _KLFields(
+            cb * ctx.node_field("old", "old", kappa), cb * ctx.node_field("old", "theta", cbar),
+            cb * ctx.node_field(star, "theta", cbar), cb * ctx.node_field(star, "theta", ctx.node_delta),
+            cb * ctx.grad_d, _plain_k1(kl), local)
     return ctx.extras["kl_fields"]
 
 
-def _kl_term(ctx, name: str) -> Optional[Tensor]:
+def _measure_miw(ctx) -> Optional[Tensor]:
     F = _kl_fields(ctx)
-    if F is None:
-        return None
-    cb = ctx.c * ctx.beta
-    if name == "missing_importance_weight":
-        return cb * (F["old_old"] - F["old_theta"])
-    if name == "state_distribution_shift":
-        return None if F["star"] == "old" else cb * (F["old_theta"] - F["star_theta"])
-    if name == "no_kl_gradient":
-        return cb * (F["star_theta"] - ctx.grad_d) if F["plain_k1"] else None
-    if F["plain_k1"]:
-        return None
-    if name == "forward_direction":
-        return cb * (F["star_theta"] - F["star_rev"])
-    return cb * (F["star_rev"] - ctx.grad_d)  # future_kl_missing
+    return None if F is None else F.old_old - F.old_theta
 
 
-def _pred_kl_loss(m, needs_claim: bool = True) -> bool:
-    return _kl_loss(m) and (m.objective.has_regularizer or not needs_claim)
+def _measure_state_shift(ctx) -> Optional[Tensor]:
+    F = _kl_fields(ctx)
+    return None if F is None or F.local else F.old_theta - F.star_theta
+
+
+def _measure_no_kl(ctx) -> Optional[Tensor]:
+    F = _kl_fields(ctx)
+    return None if F is None or not F.plain_k1 else F.star_theta - F.grad_d
+
+
+def _measure_forward(ctx) -> Optional[Tensor]:
+    F = _kl_fields(ctx)
+    return None if F is None or F.plain_k1 else F.star_theta - F.star_reverse
+
+
+def _measure_future(ctx) -> Optional[Tensor]:
+    F = _kl_fields(ctx)
+    return None if F is None or F.plain_k1 else F.star_reverse - F.grad_d
+
+
+def _pred_kl_loss(m) -> bool:
+    return _kl_loss(m) and m.objective.has_regularizer
 
 
 register(BiasTerm(
@@ -380,7 +401,7 @@ register(BiasTerm(
     "a KL loss on tokens from π_old without ρ = π_θ/π_old (RPG arXiv 2505.17508 §2.2)",
     "cβ(F[d_old, π_old, κ] − F[d_old, π_θ, c̄])",
     lambda m, s: s.off_policy and _kl_loss(m) and not m.kl.importance_weight,
-    lambda ctx: _kl_term(ctx, "missing_importance_weight")))
+    _measure_miw))
 
 register(BiasTerm(
     "state_distribution_shift",
@@ -388,14 +409,14 @@ register(BiasTerm(
     "cβ(F[d_old, π_θ, c̄] − F[d_θ, π_θ, c̄])",
     lambda m, s: (s.off_policy and _pred_kl_loss(m) and not _plain_k1(m.kl)
                   and m.objective.level is Level.SEQUENCE),
-    lambda ctx: _kl_term(ctx, "state_distribution_shift")))
+    _measure_state_shift))
 
 register(BiasTerm(
     "no_kl_gradient",
     "k1 as a loss has zero expected gradient: nothing regularizes (Tang & Munos arXiv 2506.09477)",
     "cβ(F[d*, π_θ, 1] − ∇D) = −cβ∇D",
     lambda m, s: _pred_kl_loss(m) and _plain_k1(m.kl),
-    lambda ctx: _kl_term(ctx, "no_kl_gradient")))
+    _measure_no_kl))
 
 register(BiasTerm(
     "forward_direction",
@@ -403,7 +424,7 @@ register(BiasTerm(
     "direction (RPG arXiv 2505.17508 §2.3)",
     "cβ(F[d*, π_θ, c̄] − F[d*, π_θ, δ])",
     lambda m, s: _pred_kl_loss(m) and not _plain_k1(m.kl) and not _reverse_field(m.kl),
-    lambda ctx: _kl_term(ctx, "forward_direction")))
+    _measure_forward))
 
 register(BiasTerm(
     "future_kl_missing",
@@ -411,7 +432,7 @@ register(BiasTerm(
     "future-KL score term of the sequence KL (FRPO arXiv 2601.10201 Prop. 4.3)",
     "cβ(F[d*, π_θ, δ] − ∇D)",
     lambda m, s: _pred_kl_loss(m) and not _plain_k1(m.kl) and m.objective.level is Level.SEQUENCE,
-    lambda ctx: _kl_term(ctx, "future_kl_missing")))
+    _measure_future))
 
 
 # ================================================================================================ RPG's own KL
