@@ -97,6 +97,24 @@ def test_cli_table_json_and_errors(capsys):
     assert "enumeration too large" in capsys.readouterr().err
 
 
+def test_cli_real_rewards_skip_binary_only_claims_and_print_the_rest(capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--method", "all", "--reward", "real", "--vocab", "2", "--horizon", "2", "--prompts",
+                              "1", "--group-size", "3", "--off-policy", "--json"])
+    assert cli.main(args) == 0
+    out = capsys.readouterr()
+    recs = json.loads(out.out)  # stdout is one JSON document; the skip notes go to stderr
+    binary_only = {n for n, m in REGISTRY.items() if m.objective.needs_binary_rewards}
+    assert binary_only and {r["method"] for r in recs} == set(REGISTRY) - binary_only
+    assert all(r["as_predicted"] and r["unexplained"] <= 1e-10 for r in recs)
+    assert out.err.count("skipped") == len(binary_only) and "binary rewards" in out.err
+    assert cli.main(parser.parse_args(["--method", "frpo,rloo", "--reward", "real", "--vocab", "2", "--horizon",
+                                       "2", "--prompts", "1", "--group-size", "3"])) == 0
+    table = capsys.readouterr().out
+    assert "skipped: frpo" in table and "1/1 records as predicted, 1 skipped" in table
+
+
 def test_default_mdps_are_seeded():
     a, b = default_mdps(seeds=(0, 1))
     assert a.name != b.name and torch.equal(default_mdps(seeds=(0,))[0].rewards, a.rewards)
