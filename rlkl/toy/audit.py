@@ -269,11 +269,11 @@ GRID = [(off, eos, reward, pol) for off in (False, True) for eos in (False, True
 
 
 def _grid_trees(quick: bool) -> tuple[dict, int]:
-    """One tree per (eos, reward), G = 4 (w_G is not constant in p for G >= 4). Default: fixed length V2 T2 P2,
-    EOS V3 T3 P1 (three lengths); ``--full``: V3 T3 P2, real fixed-length rewards on V3 T2 P2 (with 27 distinct
-    rewards the exact group law alone has 3654 multisets per response)."""
-    sizes = ({(False, "binary"): (2, 2, 2), (False, "real"): (2, 2, 2), (True, "binary"): (3, 3, 1),
-              (True, "real"): (3, 3, 1)} if quick else
+    """One tree per (eos, reward), G = 4 (w_G is not constant in p for G >= 4). Default: V2 T2 P2 (fixed length),
+    V3 T2 P2 (EOS); ``--full``: V3 T3 P2, real fixed-length rewards on V3 T2 P2 (with 27 distinct rewards the
+    exact group law alone has 3654 multisets per response)."""
+    sizes = ({(False, "binary"): (2, 2, 2), (False, "real"): (2, 2, 2), (True, "binary"): (3, 2, 2),
+              (True, "real"): (3, 2, 2)} if quick else
              {(False, "binary"): (3, 3, 2), (False, "real"): (3, 2, 2), (True, "binary"): (3, 3, 2),
               (True, "real"): (3, 3, 2)})
     trees = {key: TreeMDP.random(*sizes[key], eos=key[0], reward=key[1], seed=11 + i) for i, key in enumerate(sizes)}
