@@ -135,9 +135,11 @@ def _claims_sequence_kl(obj) -> bool:
 
 
 def _future_return_matches(kl: FutureReturn, obj) -> bool:
+    reverse = ref_.generates_reverse_kl(kl.divergence)
     if obj.regularizer is Regularizer.TOKEN_F_DIVERGENCE:
-        return obj.anchor is Anchor.REF and obj.level is Level.SEQUENCE and obj.f_divergence == kl.divergence
-    return _claims_sequence_kl(obj) and ref_.generates_reverse_kl(kl.divergence)
+        same = obj.f_divergence == kl.divergence or (reverse and ref_.generates_reverse_kl(obj.f_divergence))
+        return obj.anchor is Anchor.REF and obj.level is Level.SEQUENCE and same
+    return _claims_sequence_kl(obj) and reverse
 
 
 def _token_level(pl) -> bool:
