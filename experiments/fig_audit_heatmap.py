@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import DEFAULT_TOL, aggregation_scale, audit_one, make_setup
 from rlkl.toy.mdp import TreeMDP

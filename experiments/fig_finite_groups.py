@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.advantages import group_centered, leave_one_out
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import aggregation_scale, make_setup

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import aggregation_scale, make_setup
 from rlkl.toy.expected import expected_gradient

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.components import AggMode, Aggregation, Reinforce
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import aggregation_scale

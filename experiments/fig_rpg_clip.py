@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments import write_config, write_csv, write_json
-from experiments.fig_mc_convergence import exact_group_moments
+from . import write_config, write_csv, write_json
+from .fig_mc_convergence import exact_group_moments
 from rlkl.losses import RPGClip, ppo_clip_loss, rpg_loss
 from rlkl.components import LeaveOneOut
 from rlkl.methods import REGISTRY

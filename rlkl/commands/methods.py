@@ -21,6 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trl", default=None, metavar="JSON", help='translate TRL GRPOConfig args, e.g. \'{"beta": 0.04}\'')
 
 
+def parse_flag_json(flag: str, text: str) -> dict:
+    """The ``--verl`` / ``--trl`` argument: a JSON object of flag names to values, else a one-line ValueError."""
+    example = '{"algorithm.adv_estimator": "grpo"}' if flag == "--verl" else '{"beta": 0.04}'
+    try:
+        cfg = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag} is not valid JSON ({exc}); give an object, e.g. {flag} '{example}'") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{flag} must be a JSON object of flag names to values, got {type(cfg).__name__} "
+                         f"{json.dumps(cfg)[:40]}; e.g. {flag} '{example}'")
+    return cfg
+
+
 def _loss_text(pl, wide: bool = True) -> str:
     from rlkl.components import GSPO, RPG, PPOClip
 
@@ -115,8 +128,13 @@ def main(args: argparse.Namespace) -> int:
     from rlkl.integrations.flags import from_trl, from_verl
     from rlkl.methods import REGISTRY, get_method
 
-    if args.verl or args.trl:
-        method = from_verl(json.loads(args.verl)) if args.verl else from_trl(json.loads(args.trl))
+    if args.verl is not None or args.trl is not None:
+        flag, text = ("--verl", args.verl) if args.verl is not None else ("--trl", args.trl)
+        cfg = parse_flag_json(flag, text)
+        try:
+            method = from_verl(cfg) if flag == "--verl" else from_trl(cfg)
+        except TypeError as exc:  # a value of the wrong type inside the object
+            raise ValueError(f"{flag}: {exc}") from None
         print(describe(method))
         return 0
     if args.name:
