@@ -111,15 +111,13 @@ class AuditContext:
         """``[P, N, 1]`` log s(y) = (1/|y|) Σ_t log ρ_t (GSPO)."""
         return self.log_w / self.lengths.view(1, -1, 1)
 
-    def visitation(self, which: str) -> Tensor:
-        """``[P, S]`` d(s) of π_θ (``"theta"``) or π_old (``"old"``)."""
-        pol = self.policy if which == "theta" else self.behaviour
+    def visitation(self, pol: Policy) -> Tensor:
+        """``[P, S]`` d(s) of ``pol`` (π_θ or π_old), the probability that a response passes through s."""
         with torch.no_grad():
             return pol.state_log_visitation().exp()
 
-    def node_probs(self, which: str) -> Tensor:
-        """``[P, S, V]`` π(a|s) of π_θ, π_old or π_ref."""
-        pol = {"theta": self.policy, "old": self.behaviour, "ref": self.ref}[which]
+    def node_probs(self, pol: Policy) -> Tensor:
+        """``[P, S, V]`` π(a|s) of ``pol`` (π_θ, π_old or π_ref)."""
         with torch.no_grad():
             return pol.node_log_probs().exp() if pol is not self.policy else self._node_graph.detach().exp()
 
@@ -160,7 +158,7 @@ class AuditContext:
         """∇_θ Σ_x ρ Σ_y π_θ(y)·sg[v(y)] = Σ ρ π_θ v ∇log π_θ(y) (``values`` ``[P, N]``)."""
         return self.on_theta_rows(values.unsqueeze(-1).expand(self.shape))
 
-    def node_field(self, states: str, actions: str, coef: Tensor) -> Tensor:
+    def node_field(self, states: Policy, actions: Policy, coef: Tensor) -> Tensor:
         """F = Σ_x ρ Σ_s d_states(s) Σ_a π_actions(a|s)·coef(a|s)·∇log π_θ(a|s)."""
         d = self.visitation(states)
         weight = self.rho_x.view(-1, 1, 1) * d.unsqueeze(-1) * self.node_probs(actions) * coef
@@ -207,28 +205,29 @@ class AuditContext:
         kl = self.method.kl
         return self.kl_on and isinstance(kl, KLReward) and kl.form is RewardForm.FUSED
 
-    def kl_values(self, which: str) -> Tensor:
-        """``[P, N, T]`` δ_t at the sampled tokens: rollout log π_old − log π_ref (``"old"``) or log π_θ − log π_ref."""
-        top = self.lo if which == "old" else self.lt
+    def kl_values(self, stale: bool) -> Tensor:
+        """``[P, N, T]`` δ_t at the sampled tokens: the rollout's log π_old − log π_ref (``stale``), else
+        log π_θ − log π_ref."""
+        top = self.lo if stale else self.lt
         return (top - self.lr) * self.fmask
 
-    def fused_penalty(self, which: str) -> Tensor:
+    def fused_penalty(self, stale: bool) -> Tensor:
         """``[P, N]`` K(y) = Σ_t k(δ_t) of a fused KLReward (zeros otherwise)."""
         if not self.fused:
             return torch.zeros(self.shape[:2], dtype=torch.float64)
-        return (ref_.k_value(self.method.kl.estimator, self.kl_values(which)) * self.fmask).sum(-1)
+        return (ref_.k_value(self.method.kl.estimator, self.kl_values(stale)) * self.fmask).sum(-1)
 
-    def token_penalty(self, which: str) -> Tensor:
+    def token_penalty(self, stale: bool) -> Tensor:
         """``[P, N, T]`` the per-token KL subtracted (× β) from the advantage: Σ_{j≥t} k(δ_j) for a reward-to-go
         KLReward (Ziegler et al. arXiv 1909.08593), [f'(u_t) − f'(1)] + Σ_{j>t} f(u_j)/u_j for FutureReturn
         (FRPO arXiv 2601.10201 Eq. 4.5, Thm 4.1), zeros otherwise."""
         kl, m = self.method.kl, self.fmask
         if self.kl_on and isinstance(kl, KLReward) and kl.form is RewardForm.REWARD_TO_GO:
-            return _reverse_cumsum(ref_.k_value(kl.estimator, self.kl_values(which)) * m) * m
+            return _reverse_cumsum(ref_.k_value(kl.estimator, self.kl_values(stale)) * m) * m
         if self.kl_on and isinstance(kl, FutureReturn):
             from rlkl.divergences import get_f_divergence
 
-            local, f_over_u, _ = ref_.f_terms(get_f_divergence(kl.divergence).f_of_log, self.kl_values(which))
+            local, f_over_u, _ = ref_.f_terms(get_f_divergence(kl.divergence).f_of_log, self.kl_values(stale))
             future = _reverse_cumsum(f_over_u * m) - f_over_u * m
             return (local + future) * m
         return torch.zeros(self.shape, dtype=torch.float64)
@@ -236,7 +235,7 @@ class AuditContext:
     @cached
     def sequence_values(self) -> Tensor:
         """``[P, N]`` the value the advantage standardizes: r − β·K_old(y) when a KL is fused, else r."""
-        return self.mdp.rewards - self.beta * self.fused_penalty("old")
+        return self.mdp.rewards - self.beta * self.fused_penalty(stale=True)
 
     @cached
     def _law_lengths(self) -> bool:
@@ -264,12 +263,12 @@ class AuditContext:
     @cached
     def mean_advantage(self) -> Tensor:
         """``[P, N, T]`` Ā_t(y) = E[A_{1,t} | y_1 = y] = h(y) − β·tp_t^old(y)."""
-        return (self.shaped(True).unsqueeze(-1) - self.beta * self.token_penalty("old")) * self.fmask
+        return (self.shaped(True).unsqueeze(-1) - self.beta * self.token_penalty(stale=True)) * self.fmask
 
     def token_advantages(self, x: int) -> Tensor:
         """``[N, M, T]`` A_{1,t} for every multiset of the others (prompt x)."""
         a, _, _ = self.group(x)
-        return a.unsqueeze(-1) - self.beta * self.token_penalty("old")[x].unsqueeze(1)
+        return a.unsqueeze(-1) - self.beta * self.token_penalty(stale=True)[x].unsqueeze(1)
 
     def derivative(self, x: int, clipped: bool) -> Tensor:
         """``[N, M, T]`` ∂l_t/∂log π_t of the policy surrogate for each multiset of the others (prompt x)."""

@@ -308,8 +308,9 @@ def local_score_field(mdp: TreeMDP, policy: Policy, anchor: Policy, coef, state_
 def score_gradient(mdp: TreeMDP, policy: Policy, values: Tensor) -> Tensor:
     """∇_θ Σ_x ρ(x) Σ_y π_θ(y|x)·sg[v(x, y)]: the policy gradient of a fixed per-response value ``values [P, N]``.
 
-    With v = a shaped reward h(r) this is what an advantage A with E[A | y] = h(r(y)) follows (FRPO arXiv 2601.10201 Prop. 3.1); with
-    v = Σ_t k(δ_t) it is the score-function part of E_π Σ_t k (a KL estimate placed in the reward).
+    With v = a shaped reward h(r) this is what an advantage A with E[A | y] = h(r(y)) follows (FRPO arXiv
+    2601.10201 Prop. 3.1); with v = Σ_t k(δ_t) it is the score-function part of E_π Σ_t k (a KL estimate placed in
+    the reward).
     """
     if tuple(values.shape) != (mdp.num_prompts, mdp.num_responses):
         raise ValueError(f"values must have shape [P, N] = {[mdp.num_prompts, mdp.num_responses]}, "

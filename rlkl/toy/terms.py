@@ -120,7 +120,7 @@ def _plain_k1(kl: KLLoss) -> bool:
 
 
 def _reverse_field(kl: KLLoss) -> bool:
-    """The loss's on-policy local field is PG_rev: k2, any straight-through k, ρ·k1, ρ·k3 (see `kl_loss_coefficients`)."""
+    """The loss's on-policy local field is PG_rev: k2, straight-through k, ρ·k1, ρ·k3 (`kl_loss_coefficients`)."""
     if not kl.importance_weight:
         return kl.straight_through or kl.estimator is Estimator.K2
     return not kl.straight_through and kl.estimator in (Estimator.K1, Estimator.K3)
@@ -276,9 +276,9 @@ register(BiasTerm(
 
 
 # ================================================================================================ KL in the reward
-def _score_penalties(ctx, which: str) -> Tensor:
-    """S + T: Σ ρ π_θ(y) K(y) ∇log π(y) + Σ ρ π_θ(y) Σ_t tp_t(y) ∇log π_t, with δ from π_old or π_θ."""
-    return ctx.score(ctx.fused_penalty(which)) + ctx.on_theta_rows(ctx.token_penalty(which))
+def _score_penalties(ctx, stale: bool) -> Tensor:
+    """S + T: Σ ρ π_θ(y) K(y) ∇log π(y) + Σ ρ π_θ(y) Σ_t tp_t(y) ∇log π_t, with δ from π_old (stale) or π_θ."""
+    return ctx.score(ctx.fused_penalty(stale)) + ctx.on_theta_rows(ctx.token_penalty(stale))
 
 
 def _measure_fusion(ctx) -> Optional[Tensor]:
@@ -287,7 +287,7 @@ def _measure_fusion(ctx) -> Optional[Tensor]:
         return None
     H_v = ctx.score(ctx.shaped(fused=True))
     H_r = ctx.score(ctx.shaped(fused=False))
-    return -ctx.c * (H_v - H_r + ctx.beta * ctx.score(ctx.fused_penalty("old")))
+    return -ctx.c * (H_v - H_r + ctx.beta * ctx.score(ctx.fused_penalty(stale=True)))
 
 
 register(BiasTerm(
@@ -302,7 +302,7 @@ register(BiasTerm(
 def _measure_stale(ctx) -> Optional[Tensor]:
     if not (ctx.kl_on and isinstance(ctx.method.kl, (KLReward, FutureReturn))):
         return None
-    return ctx.c * ctx.beta * (_score_penalties(ctx, "old") - _score_penalties(ctx, "theta"))
+    return ctx.c * ctx.beta * (_score_penalties(ctx, True) - _score_penalties(ctx, False))
 
 
 register(BiasTerm(
@@ -316,7 +316,7 @@ register(BiasTerm(
 def _measure_reward_kl(ctx, kind) -> Optional[Tensor]:
     if not (ctx.kl_on and isinstance(ctx.method.kl, kind)):
         return None
-    return ctx.c * ctx.beta * (_score_penalties(ctx, "theta") - ctx.grad_d)
+    return ctx.c * ctx.beta * (_score_penalties(ctx, False) - ctx.grad_d)
 
 
 register(BiasTerm(
@@ -360,11 +360,12 @@ def _kl_fields(ctx) -> Optional[_KLFields]:
     if "kl_fields" not in ctx.extras:
         kappa, cbar = ref_.kl_loss_coefficients(kl, ctx.node_delta, ctx.node_log_rho)
         local = ctx.objective.level is Level.LOCAL
-        star = "old" if local else "theta"
+        old, theta = ctx.behaviour, ctx.policy
+        star = old if local else theta
         cb = ctx.c * ctx.beta
         ctx.extras["kl_fields"] = _KLFields(
-            cb * ctx.node_field("old", "old", kappa), cb * ctx.node_field("old", "theta", cbar),
-            cb * ctx.node_field(star, "theta", cbar), cb * ctx.node_field(star, "theta", ctx.node_delta),
+            cb * ctx.node_field(old, old, kappa), cb * ctx.node_field(old, theta, cbar),
+            cb * ctx.node_field(star, theta, cbar), cb * ctx.node_field(star, theta, ctx.node_delta),
             cb * ctx.grad_d, _plain_k1(kl), local)
     return ctx.extras["kl_fields"]
 
