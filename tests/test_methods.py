@@ -10,6 +10,7 @@ rtol 1e-4 / atol 1e-5 (a scalar loss aggregated from O(10) tokens).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -22,7 +23,7 @@ from rlkl.losses import RPGClip, aggregate, kl_loss, ppo_clip_loss
 from rlkl.toy.terms import TERMS
 from rlkl.components import (GSPO, RPG, AggMode, Aggregation, Estimator, FutureReturn, GroupCentered,
                              GroupStandardized, KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, Raw, Reinforce,
-                             RewardForm, RPGLevel, Std)
+                             PassAtK, RewardForm, RPGLevel, Std)
 from rlkl.integrations.flags import from_trl, from_verl
 from rlkl.methods import REGISTRY, Method, Objective, RolloutBatch, get_method, list_methods
 from strategies import token_batches
@@ -101,6 +102,8 @@ def test_every_method_runs_in_float64_and_float32(name):
     results = {}
     for dtype in (F64, torch.float32):
         logp, batch = make_batch(dtype)
+        if isinstance(method.advantage, PassAtK):  # pass@k learns only from a group's unique best (here 3 of 4 win)
+            batch = dataclasses.replace(batch, rewards=torch.eye(1, batch.batch_size, dtype=dtype)[0])
         loss, g, diag = loss_and_grad(method, logp, batch)
         assert loss.dim() == 0 and loss.dtype == dtype and math.isfinite(loss.item())
         assert g.dtype == dtype and bool(torch.isfinite(g).all())

@@ -68,7 +68,8 @@ def utility(p: Tensor, kind: str, group_size: Optional[int] = None, std: str = "
 
     ``expected_reward``: U = p; ``leave_in``: U = (1 − 1/G)·p (leave-in group-mean baseline; docs/audit.md, leave_in_shrink);
     ``linear``: U = scale·p; ``none``: U = 0; ``arcsin``: U = 2 arcsin√p (FRPO Prop. 3.1);
-    ``finite_group``: U_G(p) = ∫_0^p w_G (``rlkl.utility``; ``group_size``, ``std``, ``eps`` as in GRPO).
+    ``finite_group``: U_G(p) = ∫_0^p w_G (``rlkl.utility``; ``group_size``, ``std``, ``eps`` as in GRPO);
+    ``pass_at_k``: U = (1 − (1 − p)^G)/G (pass@G per sample; ``group_size`` = G).
 
     Args:
       p: ``[P]`` success probabilities (in [0, 1] for arcsin / finite_group).
@@ -87,6 +88,10 @@ def utility(p: Tensor, kind: str, group_size: Optional[int] = None, std: str = "
         if group_size is None or group_size < 1:
             raise ValueError(f"the leave_in utility needs group_size, got {group_size!r}")
         return (1.0 - 1.0 / group_size) * p
+    if kind is Utility.PASS_AT_K:
+        if group_size is None or group_size < 1:
+            raise ValueError(f"the pass_at_k utility needs group_size, got {group_size!r}")
+        return (1.0 - (1.0 - p) ** group_size) / group_size  # pass@G = 1 − (1 − p)^G, per sample of the group
     if kind is Utility.ARCSIN:
         return _Utility.apply(p, Utility.ARCSIN, None, std, eps)
     if group_size is None or group_size < 2:
