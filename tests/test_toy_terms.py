@@ -12,8 +12,10 @@ import torch
 import rlkl.advantages as adv_lib
 import rlkl.divergences as div_lib
 import rlkl.losses as loss_lib
-from rlkl.components import (BatchStandardized, GroupCentered, GroupStandardized, LeaveOneOut, Raw, RPG, RPGClip,
-                             RPGDivergence, RPGForm, RPGLevel, Std)
+from rlkl.components import (BatchStandardized, GPGAdvantage, GroupCentered, GroupStandardized, LeaveOneOut,
+                             LengthWeightedCentered, PassAtK, Raw, RPG, RPGClip, RPGDivergence, RPGForm, RPGLevel, Std,
+                             TokenWhitened)
+from rlkl.methods import AWAITING_AUDIT
 from rlkl.methods import REGISTRY, get_method
 from rlkl.objective import REVERSE_KL_TO_REF
 from rlkl.toy import reference as R
@@ -26,8 +28,8 @@ F64 = torch.float64
 
 
 # ------------------------------------------------------------------------------------------------ references
-def _adv_py(kind, vals):
-    """Row 0's advantage in a group of plain floats (DeepSeekMath / Dr. GRPO / RLOO formulas)."""
+def _adv_py(kind, vals, lengths=None):
+    """Row 0's advantage in a group of plain floats (DeepSeekMath / Dr. GRPO / RLOO / OPO / pass@k / GPG rules)."""
     v0 = vals[0]
     if isinstance(kind, Raw):
         return v0
@@ -35,9 +37,17 @@ def _adv_py(kind, vals):
         return v0 - statistics.fmean(vals[1:])
     if isinstance(kind, GroupCentered):
         return v0 - statistics.fmean(vals)
+    if isinstance(kind, LengthWeightedCentered):
+        L = lengths or [1] * len(vals)
+        return v0 - sum(l * v for l, v in zip(L, vals)) / sum(L)
+    if isinstance(kind, GPGAdvantage):
+        return len(vals) / max(1, sum(v != 0 for v in vals)) * (v0 - statistics.fmean(vals))
+    sd = statistics.stdev(vals) if kind.std is Std.BESSEL else statistics.pstdev(vals)
+    if isinstance(kind, PassAtK):
+        best = max(v0 - max(vals[1:]), 0.0)
+        return best / (sd + kind.eps) if kind.normalize and best > 0 else best
     if len(set(vals)) == 1:
         return 0.0
-    sd = statistics.stdev(vals) if kind.std is Std.BESSEL else statistics.pstdev(vals)
     return (v0 - statistics.fmean(vals)) / (sd + kind.eps)
 
 
@@ -97,7 +107,8 @@ def _close(a, b, tol=1e-10):
 
 # ------------------------------------------------------------------------------------------------ group law
 @pytest.mark.parametrize("kind", [GroupStandardized(Std.BESSEL, 1e-6), GroupStandardized(Std.POPULATION, 0.0),
-                                  GroupCentered(), LeaveOneOut(), Raw(), BatchStandardized(Std.POPULATION, 1e-4)])
+                                  GroupCentered(), LeaveOneOut(), Raw(), BatchStandardized(Std.POPULATION, 1e-4),
+                                  PassAtK(True), PassAtK(False), GPGAdvantage(), LengthWeightedCentered()])
 @pytest.mark.parametrize("binary", [True, False])
 def test_group_law_matches_a_loop_over_G_tuples(kind, binary):
     g = torch.Generator().manual_seed(7)
@@ -111,6 +122,40 @@ def test_group_law_matches_a_loop_over_G_tuples(kind, binary):
     want = _h_py(kind, values.tolist(), q.tolist(), G)
     assert torch.allclose(h, torch.tensor(want, dtype=F64), rtol=1e-12, atol=1e-14)
     assert float(law.probs.sum()) == pytest.approx(1.0, abs=1e-14)
+
+
+def test_length_weighted_baseline_and_token_whitening_match_loops():
+    """OPO's Σ|y|r/Σ|y| baseline and REINFORCE++'s token whitening over the group, with classes of responses."""
+    g = torch.Generator().manual_seed(8)
+    N, T, G = 4, 2, 3
+    v = torch.randn(N, generator=g, dtype=F64)
+    q = torch.softmax(torch.randn(N, generator=g, dtype=F64), 0)
+    L = torch.tensor([1.0, 2.0, 2.0, 1.0], dtype=F64)
+    mask = torch.arange(T).unsqueeze(0) < L.unsqueeze(1)
+    tok = torch.randn(N, T, generator=g, dtype=F64) * mask  # a per-token part (−β·tp)
+    law = R.group_law(torch.arange(N, dtype=F64), q, G, L)
+    law = R.GroupLaw(v, law.lengths, law.counts, law.probs)  # classes = responses, valued by v
+    opo = R.group_advantage(LengthWeightedCentered(), v, law, G, L) @ law.probs
+    tuples = list(itertools.product(range(N), repeat=G - 1))
+    weight = [math.prod(float(q[j]) for j in o) for o in tuples]
+    want = [sum(w * _adv_py(LengthWeightedCentered(), [float(v[n])] + [float(v[j]) for j in o],
+                            [float(L[n])] + [float(L[j]) for j in o]) for w, o in zip(weight, tuples)) for n in range(N)]
+    assert torch.allclose(opo, torch.tensor(want, dtype=F64), rtol=1e-12, atol=1e-14)
+    for kind in (TokenWhitened(group_mean=False), TokenWhitened(group_mean=True, std=Std.POPULATION, eps=1e-3)):
+        A = R.whitened_token_advantages(kind, v, tok, mask, law, tok, mask, G)  # [N, M, T]
+        got = (law.probs.view(1, -1, 1) * A).sum(1)
+        for n in range(N):
+            ref = [0.0] * T
+            for w, o in zip(weight, tuples):
+                rows = [n, *o]
+                vals = [float(v[i]) for i in rows]
+                s = [x - statistics.fmean(vals) for x in vals] if kind.group_mean else vals
+                xs = [[s[k] + float(tok[i, t]) for t in range(int(L[i]))] for k, i in enumerate(rows)]
+                flat = [x for row in xs for x in row]
+                var = statistics.variance(flat) if kind.std is Std.BESSEL else statistics.pvariance(flat)
+                for t in range(int(L[n])):
+                    ref[t] += w * (xs[0][t] - statistics.fmean(flat)) / math.sqrt(var + kind.eps)
+            assert torch.allclose(got[n], torch.tensor(ref, dtype=F64), rtol=1e-11, atol=1e-13), (kind, n)
 
 
 def test_finite_group_weight_closed_forms_and_the_library():
@@ -371,6 +416,15 @@ def test_planted_estimator_and_rpg_clip_bugs_are_caught(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ the registry
+def test_batch_statistic_methods_are_decomposed_exactly():
+    """gpg (α = G/#{r ≠ 0}), reinforce_pp (token whitening of the k1 reward-to-go), reinforce_pp_baseline: the batch
+    statistic over the engine's unit (one group) is `batch_normalization`, and nothing is left unexplained."""
+    for name, m in AWAITING_AUDIT.items():
+        for tree, off in ((_FIXED, True), (_EOS, False)):
+            r = _verdict(name, tree, off, beta=0.2) if m.has_kl else _verdict(name, tree, off)
+            assert "batch_normalization" in r["bias_terms"] and r["as_predicted"], (name, r["unexplained"])
+
+
 def test_one_glossary_and_method_predictions_delegate_to_the_terms():
     assert len(T.TERMS) == len(T.glossary()) >= 18
     for name, t in T.TERMS.items():

@@ -15,7 +15,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from rlkl.components import AggMode, FutureReturn, KLLoss, KLReward, NoKL, RewardForm
+from rlkl.components import (AggMode, FutureReturn, KLLoss, KLReward, LengthWeightedCentered, NoKL, RewardForm,
+                             TokenWhitened)
 from rlkl.objective import Objective, Utility
 from rlkl.toy import reference as ref_
 from rlkl.toy.mdp import TreeMDP
@@ -239,18 +240,41 @@ class AuditContext:
 
     @cached
     def _law_lengths(self) -> bool:
-        return self.method.aggregation.mode is AggMode.TOKEN_MEAN and not self.mdp.fixed_length
+        """The others' lengths matter: token-mean's one normalizer per group, or OPO's length-weighted baseline."""
+        reads = self.method.aggregation.mode is AggMode.TOKEN_MEAN or isinstance(self.method.advantage,
+                                                                                 LengthWeightedCentered)
+        return reads and not self.mdp.fixed_length
+
+    @cached
+    def whitened(self) -> bool:
+        """REINFORCE++: the advantage whitens token values, so the others enter through their tokens."""
+        return isinstance(self.method.advantage, TokenWhitened)
 
     def group(self, x: int, fused: bool = True) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-        """Row 1's advantage a ``[N, M]``, the law's probabilities ``[M]`` and Σ_{j>1}|y_j| ``[M]`` (prompt x)."""
+        """Row 1's advantage a ``[N, M]``, the law's probabilities ``[M]`` and Σ_{j>1}|y_j| ``[M]`` (prompt x).
+
+        For REINFORCE++ (token whitening) ``a`` is the raw value v_1 that the whitening acts on."""
         key = (x, fused and self.fused)
         if key not in self._groups:
             v = (self.sequence_values if key[1] else self.mdp.rewards)[x]
+            if self.whitened:
+                law = self._whitening_law(x, v)
+                self._groups[key] = (v.unsqueeze(1).expand(-1, law.probs.shape[0]), law.probs, None)
+                self._groups[("law", key)] = law
+                return self._groups[key]
             L = self.lengths if self._law_lengths else None
             law = ref_.group_law(v, self.q_old[x], self.G, L)
-            a = ref_.group_advantage(self.method.advantage, v, law, self.G)
+            a = ref_.group_advantage(self.method.advantage, v, law, self.G, self.lengths)
             self._groups[key] = (a, law.probs, law.others_length if L is not None else None)
         return self._groups[key]
+
+    def _whitening_law(self, x: int, v: Tensor):
+        """Classes of responses when the others' lengths or token penalties enter the statistics, else of values."""
+        by_response = not self.mdp.fixed_length or bool(self.token_penalty(stale=True).abs().max() > 0)
+        law = ref_.group_law(torch.arange(v.shape[0], dtype=torch.float64) if by_response else v, self.q_old[x],
+                             self.G, self.lengths if by_response else None)
+        vals = v if by_response else law.values
+        return ref_.GroupLaw(vals, law.lengths, law.counts, law.probs)
 
     def shaped(self, fused: bool = True) -> Tensor:
         """``[P, N]`` h(y) = E[A_1 | y_1 = y] (others from π_old) of the fused (or plain) sequence values."""
@@ -262,13 +286,25 @@ class AuditContext:
 
     @cached
     def mean_advantage(self) -> Tensor:
-        """``[P, N, T]`` Ā_t(y) = E[A_{1,t} | y_1 = y] = h(y) − β·tp_t^old(y)."""
+        """``[P, N, T]`` Ā_t(y) = E[A_{1,t} | y_1 = y] = h(y) − β·tp_t^old(y) (token whitening: Σ_m P(m) A[·, m, t])."""
+        if self.whitened:
+            return torch.stack([(self.group(x)[1].view(1, -1, 1) * self.token_advantages(x)).sum(1)
+                                for x in range(self.shape[0])])
         return (self.shaped(True).unsqueeze(-1) - self.beta * self.token_penalty(stale=True)) * self.fmask
 
     def token_advantages(self, x: int) -> Tensor:
         """``[N, M, T]`` A_{1,t} for every multiset of the others (prompt x)."""
         a, _, _ = self.group(x)
-        return a.unsqueeze(-1) - self.beta * self.token_penalty(stale=True)[x].unsqueeze(1)
+        tokens = -self.beta * self.token_penalty(stale=True)[x]  # [N, T]
+        if not self.whitened:
+            return a.unsqueeze(-1) + tokens.unsqueeze(1)
+        law = self._groups[("law", (x, self.fused))]
+        by_response = law.lengths is not None
+        K, T = law.values.shape[0], self.shape[2]
+        cls_tok = tokens if by_response else torch.zeros(K, T, dtype=torch.float64)
+        cls_mask = self.fmask if by_response else torch.ones(K, T, dtype=torch.float64)
+        return ref_.whitened_token_advantages(self.method.advantage, a[:, 0], tokens, self.fmask, law, cls_tok,
+                                              cls_mask, self.G)
 
     def derivative(self, x: int, clipped: bool) -> Tensor:
         """``[N, M, T]`` ∂l_t/∂log π_t of the policy surrogate for each multiset of the others (prompt x)."""

@@ -22,11 +22,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from rlkl.components import (GSPO, RPG, AggMode, Aggregation, BatchStandardized, Estimator, GroupCentered,
-                             GroupStandardized, KLLoss, LeaveOneOut, PolicyLoss, PPOClip, Raw, Reinforce,
-                             RPGDivergence, RPGForm, RPGLevel, Std)
+from rlkl.components import (CISPO, GSPO, RPG, AggMode, Aggregation, BatchStandardized, Estimator, GPGAdvantage,
+                             GroupCentered, GroupStandardized, KLLoss, LeaveOneOut, LengthWeightedCentered, PassAtK,
+                             PolicyLoss, PPOClip, Raw, Reinforce, RPGDivergence, RPGForm, RPGLevel, Std, TokenWhitened)
 
-__all__ = ["GroupLaw", "group_law", "group_advantage", "finite_group_weight_reference", "aggregation_constant",
+__all__ = ["GroupLaw", "group_law", "group_advantage", "whitened_token_advantages", "finite_group_weight_reference", "aggregation_constant",
            "aggregation_weight", "sample_ratio", "rpg_weight", "policy_derivative", "k_value", "k_grad",
            "kl_loss_coefficients", "f_terms", "generates_reverse_kl"]
 
@@ -81,13 +81,24 @@ def group_law(values: Tensor, q: Tensor, group_size: int, lengths: Optional[Tens
     return GroupLaw(uniq[:, 0], None if lengths is None else uniq[:, 1], counts, probs)
 
 
-def group_advantage(advantage, v1: Tensor, law: GroupLaw, group_size: int) -> Tensor:
-    """Row 1's advantage a[n, m] when row 1 has value ``v1[n]`` and the others are multiset m of ``law``.
+def _std(advantage, v1: Tensor, law: GroupLaw, mean: Tensor, G: int) -> Tensor:
+    """``[N, M]`` σ of the G values: sqrt(Σ_j (v_j − m̄)²/(G − 1)) (Bessel) or /G (population)."""
+    vals, cnt = law.values, law.counts
+    dev = (v1.unsqueeze(1) - mean) ** 2 + (cnt.unsqueeze(0) * (vals.view(1, 1, -1) - mean.unsqueeze(-1)) ** 2).sum(-1)
+    return (dev / (G - 1 if advantage.std is Std.BESSEL else G)).sqrt()
+
+
+def group_advantage(advantage, v1: Tensor, law: GroupLaw, group_size: int, length: Optional[Tensor] = None) -> Tensor:
+    """Row 1's advantage a[n, m] when row 1 has value ``v1[n]`` (and length ``length[n]``) and the others are
+    multiset m of ``law``.
 
     GRPO (DeepSeekMath arXiv 2402.03300 §4.1.2): a = (v_1 − m̄)/(σ + ε), m̄ = (1/G)Σ_j v_j,
     σ² = Σ_j (v_j − m̄)²/(G − 1) (Bessel) or /G (population); a group of equal values gets a = 0.
     Dr. GRPO (arXiv 2503.20783): a = v_1 − m̄. RLOO (arXiv 2402.14740): a = v_1 − Σ_{j>1} v_j/(G − 1).
-    Raw: a = v_1. Batch standardization is the GRPO formula over the engine's unit, one group.
+    Raw: a = v_1. Batch standardization is the GRPO formula over the engine's unit, one group. OPO (arXiv
+    2505.23585): a = v_1 − Σ_j |y_j| v_j/Σ_j |y_j|. Best of group (verl grpo_passk, arXiv 2503.19595):
+    a = [v_1 − max_{j>1} v_j]_+, ÷ (σ + ε) when normalized. GPG (arXiv 2504.02546): a = α(v_1 − m̄),
+    α = G/max(1, #{j: v_j ≠ 0}) over the group (the engine's unit).
     """
     G = group_size
     vals, cnt = law.values, law.counts  # [K], [M, K]
@@ -100,13 +111,62 @@ def group_advantage(advantage, v1: Tensor, law: GroupLaw, group_size: int) -> Te
     mean = (base + others.unsqueeze(0)) / G
     if isinstance(advantage, GroupCentered):
         return base - mean
+    if isinstance(advantage, LengthWeightedCentered):
+        if law.lengths is None or length is None:  # equal lengths: the group mean
+            L1, Lk = torch.ones_like(v1).unsqueeze(1), torch.ones_like(vals)
+        else:
+            L1, Lk = length.to(v1.dtype).unsqueeze(1), law.lengths  # [N, 1], [K]
+        weighted = (L1 * base + (cnt @ (Lk * vals)).unsqueeze(0)) / (L1 + (cnt @ Lk).unsqueeze(0))
+        return base - weighted
+    if isinstance(advantage, GPGAdvantage):
+        nonzero = (base != 0).to(vals.dtype) + (cnt @ (vals != 0).to(vals.dtype)).unsqueeze(0)
+        return G / torch.clamp(nonzero, min=1.0) * (base - mean)
+    equal = ((vals.view(1, 1, -1) == v1.view(-1, 1, 1)) | (cnt == 0).unsqueeze(0)).all(-1)
+    if isinstance(advantage, PassAtK):
+        best_other = torch.where(cnt > 0, vals.view(1, -1), torch.full_like(cnt, -math.inf)).amax(-1)  # [M]
+        a = torch.clamp(base - best_other.unsqueeze(0), min=0.0)
+        if not advantage.normalize:
+            return a
+        return torch.where(a > 0, a / (_std(advantage, v1, law, mean, G) + advantage.eps), torch.zeros_like(a))
     if isinstance(advantage, (GroupStandardized, BatchStandardized)):
-        dev = (base - mean) ** 2 + (cnt.unsqueeze(0) * (vals.view(1, 1, -1) - mean.unsqueeze(-1)) ** 2).sum(-1)
-        var = dev / (G - 1 if advantage.std is Std.BESSEL else G)
-        a = (base - mean) / (var.sqrt() + advantage.eps)
-        equal = ((vals.view(1, 1, -1) == v1.view(-1, 1, 1)) | (cnt == 0).unsqueeze(0)).all(-1)
+        a = (base - mean) / (_std(advantage, v1, law, mean, G) + advantage.eps)
         return torch.where(equal, torch.zeros_like(a), a)
     raise ValueError(f"the audit has no reference formula for the advantage {advantage!r}")
+
+
+def whitened_token_advantages(advantage: TokenWhitened, v1: Tensor, x1_tokens: Tensor, mask1: Tensor, law: GroupLaw,
+                              class_tokens: Tensor, class_mask: Tensor, group_size: int) -> Tensor:
+    """REINFORCE++'s token advantages A[n, m, t] = (x_{1,t} − μ)/sqrt(σ² + ε) over the valid tokens of the group.
+
+    x_{i,t} = s_i + x^tok_{i,t}: s_i = v_i, or v_i − m̄ with the group mean (``group_mean``), and x^tok the
+    per-token part (−β·tp_t of a reward-to-go KL); μ = Σ_{i,t} x/Σ_i |y_i|, σ² = Σ_{i,t} (x − μ)²/(n − 1)
+    (Bessel over the n tokens) or /n; all-equal tokens give 0 (Hu arXiv 2501.03262 eqs. 8–10).
+
+    Args:
+      v1: ``[N]`` row 1's value; x1_tokens, mask1: ``[N, T]``; law: classes of the others with values ``[K]``;
+      class_tokens, class_mask: ``[K, T]`` each class's per-token part and mask.
+    """
+    cnt, vals = law.counts, law.values  # [M, K], [K]
+    m1, mk = mask1.to(v1.dtype), class_mask.to(v1.dtype)
+    if advantage.group_mean:
+        mean = (v1.unsqueeze(1) + (cnt @ vals).unsqueeze(0)) / group_size  # [N, M]
+        s1, sk = v1.unsqueeze(1) - mean, vals.view(1, 1, -1) - mean.unsqueeze(-1)  # [N, M], [N, M, K]
+    else:
+        s1, sk = v1.unsqueeze(1), vals.view(1, 1, -1)
+    x1 = (s1.unsqueeze(-1) + x1_tokens.unsqueeze(1)) * m1.unsqueeze(1)  # [N, M, T]
+    xk = (sk.unsqueeze(-1) + class_tokens.view(1, 1, *class_tokens.shape)) * mk  # [., ., K, T]
+    w = cnt.view(1, cnt.shape[0], -1, 1) * mk  # [1, M, K, T] multiplicity of each class token
+    n = m1.sum(-1).unsqueeze(1) + (cnt @ mk.sum(-1)).unsqueeze(0)  # [N, M] valid tokens of the group
+    mu = (x1.sum(-1) + (w * xk).sum((-1, -2))) / n
+    dev = (m1.unsqueeze(1) * (x1 - mu.unsqueeze(-1)) ** 2).sum(-1) \
+        + (w * (xk - mu.view(*mu.shape, 1, 1)) ** 2).sum((-1, -2))
+    var = dev / (n - 1 if advantage.std is Std.BESSEL else n)
+    inf = torch.tensor(math.inf, dtype=v1.dtype)
+    present = w > 0
+    hi = torch.maximum(torch.where(m1.unsqueeze(1) > 0, x1, -inf).amax(-1), torch.where(present, xk, -inf).amax((-1, -2)))
+    lo = torch.minimum(torch.where(m1.unsqueeze(1) > 0, x1, inf).amin(-1), torch.where(present, xk, inf).amin((-1, -2)))
+    a = (x1 - mu.unsqueeze(-1)) / torch.sqrt(var + advantage.eps).unsqueeze(-1)
+    return torch.where((hi == lo).unsqueeze(-1), torch.zeros_like(a), a) * m1.unsqueeze(1)
 
 
 def finite_group_weight_reference(p: float, group_size: int, std: Std, eps: float) -> float:
@@ -168,12 +228,13 @@ def aggregation_weight(aggregation: Aggregation, length: Tensor, others_length: 
 def sample_ratio(policy_loss: PolicyLoss, rho: Tensor, w: Tensor, s: Tensor) -> Tensor:
     """φ: the importance weight on −A·∇log π_t of the unclipped surrogate (its slope in A).
 
-    REINFORCE (Williams 1992): 1; PPO (arXiv 1707.06347 eq. 7) and token-level RPG: ρ_t; GSPO (arXiv
+    REINFORCE (Williams 1992): 1; PPO (arXiv 1707.06347 eq. 7), CISPO (arXiv 2506.13585 eqs. 4-5) and token-level
+    RPG: ρ_t; GSPO (arXiv
     2507.18071): s(y); sequence-level RPG (arXiv 2505.17508): w(y). ``rho`` ``[..., T]``; ``w``, ``s`` ``[..., 1]``.
     """
     if isinstance(policy_loss, Reinforce):
         return torch.ones_like(rho)
-    if isinstance(policy_loss, PPOClip):
+    if isinstance(policy_loss, (PPOClip, CISPO)):
         return rho
     if isinstance(policy_loss, GSPO):
         return s.expand_as(rho)
@@ -245,7 +306,7 @@ def policy_derivative(policy_loss: PolicyLoss, A: Tensor, rho: Tensor, log_rho: 
     """∂l_t/∂log π_θ(a_t|s_t) of the surrogate for a token with advantage A (all arguments broadcast).
 
     Unclipped: −φ·A (REINFORCE, PPO, GSPO) and −Weight(φ, A) (RPG), φ = `sample_ratio`. ``clipped=True``
-    applies the clip rule (PPO, GSPO: 0 outside the kept set; RPG: Algs. 1–2).
+    applies the clip rule (PPO, GSPO: 0 outside the kept set; CISPO: the capped weight; RPG: Algs. 1–2).
     """
     phi = sample_ratio(policy_loss, rho, w, s)
     if isinstance(policy_loss, RPG):
@@ -264,6 +325,9 @@ def policy_derivative(policy_loss: PolicyLoss, A: Tensor, rho: Tensor, log_rho: 
         return torch.where(_ppo_active(policy_loss, A, rho), d, torch.zeros_like(d))
     if isinstance(policy_loss, GSPO):
         return torch.where(_gspo_active(policy_loss, A, phi), d, torch.zeros_like(d))
+    if isinstance(policy_loss, CISPO):  # the weight sg[clip(ρ_t, 1 − ε_low, 1 + ε_high)] replaces ρ_t
+        low = 0.0 if policy_loss.low is None else 1.0 - policy_loss.low
+        return -torch.clamp(rho, min=low, max=1.0 + policy_loss.high) * A
     return d
 
 

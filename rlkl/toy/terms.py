@@ -23,9 +23,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from rlkl.components import (GSPO, RPG, AggMode, BatchStandardized, Estimator, FutureReturn, GroupCentered,
-                             GroupStandardized, KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, Raw, Reinforce,
-                             RewardForm, RPGForm, RPGLevel)
+from rlkl.components import (CISPO, GSPO, RPG, AggMode, BatchStandardized, Estimator, FutureReturn, GPGAdvantage,
+                             GroupCentered, GroupStandardized, KLLoss, KLReward, LeaveOneOut, LengthWeightedCentered,
+                             NoKL, PassAtK, PPOClip, Raw, Reinforce, RewardForm, RPGForm, RPGLevel, TokenWhitened)
 from rlkl.objective import Anchor, Level, Regularizer, Utility
 from rlkl.toy import reference as ref_
 
@@ -143,7 +143,7 @@ def _future_return_matches(kl: FutureReturn, obj) -> bool:
 
 
 def _token_level(pl) -> bool:
-    return isinstance(pl, (Reinforce, PPOClip)) or (isinstance(pl, RPG) and pl.level is RPGLevel.TOKEN)
+    return isinstance(pl, (Reinforce, PPOClip, CISPO)) or (isinstance(pl, RPG) and pl.level is RPGLevel.TOKEN)
 
 
 def _length_normalizing(agg) -> bool:
@@ -259,20 +259,44 @@ register(BiasTerm(
     lambda m, s: isinstance(m.advantage, GroupCentered) and m.objective.utility is not Utility.LEAVE_IN,
     lambda ctx: _measure_utility(ctx, (GroupCentered,))))
 
+def _measure_batch(ctx) -> Optional[Tensor]:
+    """−c(H_r − ∇U) for a batch statistic on the sequence advantage; for token whitening (REINFORCE++)
+    −c(E_θ[Σ_t Ā^W_t ∇_t] − E_θ[Σ_t (v − β tp^old_t) ∇_t]): the whitened against the raw token returns."""
+    if not ctx.whitened:
+        return _measure_utility(ctx, (BatchStandardized, GPGAdvantage))
+    raw = ctx.shaped(fused=True).unsqueeze(-1) - ctx.beta * ctx.token_penalty(stale=True)
+    return -ctx.c * (ctx.on_theta_rows(ctx.mean_advantage) - ctx.on_theta_rows(raw))
+
+
 register(BiasTerm(
     "batch_normalization",
-    "batch-level standardization; the exact engine's unit is one group, so it is measured as standardization "
-    "over that group (the coupling across prompts is not modelled)",
-    "−c(∇_θ Σ π_θ sg[h] − ∇U) with the batch std/ε over one group",
-    lambda m, s: _pred_standardized(m, s, BatchStandardized),
-    lambda ctx: _measure_utility(ctx, (BatchStandardized,))))
+    "a batch statistic in the advantage (batch standardization, GPG's α = G/#{r ≠ 0}, REINFORCE++'s token "
+    "whitening); the exact engine's unit is one group, so it is measured over that group (the coupling across "
+    "prompts is not modelled)",
+    "−c(∇_θ Σ π_θ sg[h] − ∇U), the statistic over one group; whitening: −c(E_θ[Σ_t Ā^W_t ∇_t] − E_θ[Σ_t (v − β tp_t) ∇_t])",
+    lambda m, s: (_pred_standardized(m, s, BatchStandardized) or isinstance(m.advantage, (GPGAdvantage, TokenWhitened))),
+    _measure_batch))
+
+
+def _pred_mismatch(m, s: Setting) -> bool:
+    adv, u = m.advantage, m.objective.utility
+    if isinstance(adv, (LeaveOneOut, Raw)):
+        return u is not Utility.EXPECTED_REWARD
+    if isinstance(adv, LengthWeightedCentered):  # equal lengths: the leave-in group mean
+        return u is not Utility.LEAVE_IN or s.variable_length
+    if isinstance(adv, PassAtK):  # unnormalized, on-policy: pass@G/G exactly
+        return u is not Utility.PASS_AT_K or adv.normalize or s.off_policy
+    return False
+
 
 register(BiasTerm(
     "utility_mismatch",
-    "an unbiased baseline (leave-one-out, none) ascends E[R], but the claim is another utility",
-    "−c(∇_θ Σ π_θ sg[h] − ∇U), h(y) = r(y) − const",
-    lambda m, s: isinstance(m.advantage, (LeaveOneOut, Raw)) and m.objective.utility is not Utility.EXPECTED_REWARD,
-    lambda ctx: _measure_utility(ctx, (LeaveOneOut, Raw))))
+    "the advantage's shaped reward h is not the claimed utility's: an unbiased baseline (leave-one-out, none) "
+    "ascends E[R]; OPO's length-weighted mean includes the sample (arXiv 2505.23585); the best-of-group advantage "
+    "ascends pass@G/G, ×1/(σ + ε) with the std, at π_old's p off-policy (arXiv 2503.19595)",
+    "−c(∇_θ Σ π_θ sg[h] − ∇U)",
+    _pred_mismatch,
+    lambda ctx: _measure_utility(ctx, (LeaveOneOut, Raw, LengthWeightedCentered, PassAtK))))
 
 
 # ================================================================================================ KL in the reward
@@ -295,7 +319,7 @@ register(BiasTerm(
     "a KL fused into the reward before a group advantage is normalized with it (FRPO arXiv 2601.10201 Prop. 3.2; "
     "a leave-in mean shrinks it by 1 − 1/G)",
     "−c(∇Σπ_θ sg[h_{r−βK}] − ∇Σπ_θ sg[h_r] + β∇_score Σπ_θ K)",
-    lambda m, s: _fused(m) and not isinstance(m.advantage, (LeaveOneOut, Raw)),
+    lambda m, s: _fused(m) and not isinstance(m.advantage, (LeaveOneOut, Raw, TokenWhitened)),
     _measure_fusion))
 
 
