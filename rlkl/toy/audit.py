@@ -353,16 +353,17 @@ def _arcsin_row(trees: dict, G: int):
 
 
 def verify_rows(quick: bool = True) -> list:
-    """Verdict rows for ``rlkl verify``: every registered method on every setting of `GRID`.
+    """Verdict rows for ``rlkl verify``: every registered method (and those of ``AWAITING_AUDIT``) on every setting
+    of `GRID`.
 
     {on-, off-policy (π_old = π_θ + 0.3·noise)} × {fixed length, EOS} × {binary, real rewards} × {tabular,
     log-linear}; one row per method (status: its on-policy verdict on the fixed-length binary tree), ``expected``
     when every setting is as predicted. Small trees by default; ``quick=False`` (``rlkl verify --full``) uses the
     `rlkl audit` defaults (V = 3, T = 3, P = 2, G = 4).
     """
-    from rlkl.methods import REGISTRY
+    from rlkl.methods import AWAITING_AUDIT, REGISTRY
 
     trees, G = _grid_trees(quick)
-    rows = [_method_row(name, m, trees, G) for name, m in REGISTRY.items()]
+    rows = [_method_row(name, m, trees, G) for name, m in {**REGISTRY, **AWAITING_AUDIT}.items()]
     rows.append(_arcsin_row(trees, G))
     return rows
