@@ -139,7 +139,8 @@ def test_length_weighted_baseline_and_token_whitening_match_loops():
     tuples = list(itertools.product(range(N), repeat=G - 1))
     weight = [math.prod(float(q[j]) for j in o) for o in tuples]
     want = [sum(w * _adv_py(LengthWeightedCentered(), [float(v[n])] + [float(v[j]) for j in o],
-                            [float(L[n])] + [float(L[j]) for j in o]) for w, o in zip(weight, tuples)) for n in range(N)]
+                            [float(L[n])] + [float(L[j]) for j in o]) for w, o in zip(weight, tuples))
+            for n in range(N)]
     assert torch.allclose(opo, torch.tensor(want, dtype=F64), rtol=1e-12, atol=1e-14)
     for kind in (TokenWhitened(group_mean=False), TokenWhitened(group_mean=True, std=Std.POPULATION, eps=1e-3)):
         A = R.whitened_token_advantages(kind, v, tok, mask, law, tok, mask, G)  # [N, M, T]

@@ -26,7 +26,8 @@ from rlkl.components import (CISPO, GSPO, RPG, AggMode, Aggregation, BatchStanda
                              GroupCentered, GroupStandardized, KLLoss, LeaveOneOut, LengthWeightedCentered, PassAtK,
                              PolicyLoss, PPOClip, Raw, Reinforce, RPGDivergence, RPGForm, RPGLevel, Std, TokenWhitened)
 
-__all__ = ["GroupLaw", "group_law", "group_advantage", "whitened_token_advantages", "finite_group_weight_reference", "aggregation_constant",
+__all__ = ["GroupLaw", "group_law", "group_advantage", "whitened_token_advantages", "finite_group_weight_reference",
+           "aggregation_constant",
            "aggregation_weight", "sample_ratio", "rpg_weight", "policy_derivative", "k_value", "k_grad",
            "kl_loss_coefficients", "f_terms", "generates_reverse_kl"]
 
@@ -163,8 +164,9 @@ def whitened_token_advantages(advantage: TokenWhitened, v1: Tensor, x1_tokens: T
     var = dev / (n - 1 if advantage.std is Std.BESSEL else n)
     inf = torch.tensor(math.inf, dtype=v1.dtype)
     present = w > 0
-    hi = torch.maximum(torch.where(m1.unsqueeze(1) > 0, x1, -inf).amax(-1), torch.where(present, xk, -inf).amax((-1, -2)))
-    lo = torch.minimum(torch.where(m1.unsqueeze(1) > 0, x1, inf).amin(-1), torch.where(present, xk, inf).amin((-1, -2)))
+    valid1 = m1.unsqueeze(1) > 0
+    hi = torch.maximum(torch.where(valid1, x1, -inf).amax(-1), torch.where(present, xk, -inf).amax((-1, -2)))
+    lo = torch.minimum(torch.where(valid1, x1, inf).amin(-1), torch.where(present, xk, inf).amin((-1, -2)))
     a = (x1 - mu.unsqueeze(-1)) / torch.sqrt(var + advantage.eps).unsqueeze(-1)
     return torch.where((hi == lo).unsqueeze(-1), torch.zeros_like(a), a) * m1.unsqueeze(1)
 

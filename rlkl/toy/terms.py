@@ -273,8 +273,10 @@ register(BiasTerm(
     "a batch statistic in the advantage (batch standardization, GPG's α = G/#{r ≠ 0}, REINFORCE++'s token "
     "whitening); the exact engine's unit is one group, so it is measured over that group (the coupling across "
     "prompts is not modelled)",
-    "−c(∇_θ Σ π_θ sg[h] − ∇U), the statistic over one group; whitening: −c(E_θ[Σ_t Ā^W_t ∇_t] − E_θ[Σ_t (v − β tp_t) ∇_t])",
-    lambda m, s: (_pred_standardized(m, s, BatchStandardized) or isinstance(m.advantage, (GPGAdvantage, TokenWhitened))),
+    "−c(∇_θ Σ π_θ sg[h] − ∇U), the statistic over one group; whitening: "
+    "−c(E_θ[Σ_t Ā^W_t ∇_t] − E_θ[Σ_t (v − β tp_t) ∇_t])",
+    lambda m, s: (_pred_standardized(m, s, BatchStandardized)
+                  or isinstance(m.advantage, (GPGAdvantage, TokenWhitened))),
     _measure_batch))
 
 
