@@ -361,9 +361,9 @@ class Method:
           off_policy: samples come from π_old ≠ π_θ (K > 1 optimizer steps per batch).
           variable_length: responses have different lengths (EOS).
         """
-        from rlkl._predict import predicted_bias_terms
+        from rlkl.toy.terms import Setting, predicted_terms  # lazy: `import rlkl.methods` stays light
 
-        return predicted_bias_terms(self, off_policy=off_policy, variable_length=variable_length)
+        return predicted_terms(self, Setting(off_policy=off_policy, variable_length=variable_length))
 
     # -- serialization ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from rlkl.advantages import frpo_advantages, future_return, group_centered, group_standardized, leave_one_out
 from rlkl.losses import RPGClip, aggregate, kl_loss, ppo_clip_loss
-from rlkl._predict import BIAS_TERMS
+from rlkl.toy.terms import TERMS
 from rlkl.components import (GSPO, RPG, AggMode, Aggregation, Estimator, FutureReturn, GroupCentered,
                              GroupStandardized, KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, Raw, Reinforce,
                              PassAtK, RewardForm, RPGLevel, Std)
@@ -78,7 +78,7 @@ def test_registry_has_the_required_methods():
         assert isinstance(REGISTRY[f"rpg_reinforce_{d}"].policy_loss.clip, RPGClip)
     for name, m in REGISTRY.items():
         assert m.name == name and m.citation and isinstance(m.objective, Objective)
-        assert set(m.predicted_bias_terms(True, True)) <= set(BIAS_TERMS)
+        assert set(m.predicted_bias_terms(True, True)) <= set(TERMS)
     with pytest.raises(ValueError, match="unknown method 'grpo2'"):
         get_method("grpo2")
     assert get_method("grpo") is REGISTRY["grpo"]
@@ -427,6 +427,11 @@ def test_predicted_bias_terms_of_key_methods():
     assert "token_level_reverse" not in REGISTRY["rpg_fkl"].predicted_bias_terms(off_policy=True)
     assert "length_normalization" in REGISTRY["grpo"].predicted_bias_terms(variable_length=True)
     assert "length_normalization" not in REGISTRY["dr_grpo"].predicted_bias_terms(variable_length=True)
+    off = {n: set(m.predicted_bias_terms(off_policy=True)) for n, m in REGISTRY.items()}
+    assert off["gspo"] == {"finite_group_utility", "clipping", "geometric_mean_ratio"}  # not token_level_ratio
+    assert {"stale_kl_reward", "token_level_ratio", "clipping"} <= off["ppo_k1_rtg"]
+    assert {"state_distribution_shift", "future_kl_missing"} <= off["grpo_k2_loss"]
+    assert "state_distribution_shift" not in off["grpo_k1_loss"]  # k1's local field is 0 at any states
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -243,10 +243,9 @@ def assert_optimizes(loss_fn: Any, objective: Objective, group_size: int = 4,
 
 # ------------------------------------------------------------------------------------------------ explanation
 def _term_doc(name: str) -> str:
-    from rlkl._predict import BIAS_TERMS
-    from rlkl.toy.audit import TERM_DOCS
+    from rlkl.toy.terms import glossary
 
-    return BIAS_TERMS.get(name) or TERM_DOCS.get(name) or name
+    return glossary().get(name) or name
 
 
 def _candidates(obj: Objective, G: int, extra: Sequence[Method] = ()) -> list[Method]:

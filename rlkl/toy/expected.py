@@ -20,7 +20,7 @@ Routes (``route=``):
   responses and the other G−1 rows over *multisets* of classes with multinomial probabilities. With
   ``class_by="reward"`` a class is a reward value: exact when row 1's gradient depends on the others only through
   their rewards (group advantages), and for binary rewards this is the binomial count of successes among the
-  other G−1 samples — exact for any G (FRPO spec I3/I4). ``class_by="response"`` is exact for any
+  other G−1 samples — exact for any G (FRPO arXiv 2601.10201 Prop. 3.1). ``class_by="response"`` is exact for any
   permutation-symmetric group loss (e.g. ``token-mean`` with variable lengths, KL fused into the reward).
 * ``"loop"`` — one call per ordered G-tuple (for losses whose aggregation is unknown or couple rows through batch
   statistics). Slow; small problems only.
