@@ -34,7 +34,9 @@ differentiates. The terms are the changes of F along a fixed path, one mismatch 
   deployed — the trainer's logits without the engine's offset.
 
 ``unexplained`` is ‖g_c − t − Σ method terms − Σ mismatch terms‖/‖t‖: it compares the engine (the method's own
-loss on enumerated groups) with the closed forms, so it is a real check (<= 1e-10 expected).
+loss on enumerated groups) with the closed forms, so it is a real check (<= 1e-10 expected). The full-reading
+terms are registered in ``rlkl.toy.terms`` (importing this module registers them), so
+``rlkl.toy.audit.audit_one(..., sampler=)`` measures them with the method's own terms.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ from rlkl.components import (GSPO, AggMode, BatchStandardized, GeometricMeanIS, 
 from rlkl.losses import LOG_RATIO_CLAMP
 from rlkl.options import LogprobsMode, StrEnum
 from rlkl.sampling import Sampler
-from rlkl.toy.audit import _k_grad_coef, aggregation_scale, audit_one, shaped_reward
+from rlkl.toy import reference as ref_
+from rlkl.toy import terms as _terms_registry
+from rlkl.toy.audit import audit_one, shaped_reward
 from rlkl.toy.expected import (_call, _group_factors, _prepare, _tuples_for_prompt, expected_gradient, loss_spec,
                                make_batch, replays_kept_set, threads_for)
 from rlkl.toy.mdp import TreeMDP
@@ -191,7 +195,7 @@ def formula_gradient(method, mdp: TreeMDP, sampling: Policy, weights: Tensor, tr
             tok = method.kl.token_penalty(delta, mask)
             pen = tok if tok is not None else pen
             if isinstance(method.kl, KLLoss):
-                kcoef = _k_grad_coef(method)(delta) * mask
+                kcoef = ref_.kl_loss_coefficients(method.kl, delta, torch.zeros_like(delta))[0] * mask  # ρ = 1
         h = shaped_reward(mdp, sampling, values.reshape(P, N), group_size, method.advantage).reshape(-1, 1)
         a = _row_weights(method, mdp).unsqueeze(1)
         w = torch.where(support, weights, torch.zeros_like(weights))
@@ -343,6 +347,89 @@ class _Path:
         return terms, f_actual, f
 
 
+# ------------------------------------------------------------------------------------------------ registry terms
+def _full_terms(ctx) -> Optional[dict]:
+    """The full-reading mismatch terms of an audit run behind a sampler (``ctx.extras["sampler"]``), computed once
+    per `rlkl.toy.context.AuditContext`; None without a sampler, off-policy, or for a method the closed form does
+    not cover (the gap then stays in the audit's ``unexplained``)."""
+    sampler = ctx.extras.get("sampler")
+    if sampler is None or ctx.off_policy or ctx.method is None:
+        return None
+    if "_mismatch_terms" not in ctx.extras:
+        try:
+            check_covered(ctx.method, ctx.mdp)
+            base = ctx.method.replace(correction=NoCorrection())
+            terms = _Path(base, ctx.mdp, ctx.policy, ctx.ref, sampler, ctx.G).full(ctx.method)[0]
+        except NotCovered:
+            terms = None
+        ctx.extras["_mismatch_terms"] = terms
+    return ctx.extras["_mismatch_terms"]
+
+
+def _can_bind(correction: RolloutCorrection, sampler: Sampler) -> bool:
+    """Whether the correction's bound can act: ratios above 1 need temperature or a precision change (at τ = 1
+    truncation alone gives ρ = S ≤ 1, docs/theory.md T20); ratios below 1 also come from truncation."""
+    other = sampler.temperature != 1.0 or sampler.changes_precision
+    upper = any(getattr(correction, k, None) is not None for k in ("cap", "upper"))
+    lower = any(getattr(correction, k, None) is not None for k in ("floor", "lower"))
+    return (upper and other) or (lower and (other or sampler.truncates))
+
+
+def _exact_on_full_support(m) -> bool:
+    """Plain sequence IS on a per-sample-unbiased advantage (leave-one-out, raw) without a KL loss: E_q[w·∇ℓ] is
+    the π_old expectation for every q of full support, so temperature and precision leave no term."""
+    from rlkl.components import LeaveOneOut, Raw
+
+    return (m.correction.uncapped() == SequenceTIS(None, None) and isinstance(m.advantage, (LeaveOneOut, Raw))
+            and not m.kl_in_loss)
+
+
+def _predicted(name: str):
+    """The theory's prediction from the method and the sampler alone. A cap or mask (``cap_truncation``,
+    ``rejection``) is predicted wherever it *can* act (`_can_bind`); on a tree where no ratio crosses it the term
+    is absent (the record then lists it under ``missing_terms``)."""
+    def predicted(m, setting) -> bool:
+        smp = getattr(setting, "sampler", None)
+        if smp is None or setting.off_policy:
+            return False
+        c = m.correction
+        reweights = not isinstance(c, (NoCorrection, MaskReplay))
+        full_support = not _exact_on_full_support(m)
+        return {"processed_vs_raw": smp.logprobs is LogprobsMode.RAW and reweights and
+                (smp.truncates or smp.temperature != 1.0),
+                "cap_truncation": c.bound_term == "cap_truncation" and c.bounded and _can_bind(c, smp),
+                "rejection": c.bound_term == "rejection" and _can_bind(c, smp),
+                "kept_set_renormalization": c.replays_kept_set and smp.truncates,
+                "truncation_mass": smp.truncates,
+                "temperature": smp.temperature != 1.0 and full_support,
+                "precision_mismatch": smp.changes_precision and full_support}[name]
+    return predicted
+
+
+def _measure(name: str):
+    def measure(ctx) -> Optional[Tensor]:
+        terms = _full_terms(ctx)
+        return None if terms is None else terms.get(name)
+    return measure
+
+
+_FORMULAS = {
+    "processed_vs_raw": "F(q, w(π_old/q_raw), Tr) − F(q, w(π_old/q), Tr)",
+    "cap_truncation": "F(q, w_c(π_old/q), Tr) − F(q, w_ĉ(π_old/q), Tr), ĉ the correction without its cap",
+    "rejection": "F(q, w_c(π_old/q), Tr) − F(q, w_ĉ(π_old/q), Tr), ĉ the correction without its mask",
+    "kept_set_renormalization": "F(q, 1, π_θ^K) − F(q, 1, π_θ)",
+    "truncation_mass": "F(q, w_ĉ(π_old/q), π_θ) − F(q̃, w_ĉ(π_old/q̃), π_θ), q̃ the sampler without truncation",
+    "temperature": "F(q̃, w_ĉ, π_θ) − F(q̄, w_ĉ, π_θ), q̄ = softmax(z_e) (τ = 1)",
+    "precision_mismatch": "F(q̄, w_ĉ(π_old/q̄), π_θ) − F(π_old, 1, π_θ)",
+}
+
+for _name, _doc in MISMATCH_TERM_DOCS.items():
+    _terms_registry.register(_terms_registry.BiasTerm(
+        _name, f"rollout–trainer mismatch: {_doc} (docs/theory.md §7)",
+        _FORMULAS[_name] + "; F(D, w, Tr) = Σ_x ρ Σ_y D(y) a(y) Σ_t [−w_t(h_D − β pen_t) + β κ_t] ∇log Tr_t",
+        _predicted(_name), _measure(_name)), replace=True)
+
+
 def _reading_record(g: Tensor, own, mismatch: dict, tol: float) -> tuple[dict, dict]:
     t = own.target
     denom = _norm(t) if _norm(t) > 1e-300 else 1.0
@@ -390,7 +477,10 @@ def audit_mismatch(method, mdp: TreeMDP, policy: Policy, sampler: Sampler, ref: 
         notes = []
         try:
             own_dep = audit_one(base, mdp, dep, None, ref, G)
-        except ValueError as exc:  # a method term's field cannot handle the deployed policy's zero mass
+            bad = [k for k, v in own_dep.terms.items() if not bool(torch.isfinite(v).all())]
+            if bad:
+                raise ValueError(f"terms {bad} are not finite on a policy with zero-probability tokens")
+        except ValueError as exc:  # a method term's formula cannot handle the deployed policy's zero mass
             own_dep = audit_one(base, mdp, dep, None, ref, G, decompose=False)
             notes.append(f"deployed reading: the method's own bias is not decomposed ({exc})")
         try:
@@ -411,16 +501,22 @@ def _audit_correction(base, correction, mdp, policy, ref, sampler, G, own_full, 
                       mean_kept, setup) -> MismatchResult:
     t0 = time.perf_counter()
     m = base.replace(correction=correction)
-    g = expected_gradient(m, mdp, policy, None, ref, G, sampler=sampler).grad
-    readings, targets, all_terms, formula_error = {}, {}, {}, None
-    for reading, own in ((Reading.FULL, own_full), (Reading.DEPLOYED, own_dep)):
-        mism: dict = {}
-        if path is not None:
-            mism, f_actual, _ = path.full(m) if reading is Reading.FULL else path.deployed(m)
-            if reading is Reading.FULL:
-                formula_error = _norm(f_actual - g) / max(_norm(g), 1e-300)
-        rec, terms = _reading_record(g, own, mism, tol)
-        readings[reading.value], targets[reading.value], all_terms[reading.value] = rec, own.target, terms
+    full = audit_one(m, mdp, policy, None, ref, G, sampler=sampler)  # the registry's terms, ours included
+    g = full.grad
+    mism = {k: v for k, v in full.terms.items() if k in MISMATCH_TERM_DOCS}
+    own_terms = {k: v for k, v in full.terms.items() if k not in MISMATCH_TERM_DOCS}
+    rec, terms = _reading_record(g, dataclasses.replace(own_full, terms=own_terms), mism, tol)
+    rec.update(unexplained=full.record["unexplained"], as_predicted=full.record["as_predicted"],
+               predicted_terms=full.record["predicted_terms"])
+    readings, targets, all_terms = {"full": rec}, {"full": full.target}, {"full": terms}
+    formula_error = None
+    if path is not None:
+        mism_dep, _, _ = path.deployed(m)
+        formula_error = _norm(path.full(m)[1] - g) / max(_norm(g), 1e-300)
+        rec, terms = _reading_record(g, own_dep, mism_dep, tol)
+    else:
+        rec, terms = _reading_record(g, own_dep, {}, tol)
+    readings["deployed"], targets["deployed"], all_terms["deployed"] = rec, own_dep.target, terms
     trcov = None
     if variance:
         _, trcov = exact_group_variance(m, mdp, policy, None, ref, G, sampler=sampler)
