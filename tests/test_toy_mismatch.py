@@ -320,3 +320,30 @@ def test_cli_bad_input_is_a_clear_error(capsys, extra, msg):
 
     assert main(["audit", "--method", "rloo", "--horizon", "2", *extra]) == 2
     assert msg in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ registry audit
+@pytest.mark.parametrize("name", ["grpo", "rloo", "grpo_k1_reward", "frpo", "ppo_k1_rtg"])
+def test_the_registry_audit_decomposes_a_truncated_policy(name):
+    """The method's own terms stay finite and complete on T(π_θ), whose cut tokens have probability 0."""
+    from rlkl.toy.audit import audit_one
+
+    mdp, pi, ref = _setup(V=4, T=2, P=2, seed=3)
+    dep = deployed_policy(pi, SampledPolicy(pi, Sampler(top_p=0.8, temperature=0.8)))
+    r = audit_one(REGISTRY[name], mdp, dep, None, ref, 3)
+    assert all(torch.isfinite(v).all() for v in r.terms.values())
+    assert r.record["unexplained"] <= 1e-10 and r.record["as_predicted"], r.record
+
+
+def test_audit_one_with_a_sampler_names_the_mismatch_terms():
+    from rlkl.toy.audit import audit_one
+
+    mdp, pi, ref = _setup(V=4, T=2, P=2, seed=3)
+    m = REGISTRY["grpo"].replace(correction=correction_from_spec("token_tis:1.05"))
+    r = audit_one(m, mdp, pi, None, ref, 3, sampler=Sampler(top_p=0.8, temperature=0.7)).record
+    assert {"truncation_mass", "temperature", "cap_truncation"} <= set(r["bias_terms"])
+    assert {"finite_group_utility", "forward_direction", "future_kl_missing"} <= set(r["bias_terms"])
+    assert r["unexplained"] <= 1e-10 and r["as_predicted"] and r["sampler"] == "tau=0.7,top_p=0.8"
+    plain = audit_one(m, mdp, pi, None, ref, 3).record  # no sampler: no mismatch term is predicted or measured
+    assert not set(plain["bias_terms"]) & {"truncation_mass", "temperature", "cap_truncation"}
+    assert plain["as_predicted"]
