@@ -320,8 +320,8 @@ def test_rpg_style_clip_derivatives_match_autograd_of_the_clipped_loss(div):
     −Weight on the kept set, 0 elsewhere."""
     clip, beta = RPGClip(0.2, 0.28, 1.9), 0.3
     hat = {RPGDivergence.URKL: lambda A, lw: A - beta * lw, RPGDivergence.RKL: lambda A, lw: A - beta * (lw + 1),
-           RPGDivergence.UFKL: lambda A, lw: A - beta * (1 - torch.exp(-lw)),
-           RPGDivergence.FKL: lambda A, lw: A + beta * torch.exp(-lw)}[div]
+           RPGDivergence.UFKL: lambda A, lw: A - beta * (1 - torch.exp(-lw.detach())),  # forward KLs: KL term fixed
+           RPGDivergence.FKL: lambda A, lw: A + beta * torch.exp(-lw.detach())}[div]
     for lw0 in (-0.6, -0.1, 0.05, 0.2, 0.5, 0.8):
         for A in (-1.3, -0.05, 0.02, 0.9):
             lw = torch.tensor(lw0, dtype=F64, requires_grad=True)  # log w = log π_θ − log π_old: d/dlog π = d/dlog w
