@@ -484,3 +484,15 @@ register(BiasTerm(
     lambda m, s: (s.off_policy and isinstance(m.policy_loss, RPG) and m.policy_loss.level is RPGLevel.TOKEN
                   and m.policy_loss.divergence.is_reverse and m.beta > 0),
     _measure_rpg_kl))
+
+
+# ================================================================================================ trainer layout
+register(BiasTerm(
+    "batch_layout",
+    "token-mean normalized over the trainer's mini-batch / micro-batch instead of the row's group (verl "
+    "ppo_mini_batch_size, TRL per_device_train_batch_size × gradient_accumulation_steps)",
+    "E[∇ loss under the layout's per-token weights] − E[∇ Method.loss]",
+    # a Method carries no batch layout: the term is measured for a framework config by
+    # rlkl.integrations.microbatch.layout_term, which the config report adds to the records
+    lambda m, s: False,
+    lambda ctx: None))
