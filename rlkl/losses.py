@@ -459,11 +459,15 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
         weight = _rpg_weight(w, log_w, adv, divergence, beta, z_old)
         per_sample = -weight.detach() * lp  # −sg[Weight]·lp: SG stops the weight's own θ-dependence (eq. F.1)
     elif form == "differentiable":
-        adv_hat = {  # Â(x; θ), gradient flows through log w (Alg. 1)
+        # Â(x; θ): for the reverse KLs the gradient flows through log w, as Alg. 1 does (∇(−wÂ) = −Weight∇lp − βw∇lp,
+        # exact in expectation under π_old since E_old[w∇lp] = 0). For the forward KLs (Â not given in the paper) a
+        # θ-dependent KL term would cancel the KL gradient (−w(A + β/w) = −wA − β): it is held fixed, sg[β/w],
+        # so ∇(−wÂ) = −Weight∇lp per sample
+        adv_hat = {
             "urkl": lambda: adv - beta * log_w,
             "rkl": lambda: adv - beta * (log_w + 1.0),
-            "ufkl": lambda: adv - beta * (1.0 - torch.exp(-log_w)),
-            "fkl": lambda: adv + beta * torch.exp(-log_w),
+            "ufkl": lambda: adv - beta * (1.0 - torch.exp(-log_w)).detach(),  # sg[1 − 1/w]
+            "fkl": lambda: adv + beta * torch.exp(-log_w).detach(),  # sg[1/w]
         }[divergence]()
         per_sample, low, high, dual = _dual_clip(w, z_old * adv_hat, clip)
     else:

@@ -30,7 +30,7 @@ from rlkl.divergences import kl_estimate
 from rlkl.losses import PolicyLossOutput, masked_mean
 from rlkl.objective import (NO_REGULARIZER, REVERSE_KL_TO_REF, Anchor, Level, Objective, Regularizer, Utility)
 
-__all__ = ["Method", "RolloutBatch", "Objective", "REGISTRY", "AWAITING_AUDIT", "get_method", "list_methods"]
+__all__ = ["Method", "RolloutBatch", "Objective", "REGISTRY", "get_method", "list_methods"]
 
 
 @dataclass(frozen=True)
@@ -539,6 +539,26 @@ _METHODS += [
            description="baseline = the group's length-weighted mean reward (includes the sample), token-mean"),
 ]
 
+#: methods whose advantage takes a statistic over the whole batch (verl's ``gpg``, ``reinforce_plus_plus``,
+#: ``reinforce_plus_plus_baseline``); the exact engine's unit is one group, so their batch statistics are taken over
+#: the group (docs/audit.md)
+_METHODS += [
+    Method("gpg", advantage=GPGAdvantage(), policy_loss=Reinforce(), aggregation=_AGG_TOKEN_MEAN,
+           objective=NO_REGULARIZER,
+           citation="Chu et al. arXiv 2504.02546 (GPG); verl adv_estimator=gpg, policy_loss.loss_mode=gpg",
+           description="group-centred reward × α = B/#(non-zero rewards in the batch), REINFORCE without ratio"),
+    Method("reinforce_pp", advantage=TokenWhitened(group_mean=False), policy_loss=PPOClip(0.2, 0.2),
+           kl=KLReward(Estimator.K1, RewardForm.REWARD_TO_GO), aggregation=_AGG_SEQ_MEAN, beta=0.001,
+           objective=REVERSE_KL_TO_REF,
+           citation="Hu arXiv 2501.03262 eqs. 1, 8-10 (v2); verl adv_estimator=reinforce_plus_plus",
+           description="k1 reward-to-go (γ = 1), returns whitened over the batch's tokens, PPO clip"),
+    Method("reinforce_pp_baseline", advantage=TokenWhitened(group_mean=True), policy_loss=PPOClip(0.2, 0.2),
+           kl=KLLoss(Estimator.K2), aggregation=_AGG_SEQ_MEAN, beta=0.001, objective=REVERSE_KL_TO_REF,
+           citation="Hu arXiv 2501.03262 App. A (group baseline, k2 KL); verl adv_estimator="
+                    "reinforce_plus_plus_baseline",
+           description="group-mean baseline, then whitening over the batch's tokens; k2 as the KL loss"),
+]
+
 # rollout corrections: the frameworks' defaults for an inference engine whose sampler differs from π_old
 _BASE = {m.name: m for m in _METHODS}
 _METHODS += [
@@ -556,37 +576,11 @@ del _BASE
 REGISTRY: dict[str, Method] = {m.name: m for m in _METHODS}
 assert len(REGISTRY) == len(_METHODS), "duplicate registry names"
 
-#: methods whose advantage takes a statistic over the whole batch (verl's ``gpg``, ``reinforce_plus_plus``,
-#: ``reinforce_plus_plus_baseline``): complete Methods (``get_method`` finds them, the trainers run them), kept out of
-#: ``REGISTRY`` — and so out of ``rlkl verify`` / ``rlkl audit --method all`` — until the audit has bias terms for
-#: batch statistics (the exact engine already evaluates them, one group per batch; ``rlkl.toy.audit.audit(method)``
-#: gives their verdict with the gap unexplained).
-AWAITING_AUDIT: dict[str, Method] = {m.name: m for m in [
-    Method("gpg", advantage=GPGAdvantage(), policy_loss=Reinforce(), aggregation=_AGG_TOKEN_MEAN,
-           objective=NO_REGULARIZER,
-           citation="Chu et al. arXiv 2504.02546 (GPG); verl adv_estimator=gpg, policy_loss.loss_mode=gpg",
-           description="group-centred reward × α = B/#(non-zero rewards in the batch), REINFORCE without ratio"),
-    Method("reinforce_pp", advantage=TokenWhitened(group_mean=False), policy_loss=PPOClip(0.2, 0.2),
-           kl=KLReward(Estimator.K1, RewardForm.REWARD_TO_GO), aggregation=_AGG_SEQ_MEAN, beta=0.001,
-           objective=REVERSE_KL_TO_REF,
-           citation="Hu arXiv 2501.03262 eqs. 1, 8-10 (v2); verl adv_estimator=reinforce_plus_plus",
-           description="k1 reward-to-go (γ = 1), returns whitened over the batch's tokens, PPO clip"),
-    Method("reinforce_pp_baseline", advantage=TokenWhitened(group_mean=True), policy_loss=PPOClip(0.2, 0.2),
-           kl=KLLoss(Estimator.K2), aggregation=_AGG_SEQ_MEAN, beta=0.001, objective=REVERSE_KL_TO_REF,
-           citation="Hu arXiv 2501.03262 App. A (group baseline, k2 KL); verl adv_estimator="
-                    "reinforce_plus_plus_baseline",
-           description="group-mean baseline, then whitening over the batch's tokens; k2 as the KL loss"),
-]}
-assert not set(AWAITING_AUDIT) & set(REGISTRY), "a name in both REGISTRY and AWAITING_AUDIT"
-
 
 def get_method(name: str) -> Method:
-    """The registered Method called ``name`` (see ``rlkl methods``), or one of ``AWAITING_AUDIT``."""
-    if isinstance(name, str) and name in AWAITING_AUDIT:
-        return AWAITING_AUDIT[name]
+    """The registered Method called ``name`` (see ``rlkl methods``)."""
     if not isinstance(name, str) or name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; registered: {', '.join(REGISTRY)}; awaiting the audit's terms: "
-                         f"{', '.join(AWAITING_AUDIT)}")
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 

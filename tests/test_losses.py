@@ -235,7 +235,10 @@ def loop_aggregate(loss: list[list[float]], mask: list[list[bool]], mode: str, h
 
 def rpg_reference(lp: torch.Tensor, lp_old: float, A: float, div: str, form: str, beta: float, clip: RPGClip | None,
                   z: float) -> torch.Tensor:
-    """One sample's RPG loss from spec/rpg.md §1.6 (Tables 1, 2, 4), §3.1 (Alg. 1) and §3.2 (Alg. 2, literally).
+    """One sample's RPG loss from RPG arXiv 2505.17508 Tables 1, 2, 4, Alg. 1 and Alg. 2 (literally), written out.
+
+    Alg. 1's Â for the forward KLs (not given in the paper) holds its KL term fixed: with a θ-dependent β/w the
+    product −w·Â = −wA − β would drop the KL gradient altogether (docs/theory.md).
 
     ``lp`` is a 0-dim differentiable tensor (log π_θ of the sample), everything else is data.
     """
@@ -250,9 +253,10 @@ def rpg_reference(lp: torch.Tensor, lp_old: float, A: float, div: str, form: str
     if clip is None:
         return -weight.detach() * lp
     e1, e2, c = clip.eps_low, clip.eps_high, clip.c
-    if form == "differentiable":  # Algorithm 1 with θ-dependent Â
-        a_hat = z * {"urkl": A - beta * log_w, "rkl": A - beta * (log_w + 1), "ufkl": A - beta * (1 - 1 / w),
-                     "fkl": A + beta / w}[div]
+    if form == "differentiable":  # Algorithm 1: θ-dependent Â for the reverse KLs, the forward KLs' KL term fixed
+        wd_ = w.detach()
+        a_hat = z * {"urkl": A - beta * log_w, "rkl": A - beta * (log_w + 1), "ufkl": A - beta * (1 - 1 / wd_),
+                     "fkl": A + beta / wd_}[div]
         loss = torch.maximum(-w * a_hat, -torch.clamp(w, 1 - e1, 1 + e2) * a_hat)
         if a_hat.item() < 0:
             loss = torch.minimum(loss, -c * a_hat)
@@ -387,6 +391,20 @@ def test_rpg_token_level_matches_loop(form, tb, beta, clip, z, data):
         gr = grad_or_zero(ref.sum(), xr)
         assert close(out.loss.detach(), ref.detach(), rtol=1e-11, atol=1e-12), div
         assert close(g, gr, rtol=1e-11, atol=1e-12), div
+
+
+def test_rpg_alg1_forward_kls_keep_their_kl_gradient_per_sample():
+    """Inside the clip bounds, Alg. 1's gradient is −Weight·∇log π per sample for fkl and ufkl: the KL term of Â is
+    held fixed, so −w·Â does not lose it (a θ-dependent β/w would give −wA − β, whose gradient has no KL part).
+    fkl, A = 0.5, log w = 0.1, β = 0.3: Weight = wA + β = 1.10517·0.5 + 0.3 = 0.852585."""
+    lp_old = torch.tensor([[-1.0]], dtype=torch.float64)
+    lp = (lp_old + 0.1).requires_grad_()
+    A, m = torch.tensor([[0.5]], dtype=torch.float64), torch.ones(1, 1, dtype=torch.bool)
+    wide = RPGClip(0.9, 10.0, 50.0)  # no bound is reached at w = e^0.1
+    for div, weight in (("fkl", math.exp(0.1) * 0.5 + 0.3), ("ufkl", math.exp(0.1) * 0.5 - 0.3 * (math.exp(0.1) - 1))):
+        out = rpg_loss(lp, lp_old, A, m, div, "differentiable", 0.3, "token", wide)
+        (g,) = torch.autograd.grad(out.loss.sum(), lp)
+        assert float(g) == pytest.approx(-weight, rel=1e-12), div
 
 
 @pytest.mark.parametrize("form", ["differentiable", "reinforce"])

@@ -17,11 +17,14 @@ from rlkl.advantages import gpg_advantage, length_weighted_centered, masked_whit
 from rlkl.components import (CISPO, GSPO, Aggregation, AggMode, GPGAdvantage, LengthWeightedCentered, PassAtK,
                              Reinforce, Scope, Std, TokenWhitened, component_from_dict, component_to_dict)
 from rlkl.losses import cispo_loss
-from rlkl.methods import AWAITING_AUDIT, REGISTRY, Method, RolloutBatch, get_method
+from rlkl.methods import REGISTRY, Method, RolloutBatch, get_method
 from rlkl.objective import Objective
 from rlkl.toy.audit import audit, make_setup
 from rlkl.toy.expected import LossSpec, coupling, expected_gradient, toy_equivalent
 from rlkl.toy.mdp import TreeMDP
+
+#: the registered methods whose advantage takes a batch statistic
+BATCH_STATISTICS = ("gpg", "reinforce_pp", "reinforce_pp_baseline")
 
 F64 = torch.float64
 NEW = ("cispo", "gspo_token", "grpo_passk", "opo", "gpg", "reinforce_pp", "reinforce_pp_baseline")
@@ -99,7 +102,7 @@ def test_reinforce_pp_advantages_whiten_the_kl_reward_to_go():
     lo = t([-1.0, -0.5], [-2.0, -0.3])
     lr = t([-1.2, -0.1], [-1.0, -0.6])
     b = batch_of([1, 0], [2, 2], logp_old=lo, logp_ref=lr)
-    m = AWAITING_AUDIT["reinforce_pp"].replace(beta=0.5, advantage=TokenWhitened(eps=0.0))
+    m = REGISTRY["reinforce_pp"].replace(beta=0.5, advantage=TokenWhitened(eps=0.0))
     k = lo - lr  # k1 at the rollout policy
     rtg = torch.stack([k[:, 0] + k[:, 1], k[:, 1]], 1)  # Σ_{j≥t} k_j
     x = t(1, 0)[:, None] - 0.5 * rtg  # returns r − β·Σ_{j≥t} k_j, γ = 1
@@ -113,7 +116,7 @@ def test_reinforce_pp_advantages_whiten_the_kl_reward_to_go():
 
 def test_reinforce_pp_baseline_centres_by_group_then_whitens_the_batch():
     b = batch_of([1, 0, 0, 0, 1, 1, 0, 1], [1, 2, 2, 1, 2, 2, 2, 2], G=4)
-    m = AWAITING_AUDIT["reinforce_pp_baseline"].replace(advantage=TokenWhitened(group_mean=True, eps=0.0))
+    m = REGISTRY["reinforce_pp_baseline"].replace(advantage=TokenWhitened(group_mean=True, eps=0.0))
     centred = t(.75, -.25, -.25, -.25, .25, .25, -.75, .25)[:, None].expand(8, 2)
     vals = centred[b.mask]
     want = torch.where(b.mask, (centred - vals.mean()) / vals.std(correction=1), torch.zeros((), dtype=F64))
@@ -192,11 +195,9 @@ def test_components_validate_answer_and_serialize():
 
 
 def test_registry_names_and_get_method():
-    for name in ("cispo", "gspo_token", "grpo_passk", "opo"):
-        assert name in REGISTRY
-    for name in ("gpg", "reinforce_pp", "reinforce_pp_baseline"):
-        assert name not in REGISTRY and get_method(name) is AWAITING_AUDIT[name]
-    with pytest.raises(ValueError, match="awaiting the audit"):
+    for name in ("cispo", "gspo_token", "grpo_passk", "opo", "gpg", "reinforce_pp", "reinforce_pp_baseline"):
+        assert name in REGISTRY and get_method(name) is REGISTRY[name]
+    with pytest.raises(ValueError, match="unknown method 'reinforce_ppp'"):
         get_method("reinforce_ppp")
 
 
@@ -205,7 +206,7 @@ def test_couplings_the_engine_uses():
     opo = REGISTRY["opo"]
     assert coupling(opo.replace(aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM)), fixed) == "rewards"
     assert coupling(opo.replace(aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM)), eos) == "full"
-    rpp = AWAITING_AUDIT["reinforce_pp"]
+    rpp = REGISTRY["reinforce_pp"]
     assert coupling(rpp, fixed) == "batch" and coupling(toy_equivalent(rpp), fixed) == "full"  # KL reward-to-go
     assert coupling(toy_equivalent(rpp.replace(beta=0.0)), fixed) == "rewards"
     assert toy_equivalent(REGISTRY["grpo"]) is REGISTRY["grpo"]
@@ -215,7 +216,7 @@ def test_couplings_the_engine_uses():
 @pytest.mark.parametrize("name", ["gpg", "reinforce_pp", "reinforce_pp_baseline"])
 def test_batch_statistics_per_group_equal_one_call_per_group(name):
     """The engine's unit is one group as its own batch: the per-group form (batched) equals one call per group."""
-    m = AWAITING_AUDIT[name]
+    m = REGISTRY[name]
     m = m.replace(beta=0.3) if m.beta > 0 else m
     for tree in (TreeMDP.random(2, 2, 2, seed=3), TreeMDP.random(3, 2, 1, eos=True, seed=4)):
         pi, old, ref = make_setup(tree, 0, off_policy=True)
@@ -260,8 +261,8 @@ def test_recorded_verdicts_on_a_fixed_length_tree():
 
 def test_awaiting_audit_methods_are_decomposed_by_the_batch_statistic_term():
     tree = TreeMDP.random(2, 2, 2, seed=5)
-    for name in AWAITING_AUDIT:
-        r = _rec(AWAITING_AUDIT[name], tree, 3)
+    for name in BATCH_STATISTICS:
+        r = _rec(REGISTRY[name], tree, 3)
         # the batch statistic, taken over the engine's unit (one group), is `batch_normalization` (docs/audit.md)
         assert not r["exact"] and "batch_normalization" in r["bias_terms"]
         assert r["unexplained"] < 1e-12 and r["as_predicted"]

@@ -40,10 +40,10 @@ _FIELDS = ("advantage", "policy_loss", "kl", "aggregation")
 
 
 def _known_methods() -> dict[str, Method]:
-    """The registry and the methods awaiting their audit terms (``rlkl.methods.AWAITING_AUDIT``, when present)."""
+    """The registry (``rlkl.methods.REGISTRY``)."""
     from rlkl import methods
 
-    return {**REGISTRY, **getattr(methods, "AWAITING_AUDIT", {})}
+    return dict(REGISTRY)
 
 
 def equivalent_method(m: Method) -> tuple[Optional[str], list[str]]:

@@ -40,14 +40,14 @@ from torch import Tensor
 
 from rlkl._checks import check_int, check_mask
 from rlkl.options import AggMode, StrEnum, coerce, set_enum
+from rlkl.toy.terms import TERMS
 
 __all__ = ["Pool", "BatchLayout", "token_weights", "split_loss", "expected_row_weights", "layout_loss_spec",
            "layout_expected_gradient", "layout_term", "TERM_NAME", "TERM_DOC"]
 
 #: the name of the bias term in audit records (docs/integrations.md)
 TERM_NAME = "batch_layout"
-TERM_DOC = ("token-mean normalized over the trainer's mini-batch / micro-batch instead of the row's group "
-            "(verl ppo_mini_batch_size, TRL per_device_train_batch_size × gradient_accumulation_steps)")
+TERM_DOC = TERMS[TERM_NAME].doc  # the one glossary: rlkl.toy.terms
 
 
 class Pool(StrEnum):

@@ -358,7 +358,7 @@ def _arcsin_row(trees: dict, G: int):
 
 
 def verify_rows(quick: bool = True) -> list:
-    """Verdict rows for ``rlkl verify``: every registered method (and those of ``AWAITING_AUDIT``) on every setting
+    """Verdict rows for ``rlkl verify``: every registered method on every setting
     of `GRID`.
 
     {on-, off-policy (π_old = π_θ + 0.3·noise)} × {fixed length, EOS} × {binary, real rewards} × {tabular,
@@ -366,9 +366,9 @@ def verify_rows(quick: bool = True) -> list:
     when every setting is as predicted. Small trees by default; ``quick=False`` (``rlkl verify --full``) uses the
     `rlkl audit` defaults (V = 3, T = 3, P = 2, G = 4).
     """
-    from rlkl.methods import AWAITING_AUDIT, REGISTRY
+    from rlkl.methods import REGISTRY
 
     trees, G = _grid_trees(quick)
-    rows = [_method_row(name, m, trees, G) for name, m in {**REGISTRY, **AWAITING_AUDIT}.items()]
+    rows = [_method_row(name, m, trees, G) for name, m in REGISTRY.items()]
     rows.append(_arcsin_row(trees, G))
     return rows

@@ -93,12 +93,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _run(names: list[str], mdps: list, args: argparse.Namespace) -> tuple[list[dict], list[str], bool]:
     """Audit every (method, tree); a claim the tree's rewards cannot take is skipped with a note."""
-    from rlkl.methods import AWAITING_AUDIT, REGISTRY
+    from rlkl.methods import REGISTRY
     from rlkl.toy.audit import audit, skip_reason
 
     records, skipped, failed = [], [], False
     for name in names:
-        method = REGISTRY[name] if name in REGISTRY else AWAITING_AUDIT[name]
+        method = REGISTRY[name]
         for mdp, seed in zip(mdps, args.seeds):
             reason = skip_reason(method, mdp)
             if reason is not None:
@@ -116,7 +116,7 @@ def _run(names: list[str], mdps: list, args: argparse.Namespace) -> tuple[list[d
 def main(args: argparse.Namespace) -> int:
     """Run the audit; print a table (or JSON with ``--json``). Returns 0, or 2 on bad arguments (the records
     that could be computed are printed all the same)."""
-    from rlkl.methods import AWAITING_AUDIT, REGISTRY
+    from rlkl.methods import REGISTRY
     from rlkl.toy import mismatch_cli
     from rlkl.toy.audit import default_mdps
 
@@ -132,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
 
         return main_config(args)
     names = list(REGISTRY) if args.method == "all" else [n.strip() for n in args.method.split(",") if n.strip()]
-    unknown = [n for n in names if n not in REGISTRY and n not in AWAITING_AUDIT]  # `all`: the registry
+    unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         print(f"rlkl audit: error: unknown method(s) {unknown}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2

@@ -274,7 +274,7 @@ def _rpg_alg1(pl: RPG, w: Tensor, log_w: Tensor, A: Tensor, beta: float) -> Tens
     """∂ℓ/∂log π of RPG-Style Clip on the differentiable surrogate (arXiv 2505.17508 Alg. 1).
 
     ℓ = max(−wÂ, −clip(w, 1 − ε1, 1 + ε2)·Â), then min(ℓ, −cÂ) where Â < 0, with the θ-dependent regularized
-    advantage Â (urkl A − β log w; rkl A − β(log w + 1); ufkl A − β(1 − 1/w); fkl A + β/w). With
+    advantage Â (urkl A − β log w; rkl A − β(log w + 1); ufkl A − β·sg(1 − 1/w); fkl A + β·sg(1/w)). With
     Â_l = ∂Â/∂log w: on the kept branch ∂(−wÂ)/∂log π = −(wÂ + w·Â_l); a clipped branch −k·Â (k = 1 + ε2,
     1 − ε1 or c) still carries −k·Â_l.
     """
@@ -283,10 +283,10 @@ def _rpg_alg1(pl: RPG, w: Tensor, log_w: Tensor, A: Tensor, beta: float) -> Tens
         a_hat, a_l = A - beta * log_w, torch.full_like(w, -beta)
     elif div is RPGDivergence.RKL:
         a_hat, a_l = A - beta * (log_w + 1.0), torch.full_like(w, -beta)
-    elif div is RPGDivergence.UFKL:
-        a_hat, a_l = A - beta * (1.0 - 1.0 / w), -beta / w
+    elif div is RPGDivergence.UFKL:  # the forward KLs hold their KL term fixed (sg): no ∂Â/∂log w
+        a_hat, a_l = A - beta * (1.0 - 1.0 / w), torch.zeros_like(w)
     else:
-        a_hat, a_l = A + beta / w, -beta / w
+        a_hat, a_l = A + beta / w, torch.zeros_like(w)
     neg = a_hat < 0
     active = ((~neg) & (w <= 1.0 + clip.eps_high)) | (neg & (w >= 1.0 - clip.eps_low) & (w <= clip.c))
     k = torch.where(~neg, torch.full_like(w, 1.0 + clip.eps_high),

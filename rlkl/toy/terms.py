@@ -197,15 +197,16 @@ def _measure_clipping(ctx) -> Optional[Tensor]:
 
 def _pred_clipping(m, s: Setting) -> bool:
     pl = m.policy_loss
-    alg1 = isinstance(pl, RPG) and pl.clip is not None and pl.form is RPGForm.DIFFERENTIABLE and m.beta > 0
+    alg1 = isinstance(pl, RPG) and pl.clip is not None and pl.form is RPGForm.DIFFERENTIABLE and m.beta > 0 \
+        and pl.divergence.is_reverse  # only the reverse KLs differentiate Â (losses.rpg_loss)
     return pl.clips and (s.off_policy or (alg1 and _pred_length(m, s)))
 
 
 register(BiasTerm(
     "clipping",
     "clipped tokens (or sequences) lose their gradient: PPO (arXiv 1707.06347), GSPO (arXiv 2507.18071), "
-    "RPG-Style Clip (arXiv 2505.17508 Algs. 1-2; Alg. 1's −w·Â also differentiates Â, which shows on-policy "
-    "where ω varies)",
+    "RPG-Style Clip (arXiv 2505.17508 Algs. 1-2; Alg. 1's −w·Â also differentiates the reverse KLs' Â, which "
+    "shows on-policy where ω varies)",
     "E_{π_old}[ω Σ_t (∂l^clip_t − ∂l_t)/∂log π_t ∇log π_t], the clip rule applied to ρ_t (s(y), w) and sign(A)",
     _pred_clipping, _measure_clipping))
 
@@ -486,3 +487,15 @@ register(BiasTerm(
     lambda m, s: (s.off_policy and isinstance(m.policy_loss, RPG) and m.policy_loss.level is RPGLevel.TOKEN
                   and m.policy_loss.divergence.is_reverse and m.beta > 0),
     _measure_rpg_kl))
+
+
+# ================================================================================================ trainer layout
+register(BiasTerm(
+    "batch_layout",
+    "token-mean normalized over the trainer's mini-batch / micro-batch instead of the row's group (verl "
+    "ppo_mini_batch_size, TRL per_device_train_batch_size × gradient_accumulation_steps)",
+    "E[∇ loss under the layout's per-token weights] − E[∇ Method.loss]",
+    # a Method carries no batch layout: the term is measured for a framework config by
+    # rlkl.integrations.microbatch.layout_term, which the config report adds to the records
+    lambda m, s: False,
+    lambda ctx: None))
