@@ -1,8 +1,8 @@
 """Figure data: the exact bias and variance of each rollout correction behind a truncating or lower-precision sampler.
 
 On a random binary tree (V = 5, T = 2, P = 2; V = 4 with ``quick``) with the registry's ``rloo`` (exact for its
-objective on-policy, so every bias here is the sampler's), G = 3, the trainer at θ = θ_old: for each rollout correction and each sampler,
-``rlkl.toy.mismatch.audit_mismatch`` gives the exact relative bias of E[∇L] against −c∇J(π_θ) (full objective) and
+objective on-policy, so every bias here is the sampler's), G = 3, the trainer at θ = θ_old: for each rollout
+correction and each sampler, ``rlkl.toy.mismatch.audit_mismatch`` gives the exact relative bias of E[∇L] against −c∇J(π_θ) (full objective) and
 −c∇J(T(π_θ)) (the deployed, transformed policy), and the exact per-group variance tr Cov[ĝ]. Two sweeps:
 (1) top-p from 1 down to 0.5 (τ = 1, processed log-probs); (2) the engine's precision at top_p = 1 (logits rounded
 to float16 / bfloat16, or a seeded Gaussian logit perturbation of σ = 0.1 … 1).
@@ -68,8 +68,8 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
         for k, res in enumerate(results):
             rec = res.record
             m = method.replace(correction=corrections[k])
-            mc = mc_gradient(m, mdp, pi, n_mc, seed=1000 + 100 * i + k + 10_000 * seed, ref=ref, group_size=GROUP_SIZE, sampler=sampler,
-                             keep_per_group=True)
+            mc = mc_gradient(m, mdp, pi, n_mc, seed=1000 + 100 * i + k + 10_000 * seed, ref=ref,
+                             group_size=GROUP_SIZE, sampler=sampler, keep_per_group=True)
             row = {"sweep": sweep, "x": label, "sampler": rec["sampler"], "correction": rec["correction"],
                    "kept_mass": rec["kept_mass"], "variance": rec["variance"],
                    "relative_variance": rec["variance"] / rec["full"]["target_norm"] ** 2, "n_mc": n_mc}

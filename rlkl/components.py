@@ -790,7 +790,9 @@ class TokenTIS(RolloutCorrection):
         return TokenTIS(None, None)
 
     def spec(self) -> str:
-        return "token_is" if not self.bounded else f"token_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
+        if not self.bounded:
+            return "token_is"
+        return f"token_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
 
 
 @dataclass(frozen=True)
@@ -823,7 +825,9 @@ class SequenceTIS(RolloutCorrection):
         return SequenceTIS(None, None)
 
     def spec(self) -> str:
-        return "seq_is" if not self.bounded else f"seq_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
+        if not self.bounded:
+            return "seq_is"
+        return f"seq_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
 
 
 @dataclass(frozen=True)

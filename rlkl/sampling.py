@@ -1,8 +1,8 @@
 """What an inference engine samples from, and the importance weights that correct for it.
 
 A trainer computes π_old(a|s) = softmax(z)(a) from its own logits z (full vocabulary, training precision). The
-engine that produced the rollout sampled from a *transformed* distribution q (docs/theory.md §7). :class:`Sampler` is that transformation, applied per state to a ``[..., V]`` logit tensor, in this
-order:
+engine that produced the rollout sampled from a *transformed* distribution q (docs/theory.md §7).
+:class:`Sampler` is that transformation, applied per state to a ``[..., V]`` logit tensor, in this order:
 
 1. **precision**: z_e = round_dtype(z + σ·ε) — an optional seeded perturbation ε ~ N(0, 1) (a different kernel),
    then rounding to the engine's ``dtype`` (round to nearest even; ``float64`` leaves z as it is);

@@ -47,7 +47,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from rlkl.components import (GSPO, AggMode, BatchStandardized, GeometricMeanIS, KLLoss, KLReward, MaskReplay,
+from rlkl.components import (GSPO, AggMode, GeometricMeanIS, KLLoss, KLReward, MaskReplay,
                              NoCorrection, PPOClip, Reinforce, RolloutCorrection, RewardForm, SequenceMIS,
                              SequenceTIS, TokenMIS, TokenTIS, correction_from_spec)
 from rlkl.losses import LOG_RATIO_CLAMP
@@ -155,12 +155,15 @@ def _row_weights(method, mdp: TreeMDP) -> Tensor:
 def check_covered(method, mdp: TreeMDP) -> None:
     """NotCovered unless the closed form applies: Reinforce / PPOClip / GSPO surrogate, a per-prompt advantage, a
     per-row aggregation (token-mean only at fixed length)."""
+    from rlkl.components import CISPO, GPGAdvantage, GroupCentered, GroupStandardized, LeaveOneOut, PassAtK, Raw
+
     _row_weights(method, mdp)
-    if not isinstance(method.policy_loss, (Reinforce, PPOClip, GSPO)):
+    if not isinstance(method.policy_loss, (Reinforce, PPOClip, GSPO, CISPO)):
         raise NotCovered(f"policy loss {type(method.policy_loss).__name__} is not a score-function surrogate at "
                          "ratio 1 (RPG carries its own KL to π_old)")
-    if isinstance(method.advantage, BatchStandardized):
-        raise NotCovered("batch-standardized advantages couple prompts")
+    if not isinstance(method.advantage, (GroupStandardized, GroupCentered, LeaveOneOut, Raw, PassAtK, GPGAdvantage)):
+        raise NotCovered(f"advantage {type(method.advantage).__name__}: the closed form takes a sequence advantage "
+                         "that depends on the group's values only")
 
 
 def formula_gradient(method, mdp: TreeMDP, sampling: Policy, weights: Tensor, trainer: Policy,
