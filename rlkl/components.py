@@ -688,3 +688,291 @@ def component_from_dict(d: Any, base: type | None = None) -> Any:
     if "clip" in kwargs and isinstance(kwargs["clip"], dict):
         kwargs["clip"] = component_from_dict(kwargs["clip"], RPGClip)
     return cls(**kwargs)
+
+
+# ================================================================================================== rollout corrections
+@dataclass(frozen=True)
+class RolloutCorrection:
+    """The detached per-token weight w that multiplies the policy loss to correct for the engine's sampler.
+
+    ρ_t = π_old(a_t|s_t)/q_reported(a_t|s_t) is the ratio of the trainer's log-prob to the one the inference engine
+    reported (``RolloutBatch.logp_rollout``); ``weights(log ρ, mask)`` maps it to w (``[B, T]``, no gradient), which
+    multiplies the per-token policy loss, not the KL loss (verl ``rollout_is_weights``, TRL
+    ``importance_sampling_ratio``). Every correction gives w = 1 when ρ = 1 (bounds must contain 1). None can
+    reach the tokens the sampler cut (q = 0): against the objective of the full π_θ every one is biased by the
+    missing mass (docs/theory.md §7, T21).
+
+    Class attributes: ``replays_kept_set`` — the trainer must renormalize π_θ and π_old over the sampler's kept
+    set (:class:`MaskReplay`); ``bound_term`` — the name of the bias term its bound adds
+    (``cap_truncation`` for a cap, ``rejection`` for a mask), None when unbounded.
+    """
+
+    replays_kept_set: ClassVar[bool] = False
+    bound_term: ClassVar[str | None] = None
+
+    def weights(self, log_ratio: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def bounded(self) -> bool:
+        """True when a cap or a mask can change some weight away from ρ."""
+        return False
+
+    def uncapped(self) -> "RolloutCorrection":
+        """The same correction without its cap / mask (plain IS at its level; itself when unbounded)."""
+        return self
+
+    def spec(self) -> str:
+        """The short spelling :func:`correction_from_spec` reads back (``token_tis:2``, ``seq_mis:3``, ``none``)."""
+        raise NotImplementedError
+
+
+def _check_cap(obj: Any, name: str) -> None:
+    v = getattr(obj, name)
+    if v is None:
+        return
+    label = f"{type(obj).__name__}.{name}"
+    v = check_real(label, v)
+    if v <= 1:
+        raise ValueError(f"{label} must be > 1, got {v:g}: an upper bound <= 1 cuts or drops even the on-policy "
+                         "weight ρ = 1 (use None for no bound)")
+    object.__setattr__(obj, name, v)
+
+
+def _check_floor(obj: Any, name: str) -> None:
+    if getattr(obj, name) is not None:
+        _set_real(obj, name, low=0, high=1, low_open=True, high_open=True)
+
+
+def _fmt(*values: float | None) -> str:
+    return "_".join("" if v is None else f"{v:g}" for v in values)
+
+
+@dataclass(frozen=True)
+class NoCorrection(RolloutCorrection):
+    """w = 1: the sampler's tokens are used as if π_old had sampled them (verl ``rollout_is: null``)."""
+
+    def weights(self, log_ratio, mask):
+        return mask.to(log_ratio.dtype)
+
+    def spec(self) -> str:
+        return "none"
+
+
+@dataclass(frozen=True)
+class TokenTIS(RolloutCorrection):
+    """Token-level truncated IS: w_t = clamp(ρ_t, floor, cap) (``rlkl.sampling.token_is_weights``).
+
+    verl ``algorithm.rollout_correction.rollout_is=token`` with ``rollout_is_threshold`` = cap (default 2.0); TRL
+    ``vllm_importance_sampling_mode="token_truncate"`` (cap = ``vllm_importance_sampling_clip_max``). ``cap=None``:
+    plain per-token IS (w_t = ρ_t), which corrects each token's own distribution but not the states it reached.
+
+    Attributes:
+      cap: C > 1 or None; floor: in (0, 1) or None.
+    """
+
+    bound_term: ClassVar[str | None] = "cap_truncation"
+    cap: float | None = 2.0
+    floor: float | None = None
+
+    def __post_init__(self):
+        _check_cap(self, "cap")
+        _check_floor(self, "floor")
+
+    def weights(self, log_ratio, mask):
+        return _sampling().token_is_weights(log_ratio, mask, self.cap, self.floor)
+
+    @property
+    def bounded(self) -> bool:
+        return self.cap is not None or self.floor is not None
+
+    def uncapped(self) -> "TokenTIS":
+        return TokenTIS(None, None)
+
+    def spec(self) -> str:
+        if not self.bounded:
+            return "token_is"
+        return f"token_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
+
+
+@dataclass(frozen=True)
+class SequenceTIS(RolloutCorrection):
+    """Sequence-level truncated IS: w_i = clamp(Π_t ρ_{i,t}, floor, cap) on every token of row i.
+
+    verl ``rollout_is=sequence``; TRL ``vllm_importance_sampling_mode="sequence_truncate"``. ``cap=None``: plain
+    sequence IS (w = π_old(y)/q(y): exact on the sampler's support for a per-sample loss).
+
+    Attributes:
+      cap: C > 1 or None; floor: in (0, 1) or None.
+    """
+
+    bound_term: ClassVar[str | None] = "cap_truncation"
+    cap: float | None = 2.0
+    floor: float | None = None
+
+    def __post_init__(self):
+        _check_cap(self, "cap")
+        _check_floor(self, "floor")
+
+    def weights(self, log_ratio, mask):
+        return _sampling().sequence_is_weights(log_ratio, mask, self.cap, self.floor)
+
+    @property
+    def bounded(self) -> bool:
+        return self.cap is not None or self.floor is not None
+
+    def uncapped(self) -> "SequenceTIS":
+        return SequenceTIS(None, None)
+
+    def spec(self) -> str:
+        if not self.bounded:
+            return "seq_is"
+        return f"seq_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
+
+
+@dataclass(frozen=True)
+class TokenMIS(RolloutCorrection):
+    """Token-level masked IS: w_t = ρ_t·1[lower <= ρ_t <= upper] (``rlkl.sampling.masked_is_weights``).
+
+    verl ``rollout_is=token`` with threshold ``"lower_upper"`` (IcePop); TRL ``token_mask``
+    (upper = ``clip_max``, lower = ``clip_min``, None = absent).
+
+    Attributes:
+      upper: > 1 or None; lower: in (0, 1) or None (not both None).
+    """
+
+    bound_term: ClassVar[str | None] = "rejection"
+    upper: float | None = 2.0
+    lower: float | None = None
+
+    def __post_init__(self):
+        _check_cap(self, "upper")
+        _check_floor(self, "lower")
+        if self.upper is None and self.lower is None:
+            raise ValueError(f"{type(self).__name__} needs a bound (upper or lower); without one use the plain IS "
+                             "correction (TokenTIS(cap=None) / SequenceTIS(cap=None))")
+
+    def weights(self, log_ratio, mask):
+        return _sampling().masked_is_weights(log_ratio, mask, False, self.upper, self.lower)
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+    def uncapped(self) -> RolloutCorrection:
+        return TokenTIS(None, None)
+
+    def spec(self) -> str:
+        return f"token_mis:{_fmt(self.upper) if self.lower is None else _fmt(self.lower, self.upper)}"
+
+
+@dataclass(frozen=True)
+class SequenceMIS(TokenMIS):
+    """Sequence-level masked IS ("Seq-MIS"): w_i = Π_t ρ_{i,t} if lower <= Π_t ρ_{i,t} <= upper, else 0.
+
+    TRL's default ``vllm_importance_sampling_mode="sequence_mask"`` with ``vllm_importance_sampling_clip_max`` 3.0
+    (no lower bound); verl ``rollout_is=sequence`` with threshold ``"lower_upper"``.
+
+    Attributes:
+      upper: > 1 or None; lower: in (0, 1) or None (not both None).
+    """
+
+    def weights(self, log_ratio, mask):
+        return _sampling().masked_is_weights(log_ratio, mask, True, self.upper, self.lower)
+
+    def uncapped(self) -> RolloutCorrection:
+        return SequenceTIS(None, None)
+
+    def spec(self) -> str:
+        return f"seq_mis:{_fmt(self.upper) if self.lower is None else _fmt(self.lower, self.upper)}"
+
+
+@dataclass(frozen=True)
+class GeometricMeanIS(RolloutCorrection):
+    """Geometric-mean sequence ratio: w_i = min(exp(mean_t log ρ_{i,t}), cap) on every token of row i.
+
+    The length-normalized ratio of GMPO (Zhao et al. arXiv 2507.20673) as a rollout correction
+    (``rlkl.sampling.geometric_mean_weights``). Attributes: cap: > 1 or None.
+    """
+
+    bound_term: ClassVar[str | None] = "cap_truncation"
+    cap: float | None = None
+
+    def __post_init__(self):
+        _check_cap(self, "cap")
+
+    def weights(self, log_ratio, mask):
+        return _sampling().geometric_mean_weights(log_ratio, mask, self.cap)
+
+    @property
+    def bounded(self) -> bool:
+        return self.cap is not None
+
+    def uncapped(self) -> "GeometricMeanIS":
+        return GeometricMeanIS(None)
+
+    def spec(self) -> str:
+        return "gm" if self.cap is None else f"gm:{_fmt(self.cap)}"
+
+
+@dataclass(frozen=True)
+class MaskReplay(RolloutCorrection):
+    """Mask replay: the trainer renormalizes π_θ and π_old over the sampler's kept set K_s; w = 1.
+
+    The caller computes ``logp`` and ``RolloutBatch.logp_old`` as log π(a_t|s_t) − log Σ_{a∈K_{s_t}} π(a|s_t)
+    (masked log-softmax; ``rlkl.toy.samplers.TransformedPolicy`` in the exact engine) and passes
+    ``RolloutBatch.kept_logmass``. At τ = 1 with processed log-probs the replayed π_old equals q, so ρ = 1 and the
+    update is on-policy for the truncated policy T(π_θ) (docs/theory.md §7, T22).
+    """
+
+    replays_kept_set: ClassVar[bool] = True
+
+    def weights(self, log_ratio, mask):
+        return mask.to(log_ratio.dtype)
+
+    def spec(self) -> str:
+        return "mask_replay"
+
+
+def _sampling():
+    from rlkl import sampling
+
+    return sampling
+
+
+_CORRECTION_SPECS = {"none": lambda a: NoCorrection(), "mask_replay": lambda a: MaskReplay(),
+                     "token_is": lambda a: TokenTIS(None), "seq_is": lambda a: SequenceTIS(None),
+                     "token_tis": lambda a: TokenTIS(*a), "seq_tis": lambda a: SequenceTIS(*a),
+                     "token_mis": lambda a: TokenMIS(a[-1], a[0] if len(a) > 1 else None),
+                     "seq_mis": lambda a: SequenceMIS(a[-1], a[0] if len(a) > 1 else None),
+                     "gm": lambda a: GeometricMeanIS(*a)}
+
+
+def correction_from_spec(spec: str) -> RolloutCorrection:
+    """A :class:`RolloutCorrection` from its short spelling: ``none``, ``mask_replay``, ``token_is``, ``seq_is``,
+    ``token_tis:C``, ``seq_tis:C``, ``token_mis:U`` or ``token_mis:L_U``, ``seq_mis:U`` / ``seq_mis:L_U``, ``gm`` or
+    ``gm:C`` (the inverse of :meth:`RolloutCorrection.spec`; a TIS ``:F_C`` sets a floor F and cap C)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a rollout correction must be a non-empty string, got {spec!r}")
+    name, _, arg = spec.strip().partition(":")
+    if name not in _CORRECTION_SPECS:
+        raise ValueError(f"unknown rollout correction {name!r}; choose one of {sorted(_CORRECTION_SPECS)}")
+    takes = name in ("token_tis", "seq_tis", "token_mis", "seq_mis", "gm")
+    if arg and not takes:
+        raise ValueError(f"rollout correction {name!r} takes no argument, got {spec!r}")
+    if not arg and name in ("token_tis", "seq_tis", "token_mis", "seq_mis"):
+        raise ValueError(f"rollout correction {name!r} needs a bound, e.g. {name}:2")
+    try:
+        values = [float(v) for v in arg.split("_")] if arg else []
+    except ValueError:
+        raise ValueError(f"rollout correction {spec!r}: the bound must be a number or LOWER_UPPER") from None
+    if len(values) > 2 or (name == "gm" and len(values) > 1):
+        raise ValueError(f"rollout correction {spec!r}: too many bounds")
+    if name in ("token_tis", "seq_tis") and len(values) == 2:
+        values = [values[1], values[0]]  # spelled floor_cap, constructed (cap, floor)
+    return _CORRECTION_SPECS[name](values)
+
+
+_BASES = (*_BASES, RolloutCorrection)
+__all__ += ["RolloutCorrection", "NoCorrection", "TokenTIS", "SequenceTIS", "TokenMIS", "SequenceMIS",
+            "GeometricMeanIS", "MaskReplay", "correction_from_spec"]

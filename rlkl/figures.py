@@ -52,6 +52,8 @@ FIGURES: tuple[FigureSpec, ...] = (
                ("rlkl.toy.expected", "rlkl.toy.objectives")),
     FigureSpec("fig_lm_training", "LM training curves: reward, pass@k, entropy, KL drift per method",
                ("rlkl.lm",)),
+    FigureSpec("fig_top_p_bias", "rollout corrections behind a sampler: exact bias (full / deployed) and variance "
+               "against top-p and the engine's precision", ("rlkl.toy.mismatch",)),
 )
 FIGURE_NAMES: tuple[str, ...] = tuple(f.name for f in FIGURES)
 

@@ -25,6 +25,7 @@ from rlkl.components import (CISPO, GSPO, RPG, Advantage, AggMode, Aggregation, 
                              LeaveOneOut, LengthWeightedCentered, NoKL, PassAtK, PolicyLoss, PPOClip, Raw, Reinforce,
                              RewardForm, RPGClip, RPGDivergence, RPGForm, RPGLevel, Std, TokenWhitened,
                              component_from_dict, component_to_dict)
+from rlkl.components import NoCorrection, RolloutCorrection, SequenceMIS, TokenTIS
 from rlkl.divergences import kl_estimate
 from rlkl.losses import PolicyLossOutput, masked_mean
 from rlkl.objective import (NO_REGULARIZER, REVERSE_KL_TO_REF, Anchor, Level, Objective, Regularizer, Utility)
@@ -42,6 +43,12 @@ class RolloutBatch:
       mask: ``[B, T]`` bool, True on response tokens (EOS included), False on padding.
       rewards: ``[B]`` sequence-level (verifier) rewards.
       group_size: G; groups are contiguous blocks of G rows (B divisible by G).
+      logp_rollout: ``[B, T]`` the log-probs the inference engine *reported* for the sampled tokens (processed
+        log q or raw, ``rlkl.sampling``), finite on response tokens; None = the engine sampled from π_old itself
+        (no mismatch: every rollout correction gives w = 1).
+      kept_logmass: ``[B, T]`` log S_t = log Σ_{a∈K_t} π_old(a|s_t), the trainer's π_old mass on the sampler's kept
+        set K_t at each response token (<= 0; 0 where nothing was cut; computed before any replay); required
+        with :class:`~rlkl.components.MaskReplay`, optional otherwise (the ``rollout/kept_mass`` diagnostic).
     """
 
     logp_old: Tensor
@@ -49,6 +56,8 @@ class RolloutBatch:
     mask: Tensor
     rewards: Tensor
     group_size: int
+    logp_rollout: Tensor | None = None
+    kept_logmass: Tensor | None = None
 
     def __post_init__(self):
         B, _ = check_token_tensors(self.mask, logp_old=self.logp_old, logp_ref=self.logp_ref)
@@ -56,6 +65,26 @@ class RolloutBatch:
         if self.rewards.dtype != self.logp_old.dtype:
             raise ValueError(f"rewards dtype {self.rewards.dtype} differs from logp_old dtype {self.logp_old.dtype}")
         check_group_size(B, self.group_size)
+        for name in ("logp_rollout", "kept_logmass"):
+            self._check_rollout_field(name)
+        if self.kept_logmass is not None and bool((self.kept_logmass > 1e-9).any()):
+            raise ValueError("kept_logmass must be <= 0 (the log of a kept probability mass); got a positive value")
+
+    def _check_rollout_field(self, name: str) -> None:
+        x = getattr(self, name)
+        if x is None:
+            return
+        check_float(name, x, shape=self.logp_old.shape, finite=False)
+        if x.dtype != self.logp_old.dtype:
+            raise ValueError(f"{name} dtype {x.dtype} differs from logp_old dtype {self.logp_old.dtype}")
+        bad = self.mask & ~torch.isfinite(x)
+        if bool(bad.any()):
+            i, t = (int(v) for v in bad.nonzero()[0])
+            what = ("the sampler reports zero probability for a token it emitted (row {i}, position {t}); the "
+                    "trainer needs q(a_t|s_t) > 0 to form the importance ratio — check the engine's logprobs mode "
+                    "and that the reported log-probs belong to these tokens" if name == "logp_rollout" else
+                    "the trainer's π_old gives the sampler's kept set zero mass (row {i}, position {t})")
+            raise ValueError(f"{name} is not finite on a response token: " + what.format(i=i, t=t))
 
     @property
     def batch_size(self) -> int:
@@ -63,7 +92,7 @@ class RolloutBatch:
 
 
 _FIELD_TYPES = {"advantage": Advantage, "policy_loss": PolicyLoss, "kl": KLTerm, "aggregation": Aggregation,
-                "objective": Objective}
+                "objective": Objective, "correction": RolloutCorrection}
 
 
 @dataclass(frozen=True)
@@ -85,6 +114,8 @@ class Method:
       objective: what the method *intends* to optimize (its documentation's claim; β and G bound at audit time).
       citation: where the method comes from (paper arXiv id + equation, or the framework flag).
       description: one line on what it is.
+      correction: the rollout correction (``rlkl.components.RolloutCorrection``): the detached weight w_t on the
+        per-token policy loss computed from ``batch.logp_rollout``; NoCorrection (w = 1) by default.
     """
 
     name: str
@@ -96,6 +127,7 @@ class Method:
     objective: Objective = REVERSE_KL_TO_REF
     citation: str = ""
     description: str = ""
+    correction: RolloutCorrection = field(default_factory=NoCorrection)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -280,14 +312,46 @@ class Method:
         """
         self._check(logp, batch)
         seq_adv = self.sequence_advantages(batch)
+        weights = self.rollout_weights(batch)
         total, diagnostics = self.loss_given_advantages(logp, batch.logp_old, batch.mask,
-                                                        self.advantages(batch, seq_adv), batch.logp_ref)
+                                                        self.advantages(batch, seq_adv), batch.logp_ref, weights)
+        if weights is not None:
+            diagnostics.update(self.rollout_diagnostics(batch, weights))
         with torch.no_grad():
             per_group_max = seq_adv.view(-1, batch.group_size).abs().amax(-1)
             diagnostics["advantage/mean"] = seq_adv.mean()
             diagnostics["advantage/std"] = seq_adv.std(correction=0)
             diagnostics["zero_advantage_group_fraction"] = (per_group_max == 0).to(logp.dtype).mean()
         return total, diagnostics
+
+    # -- rollout correction ---------------------------------------------------------------------------------
+    def rollout_weights(self, batch: "RolloutBatch") -> Tensor | None:
+        """``[B, T]`` detached weights w of ``self.correction`` from ρ_t = exp(logp_old − logp_rollout), or None
+        when the batch has no ``logp_rollout`` (the engine sampled from π_old: every correction gives w = 1).
+
+        Pass them as ``loss_given_advantages(..., token_weights=w)`` when calling that directly.
+        """
+        if batch.logp_rollout is None:
+            return None
+        if self.correction.replays_kept_set and batch.kept_logmass is None:
+            raise ValueError(f"method {self.name!r} replays the sampler's mask ({self.correction!r}): the batch needs "
+                             "kept_logmass, and logp / logp_old renormalized over the kept set")
+        from rlkl.sampling import rollout_log_ratio
+
+        log_ratio = rollout_log_ratio(batch.logp_old, batch.logp_rollout, batch.mask)
+        return self.correction.weights(log_ratio, batch.mask).detach()  # sg[w]: a change of measure
+
+    def rollout_diagnostics(self, batch: "RolloutBatch", weights: Tensor) -> dict[str, Tensor]:
+        """``rollout/*`` statistics of the mismatch (``rlkl.sampling.mismatch_diagnostics``; docs/metrics.md)."""
+        from rlkl.sampling import mismatch_diagnostics, rollout_log_ratio
+
+        raw = None
+        if self.correction.bounded:
+            raw = self.correction.uncapped().weights(
+                rollout_log_ratio(batch.logp_old, batch.logp_rollout, batch.mask), batch.mask)
+        stats = mismatch_diagnostics(batch.logp_old, batch.logp_rollout, batch.mask, weights, raw,
+                                     batch.kept_logmass)
+        return {f"rollout/{k}": v for k, v in stats.items()}
 
     # -- what rlkl predicts ---------------------------------------------------------------------------------
     def predicted_bias_terms(self, off_policy: bool = False, variable_length: bool = False) -> tuple[str, ...]:
@@ -307,7 +371,8 @@ class Method:
         return {"name": self.name, "advantage": component_to_dict(self.advantage),
                 "policy_loss": component_to_dict(self.policy_loss), "kl": component_to_dict(self.kl),
                 "aggregation": component_to_dict(self.aggregation), "beta": self.beta,
-                "objective": self.objective.to_dict(), "citation": self.citation, "description": self.description}
+                "objective": self.objective.to_dict(), "citation": self.citation, "description": self.description,
+                "correction": component_to_dict(self.correction)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Method":
@@ -320,7 +385,7 @@ class Method:
             raise ValueError(f"Method has no fields {unknown}; fields: {sorted(known)}")
         kw = dict(d)
         for key, base in (("advantage", Advantage), ("policy_loss", PolicyLoss), ("kl", KLTerm),
-                          ("aggregation", Aggregation)):
+                          ("aggregation", Aggregation), ("correction", RolloutCorrection)):
             if key in kw:
                 kw[key] = component_from_dict(kw[key], base)
         if "objective" in kw:
@@ -493,6 +558,20 @@ _METHODS += [
                     "reinforce_plus_plus_baseline",
            description="group-mean baseline, then whitening over the batch's tokens; k2 as the KL loss"),
 ]
+
+# rollout corrections: the frameworks' defaults for an inference engine whose sampler differs from π_old
+_BASE = {m.name: m for m in _METHODS}
+_METHODS += [
+    _BASE["grpo"].replace(
+        name="grpo_tis", correction=TokenTIS(2.0),
+        citation="verl algorithm.rollout_correction.rollout_is=token, rollout_is_threshold=2.0 (TIS)",
+        description="GRPO default with verl's token-level truncated IS w_t = min(π_old/q, 2) on the policy loss"),
+    _BASE["dapo"].replace(
+        name="dapo_seq_mis", correction=SequenceMIS(3.0),
+        citation="TRL GRPOTrainer with vLLM: vllm_importance_sampling_mode=sequence_mask, clip_max=3.0 (defaults)",
+        description="TRL's default: DAPO loss, sequence weight Π_t π_old/q, dropped (0) above 3"),
+]
+del _BASE
 
 REGISTRY: dict[str, Method] = {m.name: m for m in _METHODS}
 assert len(REGISTRY) == len(_METHODS), "duplicate registry names"

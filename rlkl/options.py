@@ -154,3 +154,26 @@ class Scope(StrEnum):
 
     BATCH = "batch"
     GROUP = "group"
+
+
+class LogprobsMode(StrEnum):
+    """Which log-probs an inference engine reports for the tokens it sampled (``rlkl.sampling.Sampler``).
+
+    PROCESSED: log q(a|s), the distribution it actually sampled from — after temperature, top-k/top-p/min-p and
+    renormalization over the kept set (vLLM ``processed_logprobs``; verl's default ``rollout.logprobs_mode``;
+    TRL's ``vllm-serve``). RAW: log softmax(z)(a) of the engine's own logits z, before any transformation
+    (vLLM ``raw_logprobs``): the engine's copy of log π_old, at the engine's precision.
+    """
+
+    PROCESSED = "processed"
+    RAW = "raw"
+
+
+class SamplerDtype(StrEnum):
+    """The precision of an inference engine's logits (``rlkl.sampling.Sampler``): FLOAT64 leaves them as they are;
+    FLOAT32, BFLOAT16, FLOAT16 round them to that format (round to nearest even) before the softmax."""
+
+    FLOAT64 = "float64"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"

@@ -157,7 +157,8 @@ def stubbed(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     for module, name in (("rlkl.lm.cli_train", "train"), ("rlkl.lm.cli_train", "resume"),
                          ("rlkl.lm.cli_sft", "train_sft"), ("rlkl.toy.audit", "audit"), ("rlkl.figures", "_run_all"),
-                         ("rlkl.commands.verify", "collect"), ("rlkl.derive", "main"), ("rlkl.bench", "main")):
+                         ("rlkl.commands.verify", "collect"), ("rlkl.derive", "main"), ("rlkl.bench", "main"),
+                         ("rlkl.toy.mismatch", "audit_mismatch")):
         monkeypatch.setattr(importlib.import_module(module), name, _ran)
 
 

@@ -131,3 +131,17 @@ def test_rpg_surrogates_agree():
     assert len(rows) == 8
     assert max(float(r[2]) for r in rows) < 1e-12  # same gradient on every sample
     assert all(abs(float(r[3]) - float(r[5])) > 1e-3 for r in rows)  # different loss values
+
+
+def test_top_p_bias():
+    out = _output("top_p_bias.py")
+    s = float(re.search(rf"kept mass S = ({FLOAT})", out).group(1))
+    ratios = [float(x) for x in re.findall(r"'(\d\.\d+)'", out)]
+    assert ratios and all(abs(r - s) < 1e-6 for r in ratios)  # π_old/q = S on every kept token
+    rows = {p[0]: [float(x) for x in p[1:5]] for p in (line.split() for line in out.splitlines())
+            if p and p[0] in ("none", "token_tis:2", "seq_tis:2", "seq_mis:2", "gm", "mask_replay") and len(p) == 5}
+    assert len(rows) == 6
+    assert rows["mask_replay"][1] < 1e-12 < 0.01 < rows["none"][1]  # exact for J(T(π_θ)) only with mask replay
+    assert all(r[0] > 0.1 for r in rows.values())  # every correction is biased for J(π_θ)
+    assert rows["seq_mis:2"] == rows["seq_tis:2"]  # ratios <= 1: the cap and the mask never act
+    assert float(re.search(rf"unexplained part of any gap: ({FLOAT}|\d\.\de-\d+)", out).group(1)) < 1e-10

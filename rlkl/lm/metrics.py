@@ -248,3 +248,28 @@ def evaluate(
     out["eval_response_len"] = float(torch.cat(lengths).mean())
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def mismatch_metrics(logits: torch.Tensor, log_old: torch.Tensor, sampler, kept: torch.Tensor,
+                     mask: torch.Tensor) -> dict[str, float]:
+    """Rollout–trainer mismatch of one rollout, exact from full distributions (docs/metrics.md).
+
+    The engine's q at every visited state is rebuilt from the trainer's logits and the engine's kept sets:
+    q = softmax over K_t of z_e/τ (z_e the logits after the sampler's precision step).
+
+    Args:
+      logits: ``[B, R, V]`` the trainer's π_old logits; log_old: ``[B, R, V]`` the π_old the loss uses (full
+        log-softmax, or renormalized over the kept sets under mask replay); sampler: ``rlkl.sampling.Sampler``;
+        kept: ``[B, R, V]`` bool; mask: ``[B, R]`` bool.
+    Returns:
+      ``mismatch_kl_exact`` ⟨KL(q‖π_old)(s_t)⟩ and ``engine_kept_mass`` ⟨S_t⟩, S_t = Σ_{a∈K_t} softmax(z_e/τ)(a).
+    """
+    from rlkl.sampling import exact_mismatch_kl, kept_log_softmax, kept_logmass
+
+    mask = _check_mask(mask, logits.shape[:2])
+    scaled = sampler.engine_logits(logits) / sampler.temperature  # [B, R, V]
+    log_q = kept_log_softmax(scaled, kept)  # [B, R, V]
+    s = kept_logmass(scaled, kept).exp()  # [B, R]
+    return {"mismatch_kl_exact": float(exact_mismatch_kl(log_q, log_old, mask)),
+            "engine_kept_mass": float(masked_mean(s, mask))}

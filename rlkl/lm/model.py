@@ -206,6 +206,42 @@ def sample(
         ``responses [B, R]`` long, ``mask [B, R]`` bool (True up to and including the EOS token),
         ``logp [B, R]`` float32: log π(token) at the temperature used, 0 where the mask is False.
     """
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
+        if greedy:
+            tok = logp_all.argmax(dim=-1)  # [B]
+        else:
+            tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)  # [B]
+        return tok, logp_all, None
+
+    responses, mask, logp, _ = _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick)
+    return responses, mask, logp
+
+
+def sample_engine(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
+                  generator: torch.Generator | None, sampler, use_cache: bool = True,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample like an inference engine: each step draws from q = ``sampler``(softmax(logits)).
+
+    ``sampler`` is an ``rlkl.sampling.Sampler`` (temperature, top-k/top-p/min-p with ties by token index, logits
+    rounded to its dtype; applied to the float32 logits of this model's forward).
+
+    Returns:
+        ``responses [B, R]`` long, ``mask [B, R]`` bool, ``logp [B, R]`` float32: the log-probs the engine
+        *reports* (log q, or the raw log softmax of its logits with ``logprobs="raw"``), 0 on padding, and
+        ``kept [B, R, V]`` bool: the kept set at every position (all True on padding).
+    """
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = sampler.transform(logits)  # [B, V] log q, kept, reported
+        tok = torch.multinomial(out.log_q.exp(), 1, generator=generator).squeeze(-1)  # [B] from q
+        return tok, out.log_reported, out.kept
+
+    return _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick)
+
+
+def _generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_id: int, use_cache: bool, pick):
+    """The decoding loop of :func:`sample` / :func:`sample_engine`; ``pick(logits [B, V])`` returns the tokens
+    ``[B]``, the log-probs to record ``[B, V]`` and the kept set ``[B, V]`` (or None)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     B = prompts.shape[0]
@@ -214,7 +250,7 @@ def sample(
     caches = [{} for _ in core.blocks] if use_cache and isinstance(core, GPT) else None
     seq = prompts  # [B, P]
     done = torch.zeros(B, dtype=torch.bool, device=device)  # [B] row has emitted EOS
-    tokens, masks, logps = [], [], []
+    tokens, masks, logps, kepts = [], [], [], []
     for t in range(max_new_tokens):
         with autocast(device):
             if caches is None:
@@ -223,14 +259,12 @@ def sample(
                 logits = core(seq, caches)[:, -1, :].float()  # [B, V] prompt pass fills the caches
             else:
                 logits = core(seq[:, -1:], caches, start=seq.shape[1] - 1)[:, -1, :].float()  # [B, V]
-        logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
-        if greedy:
-            tok = logp_all.argmax(dim=-1)  # [B]
-        else:
-            tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)  # [B]
+        tok, logp_all, kept = pick(logits)
         tok = torch.where(done, torch.full_like(tok, eos_id), tok)  # [B] pad finished rows
         live = ~done  # [B]
         logps.append(torch.where(live, logp_all.gather(-1, tok[:, None]).squeeze(-1), 0.0))  # [B]
+        if kept is not None:
+            kepts.append(kept | done[:, None])  # [B, V] padding: everything "kept" (no cut to replay)
         tokens.append(tok)
         masks.append(live)
         done = done | (tok == eos_id)
@@ -240,12 +274,15 @@ def sample(
     responses = torch.stack(tokens, dim=1)  # [B, R']  R' <= max_new_tokens
     mask = torch.stack(masks, dim=1)  # [B, R']
     logp = torch.stack(logps, dim=1)  # [B, R']
+    kept_all = torch.stack(kepts, dim=1) if kepts else None  # [B, R', V]
     pad = max_new_tokens - responses.shape[1]
     if pad > 0:  # keep a fixed width R so batches from different steps have one shape
         responses = F.pad(responses, (0, pad), value=eos_id)
         mask = F.pad(mask, (0, pad), value=False)
         logp = F.pad(logp, (0, pad), value=0.0)
-    return responses, mask, logp
+        if kept_all is not None:
+            kept_all = F.pad(kept_all, (0, 0, 0, pad), value=True)
+    return responses, mask, logp, kept_all
 
 
 # ---------------------------------------------------------------------------------------------------

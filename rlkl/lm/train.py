@@ -15,10 +15,16 @@ How this departs from full-scale GRPO / RPG training (verl, TRL, the RPG repo):
 1. **Scale and task.** A ~0.1M-parameter GPT (``rlkl.lm.model``) on a synthetic task with an exact
    verifier (``rlkl.lm.tasks``); no chat template, all prompts of a task have one length, responses are
    a few tokens long. The reference policy is our own noisy-SFT model (``rlkl.lm.sft``).
-2. **Sampling.** Pure temperature-1 sampling (no top-p/top-k) by the training model itself, no KV cache,
-   no inference engine: there is no training/inference mismatch, so no rollout importance correction.
+2. **Sampling.** By default pure temperature-1 sampling (no top-p/top-k) by the training model itself, no
+   inference engine: there is no training/inference mismatch, so no rollout importance correction.
    π_old log-probs are recomputed by one full forward after sampling (as verl does; here that forward is
    the first update's own, detached), so the first of the K updates is exactly on-policy (ratio 1).
+   The ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``sampler_dtype`` and ``logprobs`` fields make the
+   sampler an inference engine instead (``rlkl.sampling.Sampler`` on the same model's logits): responses come
+   from q ≠ π_old, the batch carries the log-probs the engine reports and the kept sets, and
+   ``rollout_correction`` chooses the correction (``mask_replay`` renormalizes π_θ and π_old over the kept
+   sets in the loss). π_θ and π_old in the loss stay the untempered full softmax (TRL and verl divide the
+   trainer's logits by τ as well); evaluation samples at temperature 1 without the engine.
 3. **One mini-batch.** Each of the K optimizer steps uses the whole rollout batch (verl/TRL split a batch
    into mini-batches and epochs; K stands for mini-batches × epochs). Steps 2..K are off-policy.
 4. **Nothing else in the loss.** No critic/value model, no entropy bonus, no format or overlong reward
@@ -48,8 +54,10 @@ import torch
 from tqdm.auto import tqdm
 
 from rlkl._io import atomic_write_json, sha256_file
-from rlkl.lm.metrics import evaluate, rollout_metrics, seq_sum, token_entropy, token_kl, tokens_per_second
-from rlkl.lm.model import autocast, maybe_compile, resolve_device, response_logits, sample, token_logprobs, unwrap
+from rlkl.lm.metrics import (evaluate, mismatch_metrics, rollout_metrics, seq_sum, token_entropy, token_kl,
+                             tokens_per_second)
+from rlkl.lm.model import (autocast, maybe_compile, resolve_device, response_logits, sample, sample_engine,
+                           token_logprobs, unwrap)
 from rlkl.lm.runlog import GracefulStop, MetricLog, load_checkpoint, restore_rows, save_checkpoint
 from rlkl.lm.sft import load_reference
 from rlkl.lm.tasks import TASKS, Task
@@ -137,6 +145,22 @@ class TrainConfig:
     num_threads: int = 0
     """torch intra-op CPU threads (0 = leave torch's default). A CPU run resumes only with the thread count
     it was checkpointed with: another count splits reductions differently and changes the numbers."""
+    temperature: float = 1.0
+    """Rollout sampler temperature τ > 0 (the loss's π_θ and π_old stay the untempered softmax)."""
+    top_k: int = 0
+    """Rollout sampler top-k (0 = off; ties broken by token index)."""
+    top_p: float = 1.0
+    """Rollout sampler top-p in (0, 1] (1 = off)."""
+    min_p: float = 0.0
+    """Rollout sampler min-p in [0, 1) (0 = off)."""
+    sampler_dtype: str = "float32"
+    """The rollout engine's logit precision: ``float32`` (the trainer's) or ``bfloat16`` (logits rounded)."""
+    logprobs: str = "processed"
+    """Log-probs the engine reports: ``processed`` (log q of what it sampled) or ``raw`` (before temperature
+    and truncation)."""
+    rollout_correction: str = ""
+    """Rollout correction, e.g. ``none``, ``token_tis:2``, ``seq_mis:3``, ``mask_replay`` (docs/audit.md);
+    empty = the method's own (``none`` for most)."""
 
     def __post_init__(self) -> None:
         from rlkl._checks import check_int, check_real
@@ -152,7 +176,7 @@ class TrainConfig:
                      "checkpoint_every", "difficulty", "group_size"):
             check_int(name, getattr(self, name), low=1)
         check_int("updates_per_batch (K)", self.updates_per_batch, low=1)
-        for name in ("ref_refresh_every", "warmup_steps", "num_threads"):
+        for name in ("ref_refresh_every", "warmup_steps", "num_threads", "top_k"):
             check_int(name, getattr(self, name), low=0)
         check_int("seed", self.seed, low=0, high=2**32 - 1)
         if method.is_group_based and self.group_size < 2:
@@ -172,6 +196,8 @@ class TrainConfig:
         if not isinstance(self.ref, str) or not isinstance(self.device, str):
             raise ValueError(f"ref and device must be strings, got {self.ref!r}, {self.device!r}")
         resolve_device(self.device)  # ValueError for an unknown device or CUDA requested but absent
+        build_sampler(self)  # ValueError for a bad temperature / top-k / top-p / min-p / dtype / logprobs
+        build_method(self)  # ValueError for an unknown rollout correction
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -224,7 +250,9 @@ def _method_from_json(text: str):
 
 
 def build_method(cfg: TrainConfig):
-    """The config's Method (registered, or ``method_json``) with the config's β and clipping applied."""
+    """The config's Method (registered, or ``method_json``) with the config's β, clipping and rollout correction
+    applied."""
+    from rlkl.components import correction_from_spec
     from rlkl.methods import get_method
 
     method = _method_from_json(cfg.method_json) if cfg.method_json else get_method(cfg.method)
@@ -232,7 +260,24 @@ def build_method(cfg: TrainConfig):
         method = dataclasses.replace(method, beta=float(cfg.beta))
     if cfg.unclipped:
         method = method.replace(policy_loss=method.policy_loss.unclipped())
+    if cfg.rollout_correction:
+        method = method.replace(correction=correction_from_spec(cfg.rollout_correction))
     return method
+
+
+_SAMPLER_DTYPES = {"float32": "float64", "bfloat16": "bfloat16"}  # float32 = the trainer's logits, unrounded
+
+
+def build_sampler(cfg: TrainConfig):
+    """The rollout engine's ``rlkl.sampling.Sampler``, or None when it samples from π_old itself."""
+    from rlkl.sampling import Sampler
+
+    if cfg.sampler_dtype not in _SAMPLER_DTYPES:
+        raise ValueError(f"sampler_dtype must be one of {sorted(_SAMPLER_DTYPES)}, got {cfg.sampler_dtype!r}")
+    top_k = None if cfg.top_k == 0 else cfg.top_k
+    s = Sampler(temperature=cfg.temperature, top_k=top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+                dtype=_SAMPLER_DTYPES[cfg.sampler_dtype], logprobs=cfg.logprobs)
+    return None if s.is_identity else s
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,10 +305,16 @@ class Rollout:
     logits_ref: torch.Tensor  # [B, R, V] logits of π_ref (the same tensor as logits_base without refresh)
     logp_old: torch.Tensor | None = None  # [B, R] behaviour log-probs (one full forward of π_old)
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    sampler: Any = None  # the engine's rlkl.sampling.Sampler; None: π_old sampled (logp_sample = π_old's)
+    kept: torch.Tensor | None = None  # [B, R, V] the engine's kept sets (with a sampler)
+    replay: bool = False  # mask replay: π_θ and π_old renormalized over the kept sets in the loss
+    kept_logmass: torch.Tensor | None = None  # [B, R] log Σ_{a∈K} π_old(a|s) (with a sampler)
 
     @torch.no_grad()
     def set_behaviour(self, logits: torch.Tensor) -> None:
         """Record π_old from its response logits ``[B, R, V]`` and compute the rollout metrics."""
+        from rlkl.sampling import kept_log_softmax, kept_logmass
+
         logits = logits.detach().float()  # [B, R, V]
         self.logp_old = token_logprobs(logits, self.responses)  # [B, R]
         logp_base = token_logprobs(self.logits_base, self.responses)  # [B, R]
@@ -272,14 +323,24 @@ class Rollout:
         if self.logits_ref is not self.logits_base:
             self.metrics["kl_rev_tok_to_ref"] = float((token_kl(logits, self.logits_ref) * self.mask).sum()
                                                       / self.mask.sum())
+        if self.sampler is None:
+            return
+        self.kept_logmass = kept_logmass(logits, self.kept) * self.mask  # [B, R] log S_t, 0 on padding
+        log_old = kept_log_softmax(logits, self.kept) if self.replay else torch.log_softmax(logits, -1)  # [B, R, V]
+        if self.replay:  # the trainer's π_old renormalized over the engine's kept sets
+            self.logp_old = log_old.gather(-1, self.responses.unsqueeze(-1)).squeeze(-1)  # [B, R]
+        self.metrics.update(mismatch_metrics(logits, log_old, self.sampler, self.kept, self.mask))
 
     def batch(self, group_size: int | None = None):
         from rlkl.methods import RolloutBatch
 
         if self.logp_old is None:
             raise ValueError("the rollout has no behaviour log-probs yet; call set_behaviour(logits) first")
+        engine = self.sampler is not None  # the engine's reported log-probs and kept-set mass
         return RolloutBatch(logp_old=self.logp_old, logp_ref=self.logp_ref, mask=self.mask,
-                            rewards=self.rewards, group_size=group_size or self.group_size)
+                            rewards=self.rewards, group_size=group_size or self.group_size,
+                            logp_rollout=self.logp_sample if engine else None,
+                            kept_logmass=self.kept_logmass if engine else None)
 
 
 def policy_logits(model: torch.nn.Module, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
@@ -304,22 +365,31 @@ def collect_rollout(
     generator: torch.Generator,
     partial_credit: bool = False,
     with_behaviour: bool = True,
+    sampler: Any = None,
+    replay: bool = False,
 ) -> Rollout:
     """Sample G completions per prompt from ``policy`` and compute everything the update needs.
 
     ``ref`` gives ``logp_ref`` for the loss; ``base`` (π_0, the initial reference) is what the KL-drift
     metrics are measured against (the same module as ``ref`` unless the reference is refreshed).
     ``with_behaviour=False`` leaves ``logp_old`` to the caller (:meth:`Rollout.set_behaviour`).
+    ``sampler``: an ``rlkl.sampling.Sampler`` the engine samples through (:func:`rlkl.lm.model.sample_engine`);
+    ``replay``: renormalize π_θ and π_old over its kept sets in the loss (mask replay).
     """
     device = prompts.device
     rep = prompts.repeat_interleave(group_size, dim=0)  # [B, P]  rows i*G .. i*G+G-1 share prompt i
-    responses, mask, logp_sample = sample(policy, rep, task.max_response_len, task.eos_id, generator)  # [B, R] x3
+    kept = None
+    if sampler is None:
+        responses, mask, logp_sample = sample(policy, rep, task.max_response_len, task.eos_id, generator)  # [B, R] x3
+    else:  # an inference engine: q = sampler(π_old), reported log-probs, kept sets [B, R, V]
+        responses, mask, logp_sample, kept = sample_engine(policy, rep, task.max_response_len, task.eos_id,
+                                                           generator, sampler)
     rewards = task.score(rep.cpu(), responses.cpu(), partial_credit=partial_credit).to(device)  # [B]
     with autocast(device):
         logits_base = response_logits(base, rep, responses).float()  # [B, R, V]
         logits_ref = logits_base if ref is base else response_logits(ref, rep, responses).float()  # [B, R, V]
     ro = Rollout(rep, responses, mask, logp_sample, token_logprobs(logits_ref, responses), rewards.float(),
-                 group_size, logits_base, logits_ref)
+                 group_size, logits_base, logits_ref, sampler=sampler, kept=kept, replay=replay and kept is not None)
     if partial_credit:  # the binary pass rate next to the partial-credit reward
         ro.metrics["pass_rate"] = float(task.score(rep.cpu(), responses.cpu()).mean())
     if with_behaviour:
@@ -335,6 +405,10 @@ def compute_loss(model: torch.nn.Module, method, rollout: Rollout, group_size: i
     logits = policy_logits(model, rollout.prompts, rollout.responses)  # [B, R, V] requires grad
     if rollout.logp_old is None:
         rollout.set_behaviour(logits)
+    if rollout.replay:  # mask replay: π_θ renormalized over the engine's kept sets (no gradient to cut tokens)
+        from rlkl.sampling import kept_log_softmax
+
+        logits = kept_log_softmax(logits, rollout.kept)  # [B, R, V] log π_θ^K
     logp = token_logprobs(logits, rollout.responses)  # [B, R]
     return method.loss(logp, rollout.batch(group_size))
 
@@ -580,7 +654,8 @@ def _rl_step(cfg: TrainConfig, method, st: _State, task: Task, device) -> dict:
     prompts = task.sample_prompts(cfg.prompts_per_step, st.prompt_gen).to(device)  # [n, P]
     st.policy.eval()
     ro = collect_rollout(st.policy, st.ref, st.base, task, prompts, cfg.group_size, st.sample_gen,
-                         cfg.partial_credit, with_behaviour=False)  # π_old comes from the first update
+                         cfg.partial_credit, with_behaviour=False,  # π_old comes from the first update
+                         sampler=build_sampler(cfg), replay=method.correction.replays_kept_set)
     st.policy.train()
     t1 = time.time()
     upd = _update(cfg, method, st, ro)

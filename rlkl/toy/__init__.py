@@ -7,6 +7,9 @@
 * `expected_gradient` (expected.py): the exact E[∇ loss] of a Method under a behaviour policy.
 * `mc_gradient` (montecarlo.py): the same Method on sampled groups, with standard errors.
 * `audit` (audit.py): the verdict of a Method against its intended objective, bias split into named terms.
+* Samplers (samplers.py): `SampledPolicy` (what an inference engine samples, q = Sampler(π_old)), the deployed
+  policy T(π_θ) and the trainer-side mask replay; `audit_mismatch` (mismatch.py): each rollout correction's exact
+  bias against J(π_θ) and J(T(π_θ)) and its exact variance.
 """
 
 from rlkl.toy.audit import audit, audit_one, verify_rows
@@ -16,9 +19,13 @@ from rlkl.toy.montecarlo import MonteCarloGradient, mc_gradient
 from rlkl.objective import Objective
 from rlkl.toy.objectives import objective_gradient, objective_value
 from rlkl.toy.policies import LogLinearPolicy, Policy, TabularPolicy, UnnormalizedPolicy
+from rlkl.toy.samplers import SampledPolicy, TransformedPolicy, deployed_policy, replayed_policy
+from rlkl.toy.mismatch import audit_mismatch, exact_group_variance
 
 __all__ = [
     "TreeMDP", "Policy", "TabularPolicy", "LogLinearPolicy", "UnnormalizedPolicy", "Objective",
     "objective_value", "objective_gradient", "LossSpec", "ExpectedGradient", "expected_gradient",
     "brute_force_expected_gradient", "MonteCarloGradient", "mc_gradient", "audit", "audit_one", "verify_rows",
+    "SampledPolicy", "TransformedPolicy", "deployed_policy", "replayed_policy", "audit_mismatch",
+    "exact_group_variance",
 ]

@@ -97,7 +97,7 @@ class AuditResult:
 def audit_one(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy] = None,
               ref: Optional[Policy] = None, group_size: int = 4, objective: Any = None, scale: Optional[float] = None,
               tol: float = DEFAULT_TOL, decompose: bool = True, setup: Optional[dict] = None,
-              predicted: Optional[Sequence[str]] = None) -> AuditResult:
+              predicted: Optional[Sequence[str]] = None, sampler: Any = None) -> AuditResult:
     """Audit one method on one tree / policy configuration.
 
     Args:
@@ -107,15 +107,17 @@ def audit_one(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Optional[Pol
       group_size: G; objective: override the intended objective; scale: override c.
       tol: relative tolerance of EXACT and of a term's presence; decompose: measure the bias terms.
       predicted: the terms the theory predicts (default `rlkl.toy.terms.predicted_terms`).
+      sampler: an ``rlkl.sampling.Sampler``: the rows come from q = sampler(π_old) (an inference engine; the
+        mismatch terms are those of ``rlkl.toy.mismatch``, valid at π_θ = π_old).
     Returns:
       `AuditResult`; ``record`` has method, objective, mdp, rel_error, exact, bias_terms, unexplained, ….
     """
     with threads_for(mdp):
         return _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale, tol, decompose, setup,
-                          predicted)
+                          predicted, sampler)
 
 
-def _prepare(method, mdp, policy, behaviour, ref, group_size, objective, scale):
+def _prepare(method, mdp, policy, behaviour, ref, group_size, objective, scale, sampler=None):
     from rlkl.methods import Method
 
     is_method = isinstance(method, Method)
@@ -132,7 +134,7 @@ def _prepare(method, mdp, policy, behaviour, ref, group_size, objective, scale):
         objective = objective.bind(beta=method.beta if is_method else 0.0)
     c = scale if scale is not None else (aggregation_scale(method, mdp) if is_method else 1.0)
     ctx = AuditContext(method if is_method else None, mdp, policy, beh, ref if ref is not None else beh, G, c,
-                       objective, off_policy)
+                       objective, off_policy, extras={"sampler": sampler} if sampler is not None else None)
     return spec, ctx, is_method
 
 
@@ -147,10 +149,11 @@ def _decompose(ctx: AuditContext, notes: list) -> dict:
         return {}
 
 
-def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale, tol, decompose, setup, predicted):
+def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale, tol, decompose, setup, predicted,
+               sampler=None):
     t0 = time.perf_counter()
-    spec, ctx, is_method = _prepare(method, mdp, policy, behaviour, ref, group_size, objective, scale)
-    eg = expected_gradient(spec, mdp, policy, ctx.behaviour, ref, ctx.G)
+    spec, ctx, is_method = _prepare(method, mdp, policy, behaviour, ref, group_size, objective, scale, sampler)
+    eg = expected_gradient(spec, mdp, policy, ctx.behaviour, ref, ctx.G, sampler=sampler)
     g, target = eg.grad, ctx.target
     notes: list[str] = []
     terms = _decompose(ctx, notes) if decompose and is_method else {}
@@ -158,7 +161,7 @@ def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale
     tnorm = _norm(target)
     denom = tnorm if tnorm > 1e-300 else 1.0
     present = {k: v for k, v in terms.items() if _norm(v) / denom > tol}
-    setting = Setting(off_policy=ctx.off_policy, variable_length=not mdp.fixed_length)
+    setting = Setting(off_policy=ctx.off_policy, variable_length=not mdp.fixed_length, sampler=sampler)
     if predicted is None and is_method:
         predicted = predicted_terms(method, setting)
     descent = target / ctx.c if ctx.c else target  # −∇J
@@ -182,6 +185,8 @@ def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale
         "seconds": 0.0,
         "notes": notes,
     }
+    if sampler is not None:
+        record["sampler"] = sampler.describe()
     if predicted is not None:
         record["unpredicted_terms"] = sorted(set(present) - set(predicted))
         record["missing_terms"] = sorted(set(predicted) - set(present))

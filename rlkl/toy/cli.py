@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trl", default=None, metavar="CONFIG.yaml|JSON",
                         help="audit TRL GRPOConfig arguments: a YAML/JSON file or a JSON object")
     parser.add_argument("--trl-version", default=None, help="TRL version whose defaults apply (default 1.16)")
+    from rlkl.toy import mismatch_cli
+
+    mismatch_cli.add_arguments(parser)
 
 
 def _format(records: list[dict], skipped: list[str]) -> str:
@@ -114,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the audit; print a table (or JSON with ``--json``). Returns 0, or 2 on bad arguments (the records
     that could be computed are printed all the same)."""
     from rlkl.methods import REGISTRY
+    from rlkl.toy import mismatch_cli
     from rlkl.toy.audit import default_mdps
 
     try:
@@ -121,6 +125,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rlkl audit: error: {exc}", file=sys.stderr)
         return 2
+    if mismatch_cli.requested(args):  # a sampler or rollout corrections: the mismatch audit
+        return mismatch_cli.main(args)
     if args.verl or args.verl_overrides or args.trl:  # a framework config instead of registered methods
         from rlkl.integrations.explain import main_config
 

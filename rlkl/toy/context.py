@@ -26,6 +26,11 @@ from rlkl.toy.policies import Policy
 cached = functools.cached_property
 
 
+def _finite_or_zero(x: Tensor) -> Tensor:
+    """x with its non-finite entries (differences of −inf log-probs: responses of zero probability) set to 0."""
+    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype))
+
+
 def _reverse_cumsum(x: Tensor) -> Tensor:
     return x.flip(-1).cumsum(-1).flip(-1)
 
@@ -95,8 +100,8 @@ class AuditContext:
 
     @cached
     def log_rho(self) -> Tensor:
-        """``[P, N, T]`` log ρ_t = log π_θ − log π_old (0 on padding)."""
-        return (self.lt - self.lo) * self.fmask
+        """``[P, N, T]`` log ρ_t = log π_θ − log π_old (0 on padding and on tokens of zero probability)."""
+        return _finite_or_zero(self.lt - self.lo) * self.fmask
 
     @cached
     def rho(self) -> Tensor:
@@ -138,14 +143,25 @@ class AuditContext:
         (g,) = torch.autograd.grad(out, self.policy.theta, retain_graph=True, allow_unused=True)
         return torch.zeros_like(self.policy.theta) if g is None else g
 
+    def _grad_of(self, graph: Tensor, coef: Tensor, rows: bool = False) -> Tensor:
+        """Σ coef·∇_θ graph. Under a policy with zero-probability tokens (graph = −inf: a truncated policy) those
+        tokens — with ``rows``, every token of a response that contains one — carry no mass: their coefficient is 0
+        (so 0·(−inf) and the NaN it makes never enter the sum)."""
+        live = torch.isfinite(graph.detach())
+        if rows:
+            live = live.all(-1, keepdim=True).expand_as(live)
+        c = torch.where(live, coef, torch.zeros((), dtype=coef.dtype))
+        (g,) = torch.autograd.grad(graph, self.policy.theta, grad_outputs=c, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(self.policy.theta) if g is None else g
+
     def chain(self, coef: Tensor) -> Tensor:
         """Σ_{x,y,t} coef[x, y, t]·∇_θ log π_θ(a_t|s_t) (``coef`` ``[P, N, T]``, masked here)."""
         c = (coef * self.fmask).reshape(-1, self.shape[2])
-        return self._grad((c * self._token_graph).sum())
+        return self._grad_of(self._token_graph, c, rows=True)
 
     def chain_nodes(self, weight: Tensor) -> Tensor:
         """Σ_{x,s,a} weight[x, s, a]·∇_θ log π_θ(a|s) (``weight`` ``[P, S, V]``)."""
-        return self._grad((weight * self._node_graph).sum())
+        return self._grad_of(self._node_graph, weight)
 
     def on_old_rows(self, per_token: Tensor) -> Tensor:
         """Σ_x ρ(x) Σ_y π_old(y|x) Σ_t per_token·∇log π_t: an expectation over rows drawn from π_old."""
@@ -210,7 +226,7 @@ class AuditContext:
         """``[P, N, T]`` δ_t at the sampled tokens: the rollout's log π_old − log π_ref (``stale``), else
         log π_θ − log π_ref."""
         top = self.lo if stale else self.lt
-        return (top - self.lr) * self.fmask
+        return _finite_or_zero(top - self.lr) * self.fmask  # a zero-probability token (no mass): 0
 
     def fused_penalty(self, stale: bool) -> Tensor:
         """``[P, N]`` K(y) = Σ_t k(δ_t) of a fused KLReward (zeros otherwise)."""

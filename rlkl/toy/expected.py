@@ -178,10 +178,14 @@ class _Data:
     N: int
     T: int
     logp_graph: Optional[Tensor] = None  # [P·N, T] current policy with its autograd graph to θ (for the chain rule)
+    logp_rollout: Optional[Tensor] = None  # [P·N, T] the sampler's reported log-probs (None: q = π_old)
+    kept_logmass: Optional[Tensor] = None  # [P·N, T] log π_old mass on the sampler's kept set
+    chain_policy: Optional[Policy] = None  # the policy whose token log-probs the loss sees (π_θ, or π_θ^K replayed)
+    sampled: Optional[Policy] = None  # the behaviour distribution q when a sampler is given
 
 
 def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Optional[Policy],
-             keep_graph: bool = True) -> _Data:
+             keep_graph: bool = True, sampler: Any = None, replay: bool = False) -> _Data:
     if policy.mdp is not mdp:
         raise ValueError("policy was built on a different TreeMDP")
     behaviour = behaviour if behaviour is not None else policy
@@ -189,17 +193,26 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         if pol is not None and pol.mdp is not mdp:
             raise ValueError(f"{name} policy was built on a different TreeMDP")
     P, N = mdp.num_prompts, mdp.num_responses
+    sampled = None
+    if sampler is not None:  # the engine samples q = sampler(π_old); a mask-replaying trainer sees π^K
+        from rlkl.toy.samplers import SampledPolicy, replayed_policy
+
+        sampled = SampledPolicy(behaviour, sampler)
+        if replay:
+            policy, behaviour = replayed_policy(policy, sampled), replayed_policy(behaviour, sampled)
     graph = policy.token_logp() if keep_graph else None  # one pass with the graph, reused by `_chain`
     with torch.no_grad():
         logp = graph.detach() if graph is not None else policy.token_logp()
         logp_old = logp if behaviour is policy else behaviour.token_logp()
         logp_ref = ref.token_logp() if ref is not None else logp_old
-        seq_old = logp_old.sum(-1).reshape(P, N)
+        seq_old = (logp_old if sampled is None else sampled.token_logp()).sum(-1).reshape(P, N)
         q = torch.softmax(seq_old, dim=-1)
         target = logp.sum(-1).reshape(P, N).exp()
     live = mdp.prompt_probs > 0
+    if sampled is not None:
+        _check_sampler_support(mdp, q, logp_old, live)
     bad = (q == 0) & (target > 0) & live[:, None]
-    if bool(bad.any()):
+    if sampled is None and bool(bad.any()):  # under a sampler, the cut mass is the bias being measured
         x, n = [int(v) for v in bad.nonzero()[0]]
         raise ValueError(
             f"behaviour policy has zero probability where the target policy has mass ({int(bad.sum())} response(s), "
@@ -210,7 +223,24 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         raise ValueError("the reference policy has zero probability on a response in the support of the behaviour "
                          "policy: the KL to π_ref is infinite")
     _, _, mask, rewards = mdp.stacked()
-    return _Data(logp, logp_old, logp_ref, mask, rewards, q, mdp.prompt_probs, N, mdp.horizon, graph)
+    data = _Data(logp, logp_old, logp_ref, mask, rewards, q, mdp.prompt_probs, N, mdp.horizon, graph,
+                 chain_policy=policy)
+    if sampled is not None:
+        data.sampled = sampled
+        data.logp_rollout = sampled.reported_token_logp()
+        data.kept_logmass = sampled.kept_logmass(sampled.base)
+    return data
+
+
+def _check_sampler_support(mdp: TreeMDP, q: Tensor, logp_old: Tensor, live: Tensor) -> None:
+    """The trainer needs a finite log π_old for every token the sampler can emit."""
+    P, N = q.shape
+    unscored = (~torch.isfinite(logp_old)).any(-1).reshape(P, N)
+    bad = (q > 0) & unscored & live[:, None]
+    if bool(bad.any()):
+        x, n = [int(v) for v in bad.nonzero()[0]]
+        raise ValueError(f"the sampler emits a response the trainer's π_old gives zero probability (prompt {x}, "
+                         f"response {mdp.responses()[n]}): the importance ratio π_old/q is undefined there")
 
 
 def make_batch(data: _Data, rows: Tensor, group_size: int):
@@ -219,7 +249,9 @@ def make_batch(data: _Data, rows: Tensor, group_size: int):
     Log-probs are 0 on padding already (`Policy.token_logp`)."""
     from rlkl.methods import RolloutBatch
 
-    return RolloutBatch(data.logp_old[rows], data.logp_ref[rows], data.mask[rows], data.rewards[rows], group_size)
+    extra = {k: getattr(data, k)[rows] for k in ("logp_rollout", "kept_logmass") if getattr(data, k) is not None}
+    return RolloutBatch(data.logp_old[rows], data.logp_ref[rows], data.mask[rows], data.rewards[rows], group_size,
+                        **extra)
 
 
 def _call(spec: LossSpec, logp: Tensor, batch) -> Tensor:
@@ -463,7 +495,7 @@ def choose_route(spec: LossSpec, mdp: TreeMDP, max_groups: int = DEFAULT_MAX_GRO
 def expected_gradient(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy] = None,
                       ref: Optional[Policy] = None, group_size: Optional[int] = None, route: str = "auto",
                       class_by: Optional[str] = None, max_groups: int = DEFAULT_MAX_GROUPS,
-                      chunk_slots: int = DEFAULT_CHUNK_SLOTS) -> ExpectedGradient:
+                      chunk_slots: int = DEFAULT_CHUNK_SLOTS, sampler: Any = None) -> ExpectedGradient:
     """Exact E_{x∼ρ, y_1..y_G∼π_old}[∇_θ L(y_1..y_G; θ)] for a Method's (or any) loss, in float64.
 
     Args:
@@ -476,18 +508,28 @@ def expected_gradient(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Opti
       route: ``"auto" | "per_sample" | "tuples" | "exchangeable" | "loop"`` (see the module docstring).
       class_by: for ``exchangeable``: ``"reward"`` or ``"response"`` (default from the coupling).
       max_groups: cap on enumerated groups (ValueError with the count beyond it).
+      sampler: an ``rlkl.sampling.Sampler``: groups are drawn from q = sampler(π_old) instead of π_old; the batch
+        carries the log-probs the sampler reports (``logp_rollout``) and the kept-set mass; a Method whose
+        correction replays the kept set sees π_θ and π_old renormalized over it (``rlkl.toy.samplers``).
     Returns:
       `ExpectedGradient` (``grad`` shaped like ``policy.theta``).
     """
     with threads_for(mdp):
         return _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, class_by, max_groups,
-                                  chunk_slots)
+                                  chunk_slots, sampler)
 
 
-def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, class_by, max_groups, chunk_slots):
+def replays_kept_set(spec: LossSpec) -> bool:
+    """True when the spec's Method has a rollout correction that renormalizes over the sampler's kept set."""
+    correction = getattr(spec.method, "correction", None)
+    return bool(getattr(correction, "replays_kept_set", False))
+
+
+def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, class_by, max_groups, chunk_slots,
+                       sampler=None):
     t0 = time.perf_counter()
     spec = loss_spec(method, mdp, group_size)
-    data = _prepare(mdp, policy, behaviour, ref)
+    data = _prepare(mdp, policy, behaviour, ref, sampler=sampler, replay=replays_kept_set(spec))
     if route == "auto":
         route, auto_class = choose_route(spec, mdp, max_groups)
         class_by = class_by or auto_class

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 
 from rlkl.toy.expected import (DEFAULT_CHUNK_SLOTS, _call, _group_factors, _prepare, loss_spec, make_batch,
-                               threads_for)
+                               replays_kept_set, threads_for)
 from rlkl.toy.mdp import TreeMDP
 from rlkl.toy.policies import Policy
 
@@ -61,7 +61,7 @@ def token_logp_jacobian(policy: Policy) -> Tensor:
 def mc_gradient(method: Any, mdp: TreeMDP, policy: Policy, num_groups: int, seed: int = 0,
                 behaviour: Optional[Policy] = None, ref: Optional[Policy] = None, group_size: Optional[int] = None,
                 keep_per_group: bool = False, chunk_slots: int = DEFAULT_CHUNK_SLOTS,
-                jacobian: Optional[Tensor] = None) -> MonteCarloGradient:
+                jacobian: Optional[Tensor] = None, sampler: Any = None) -> MonteCarloGradient:
     """Monte Carlo estimate of E[∇_θ L] from ``num_groups`` sampled groups.
 
     Args:
@@ -69,7 +69,10 @@ def mc_gradient(method: Any, mdp: TreeMDP, policy: Policy, num_groups: int, seed
       mdp, policy: tree and π_θ; behaviour: π_old (default π_θ); ref: π_ref (default π_old).
       num_groups: n ≥ 2; seed: seed of the ``torch.Generator`` that samples prompts and responses.
       group_size: G; keep_per_group: return the ``[n, numel(θ)]`` matrix of per-group gradients.
-      jacobian: precomputed `token_logp_jacobian(policy)` (reuse across calls).
+      jacobian: precomputed `token_logp_jacobian(policy)` (reuse across calls; for a mask-replaying Method, of
+        the replayed policy).
+      sampler: an ``rlkl.sampling.Sampler``: groups are drawn from q = sampler(π_old) (as in
+        `rlkl.toy.expected.expected_gradient`).
     Returns:
       `MonteCarloGradient` (mean and standard error shaped like ``policy.theta``).
     """
@@ -77,19 +80,20 @@ def mc_gradient(method: Any, mdp: TreeMDP, policy: Policy, num_groups: int, seed
         raise ValueError(f"num_groups must be >= 2 for a standard error, got {num_groups}")
     with threads_for(mdp):
         return _mc_gradient(method, mdp, policy, num_groups, seed, behaviour, ref, group_size, keep_per_group,
-                            chunk_slots, jacobian)
+                            chunk_slots, jacobian, sampler)
 
 
 def _mc_gradient(method, mdp, policy, num_groups, seed, behaviour, ref, group_size, keep_per_group, chunk_slots,
-                 jacobian):
+                 jacobian, sampler=None):
     t0 = time.perf_counter()
     spec = loss_spec(method, mdp, group_size)
     G = spec.group_size
     beh = behaviour if behaviour is not None else policy
-    data = _prepare(mdp, policy, beh, ref, keep_graph=False)
+    data = _prepare(mdp, policy, beh, ref, keep_graph=False, sampler=sampler, replay=replays_kept_set(spec))
     gen = torch.Generator().manual_seed(int(seed))
-    groups = beh.sample_groups(num_groups, G, gen)  # [n, G] stacked row indices
-    J = jacobian if jacobian is not None else token_logp_jacobian(policy)  # [P·N·T, d]
+    source = data.sampled if data.sampled is not None else beh  # the distribution the groups come from
+    groups = source.sample_groups(num_groups, G, gen)  # [n, G] stacked row indices
+    J = jacobian if jacobian is not None else token_logp_jacobian(data.chain_policy)  # [P·N·T, d]
     T = data.T
     d = J.shape[1]
     per_group = torch.empty(num_groups, d, dtype=torch.float64)

@@ -39,10 +39,13 @@ class Setting:
     Attributes:
       off_policy: rows come from π_old ≠ π_θ (K > 1 optimizer steps per batch).
       variable_length: responses have different lengths (EOS).
+      sampler: the inference engine's ``rlkl.sampling.Sampler`` the rows come through (None: π_old samples);
+        its terms are registered by ``rlkl.toy.mismatch``.
     """
 
     off_policy: bool = False
     variable_length: bool = False
+    sampler: Any = None
 
 
 @dataclass(frozen=True)
