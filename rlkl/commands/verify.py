@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 
@@ -24,9 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="more seeds / larger grids (slower)")
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON records")
     parser.add_argument("--only", choices=sorted(PROVIDERS), action="append", help="run only these sections")
+    parser.add_argument("--fresh", action="store_true",
+                        help="recompute the derivation verdicts even when their sources are unchanged")
 
 
-def collect(quick: bool = True, only: list[str] | None = None) -> list[Verdict]:
+def collect(quick: bool = True, only: list[str] | None = None, fresh: bool = False) -> list[Verdict]:
     rows: list[Verdict] = []
     for section, module_name in PROVIDERS.items():
         if only and section not in only:
@@ -40,12 +43,13 @@ def collect(quick: bool = True, only: list[str] | None = None) -> list[Verdict]:
                 continue
             raise
         print(f"[rlkl verify] running {section} ...", file=sys.stderr, flush=True)
-        rows.extend(module.verify_rows(quick=quick))
+        fresh_kw = {"fresh": fresh} if "fresh" in inspect.signature(module.verify_rows).parameters else {}
+        rows.extend(module.verify_rows(quick=quick, **fresh_kw))
         print(f"[rlkl verify] {section}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return rows
 
 
 def main(args: argparse.Namespace) -> int:
-    rows = collect(quick=not args.full, only=args.only)
+    rows = collect(quick=not args.full, only=args.only, fresh=args.fresh)
     print(dump_json(rows) if args.json else format_table(rows))
     return 0 if all(r.ok or r.status == "SKIP" for r in rows) else 1
