@@ -172,7 +172,7 @@ def table_values(d: Derivation):
 
 @identity("Monte Carlo with the library's estimators (rlkl.divergences.kl_estimate, seeded, n = 10⁶) agrees with the "
           "exact means and variances within 4 standard errors", "Schulman 2020 'Approximating KL divergence' (blog)",
-          slow=True, numeric=True)
+          numeric=True)
 def monte_carlo_check(d: Derivation):
     try:
         import torch
