@@ -1,7 +1,8 @@
 """Benchmark: exact expected gradient of a Method as the number N of enumerated responses grows 10^3 → 10^6.
 
-    python3 benchmarks/exact_engine.py            # full sweep (N = 10^3 … 10^6), ~1–2 min on 2 cores
-    python3 benchmarks/exact_engine.py --quick    # N = 10^3 … 10^5
+    rlkl bench exact_engine            # full sweep (N = 10^3 … 10^6), ~1–2 min on 2 cores
+    rlkl bench --quick exact_engine    # N = 10^3 … 10^5
+    .venv/bin/python benchmarks/exact_engine.py [--quick]   # the same, as a script in a checkout
 
 For each N (one prompt, V = 10, T = 3..6, so N = 10^T) it times `rlkl.toy.expected.expected_gradient` for
 
@@ -22,17 +23,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from rlkl.components import Raw
+from rlkl.methods import get_method
+from rlkl.toy.expected import _call, _prepare, expected_gradient, loss_spec, make_batch
+from rlkl.toy.mdp import TreeMDP
+from rlkl.toy.policies import TabularPolicy
 
-from rlkl.methods import get_method  # noqa: E402
-from rlkl.toy.expected import _call, _prepare, expected_gradient, loss_spec, make_batch  # noqa: E402
-from rlkl.toy.mdp import TreeMDP  # noqa: E402
-from rlkl.toy.policies import TabularPolicy  # noqa: E402
+#: arguments of ``rlkl bench --quick``
+QUICK_ARGV = ("--quick",)
 
 
 def loop_seconds(method, mdp, pi, old, ref, limit: int = 2000) -> tuple[float, int]:
@@ -79,7 +81,7 @@ def run(sizes: list[int], grpo_max: int = 5, repeats: int = 2) -> list[dict]:
         pi = TabularPolicy.random(mdp, seed=1)
         ref = TabularPolicy.random(mdp, seed=2).detached()
         old = pi.perturbed(0.2, 3).detached()
-        cases = [("rpg_urkl_seq", get_method("rpg_reinforce_urkl_seq").replace(advantage="raw", beta=0.1), old, 1)]
+        cases = [("rpg_urkl_seq", get_method("rpg_reinforce_urkl_seq").replace(advantage=Raw(), beta=0.1), old, 1)]
         if T <= grpo_max:
             cases.append(("grpo(G=4)", get_method("grpo").replace(beta=0.1), None, 4))
         for label, method, beh, G in cases:

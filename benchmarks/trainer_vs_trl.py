@@ -11,7 +11,7 @@ steps) and the ratio rlkl / TRL. Target on CPU: ≥ 3×. rlkl's figure includes 
 (sampling, verifier, π_old and π_ref forwards, the exact full-softmax metrics, the update); its
 evaluation passes are excluded. TRL's figure is ``trainer.train()`` over the measured steps.
 
-    python3 benchmarks/trainer_vs_trl.py                 # skips with a message when trl is not installed
+    rlkl bench trainer_vs_trl                            # skips with a message when trl is not installed
     /path/to/venv-with-trl/bin/python benchmarks/trainer_vs_trl.py --steps 20 --threads 1
 
 TRL is an optional extra (``pip install 'rlkl[trl]'``); nothing here downloads a model or a dataset.
@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import torch
 
 PROMPTS_PER_STEP, G, BETA = 16, 8, 0.04
+#: arguments of ``rlkl bench --quick``
+QUICK_ARGV = ("--steps", "5", "--warmup", "1")
 
 
 def bench_rlkl(steps: int, warmup: int, workdir: Path) -> dict:

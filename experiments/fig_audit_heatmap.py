@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import DEFAULT_TOL, aggregation_scale, audit_one, make_setup
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import ObjectiveSpec, objective_gradient
+from rlkl.objective import Objective
+from rlkl.toy.objectives import objective_gradient
 
 BETA = 0.1
 UTILITIES = (("E[R]", "expected_reward"), ("(1-1/G)E[R]", "leave_in"), ("U_G(p)", "finite_group"))
@@ -56,9 +57,9 @@ def _columns_off():
 
 
 def _spec(col, method, G):
-    return ObjectiveSpec(col["utility"], col["regularizer"], col["level"], col["anchor"], col["f_divergence"],
-                         beta=BETA if col["regularizer"] != "none" else 0.0, group_size=G, std=method.adv_std,
-                         eps=method.adv_eps)
+    f = col["f_divergence"] if col["regularizer"] == "token_f_divergence" else None
+    obj = Objective(col["utility"], col["regularizer"], col["level"], col["anchor"], f)
+    return method.replace(objective=obj).bound_objective(G).bind(beta=BETA if obj.has_regularizer else 0.0)
 
 
 def _intended_column(m, columns, off_policy):

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.advantages import group_centered, leave_one_out
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import aggregation_scale, make_setup
 from rlkl.toy.expected import expected_gradient
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import ObjectiveSpec, objective_gradient
+from rlkl.components import GroupCentered, GroupStandardized, LeaveOneOut
+from rlkl.objective import Objective
+from rlkl.toy.objectives import objective_gradient
 from rlkl.utility import conditional_advantage_means
 
 
@@ -38,12 +40,12 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
     beh = pi.detached()
     rows = []
     for std in ("population", "bessel"):
-        m = REGISTRY["no_kl"].replace(adv_std=std, adv_eps=0.0)
+        m = REGISTRY["no_kl"].replace(advantage=GroupStandardized(std, 0.0))
         c = aggregation_scale(m, mdp)
-        t_arcsin = -c * objective_gradient(ObjectiveSpec("arcsin"), mdp, pi, ref, beh)
+        t_arcsin = -c * objective_gradient(Objective("arcsin", "none"), mdp, pi, ref, beh)
         for G in Gs:
             g = expected_gradient(m, mdp, pi, group_size=G).grad
-            t_fg = -c * objective_gradient(ObjectiveSpec("finite_group", group_size=G, std=std, eps=0.0), mdp, pi,
+            t_fg = -c * objective_gradient(Objective("finite_group", "none", group_size=G, std=std, eps=0.0), mdp, pi,
                                            ref, beh)
             cos = float((g * t_arcsin).sum() / (g.norm() * t_arcsin.norm()))
             rows.append({"panel": "a", "std": std, "G": G, "rel_error_vs_arcsin": _rel(g, t_arcsin),
@@ -59,10 +61,10 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
         shrink["centered"].append((s1 - f1).tolist())
         shrink["leave_one_out"].append((s2 - f2).tolist())
     engine = []
-    for name, adv in (("dr_grpo", "group_centered"), ("rloo_no_kl", "leave_one_out")):
+    for name, adv in (("dr_grpo", GroupCentered()), ("dr_grpo+leave_one_out", LeaveOneOut())):
         m = REGISTRY["dr_grpo"].replace(advantage=adv, name=name)
         c = aggregation_scale(m, mdp)
-        t = -c * objective_gradient(ObjectiveSpec("expected_reward"), mdp, pi, ref, beh)
+        t = -c * objective_gradient(Objective("expected_reward", "none"), mdp, pi, ref, beh)
         for G in Gs:
             g = expected_gradient(m, mdp, pi, group_size=G).grad
             fitted = float((g * t).sum() / (t * t).sum())

@@ -13,12 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import aggregation_scale, make_setup
 from rlkl.toy.expected import expected_gradient
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import ObjectiveSpec, objective_gradient
+from rlkl.objective import Objective
+from rlkl.toy.objectives import objective_gradient
 
 METHODS = ("grpo_k1_loss", "grpo_k2_loss", "grpo", "grpo_k3_plus", "grpo_is_k3", "ppo_k1_rtg", "frpo", "frpo_k3")
 BETA = 0.1
@@ -29,7 +30,7 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
     horizons = [1, 2, 3, 4, 5, 6] if quick else [1, 2, 3, 4, 5, 6, 7, 8]
     seeds = [seed + k for k in range(3 if quick else 8)]
     V, P, G = 2, 2, 2  # G = 2 keeps the reward-to-go method's response-coupled enumeration small (N² groups)
-    kl_obj = ObjectiveSpec("none", "reverse_kl", "sequence", "ref", beta=1.0)
+    kl_obj = Objective("none", "reverse_kl", "sequence", "ref", beta=1.0)
     rows = []
     for T in horizons:
         for s in seeds:

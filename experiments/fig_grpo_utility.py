@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.utility import effective_weight, finite_group_utility, finite_group_weight, grpo_utility
 
 GROUP_SIZES = (2, 4, 8, 16, 64)

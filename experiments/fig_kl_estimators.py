@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from derivations.kl_estimators import schulman_table
-from experiments import write_config, write_csv, write_json
+from rlkl.derivations.kl_estimators import schulman_table
+from . import write_config, write_csv, write_json
 from rlkl.divergences import kl_estimate
 
 MUS = (0.1, 1.0)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from experiments import write_config, write_csv, write_json
-from rlkl.losses import AGGREGATION_MODES
+from . import write_config, write_csv, write_json
+from rlkl.components import AggMode, Aggregation, Reinforce
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import aggregation_scale
 from rlkl.toy.policies import TabularPolicy
@@ -45,9 +45,10 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
     pi0 = TabularPolicy.random(mdp, 0.3, seed=70_000 + seed)
     curves = {}
     rows = []
-    for mode in AGGREGATION_MODES:
-        m = REGISTRY["no_kl"].replace(name=f"grpo_{mode}", aggregation=mode, policy_loss="reinforce", dual_clip=None,
-                                      horizon=T if mode == "seq-mean-token-sum-norm" else None)
+    for agg_mode in AggMode:
+        mode = agg_mode.value
+        agg = Aggregation(agg_mode, T if agg_mode is AggMode.SEQ_MEAN_TOKEN_SUM_NORM else None)
+        m = REGISTRY["no_kl"].replace(name=f"grpo_{mode}", aggregation=agg, policy_loss=Reinforce())
         c = aggregation_scale(m, mdp)
         pi = pi0.with_theta(pi0.theta.detach().clone())
         hist = [_stats(mdp, pi)]

@@ -7,7 +7,9 @@ Quick mode trains a tiny version with the same library calls: a short SFT refere
 three methods × two seeds × a few RL steps (``rlkl.lm.train``) — the curves are then only a smoke test of the
 pipeline, not evidence.
 The curves (training reward; eval pass@1 and pass@8; exact entropy; exact KL(π‖π_ref) per sequence and per
-token) are collected per variant and seed from each run's ``metrics.jsonl`` into one JSON.
+token) are collected per variant and seed from each run's ``metrics.jsonl`` into one JSON, with what each variant
+ran (registry method, the β actually used, K optimizer steps per batch, clipping) from its ``config.json`` and
+``method.json``, and one line describing the shared configuration (task, G, prompts per step, steps, lr).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from experiments import write_config, write_json
+from . import write_config, write_json
 
 TRAIN_KEYS = ("reward_mean",)
 EVAL_KEYS = ("eval_pass@1", "eval_pass@8", "eval_entropy", "eval_kl_rev_seq", "eval_kl_rev_tok", "eval_kl_fwd_seq")
@@ -35,6 +37,37 @@ def _curves(run_dir: Path) -> dict:
     return out
 
 
+def _run_info(run_dir: Path) -> dict:
+    """What a run trained with: registry method, β used (config.json, else the Method's in method.json), K, clip."""
+    cfg = json.loads((run_dir / "config.json").read_text())
+    method = json.loads((run_dir / "method.json").read_text()) if (run_dir / "method.json").exists() else {}
+    beta = cfg.get("beta")
+    if beta is None:
+        beta = method.get("beta", 0.0)
+    keys = ("task", "difficulty", "group_size", "prompts_per_step", "steps", "lr")
+    return {"method": cfg["method"], "beta": float(beta), "K": int(cfg.get("updates_per_batch", 1)),
+            "unclipped": bool(cfg.get("unclipped", False)), "config": {k: cfg.get(k) for k in keys}}
+
+
+def config_line(variants: dict) -> str:
+    """One line with the configuration every variant shares (and the β of the variants with a KL term)."""
+    cfgs = [v["config"] for v in variants.values()]
+    c = cfgs[0]
+    betas = sorted({v["beta"] for v in variants.values() if v["beta"] > 0})
+    n_seeds = max(len(v["seeds"]) for v in variants.values())
+    beta_txt = "β=" + "/".join(f"{b:g}" for b in betas) + " (every method with a KL term)" if betas else "β=0"
+    steps = "/".join(str(s) for s in sorted({x["steps"] for x in cfgs}))
+    lr = f"{c['lr']:.0e}".replace("e-0", "e-")
+    return (f"{c['task']} (difficulty {c['difficulty']}), G={c['group_size']}, {c['prompts_per_step']} prompts/step, "
+            f"{steps} RL steps, lr {lr},\n{beta_txt}; {n_seeds} seed{'s' if n_seeds > 1 else ''}")
+
+
+def _add(variants: dict, name: str, seed: int, run_dir: Path) -> None:
+    info = _run_info(run_dir)
+    v = variants.setdefault(name, {**info, "seeds": {}})
+    v["seeds"][str(seed)] = _curves(run_dir)
+
+
 def _collect(lm_run: Path) -> dict:
     exp = json.loads((lm_run / "experiment.json").read_text())
     variants: dict = {}
@@ -44,8 +77,7 @@ def _collect(lm_run: Path) -> dict:
             rd = lm_run / "runs" / rd.name
         if not (rd / "metrics.jsonl").exists():
             continue
-        v = variants.setdefault(job["variant"], {"method": job["config"]["method"], "seeds": {}})
-        v["seeds"][str(job["seed"])] = _curves(rd)
+        _add(variants, job["variant"], job["seed"], rd)
     return {"source": str(lm_run), "args": exp.get("args", {}), "variants": variants}
 
 
@@ -68,7 +100,7 @@ def _quick(out_dir: Path, seed: int) -> dict:
                                      beta=0.05 if method != "no_kl" else None)
             rd = out_dir / "lm_quick" / "runs" / f"{method}-s{s}"
             train(cfg, rd, progress=False)
-            variants.setdefault(method, {"method": method, "seeds": {}})["seeds"][str(s)] = _curves(rd)
+            _add(variants, method, s, rd)
     return {"source": "quick: sft 60 steps, 8 RL steps x 8 prompts x G=8, beta=0.05", "args": {},
             "variants": variants}
 
@@ -83,14 +115,14 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
         data = _collect(Path(env))
         mode = f"read from RLKL_LM_RUN={env}"
     else:
-        import importlib
+        from . import lm_kl_comparison as lm
 
-        lm = importlib.import_module("experiments.lm_kl_comparison")
         lm_run = out_dir / "lm_run"
         lm.main(["--out", str(lm_run), "--workers", "2", "--seeds", str(seed), str(seed + 1), str(seed + 2)])
         data = _collect(lm_run)
         mode = "full lm_kl_comparison run"
     data["mode"] = mode
+    data["config_line"] = config_line(data["variants"]) if data["variants"] else ""
     write_config(out_dir, "fig_lm_training", quick, seed, mode=mode, source=data["source"],
                  lm_args=data.get("args", {}), quick_methods=list(QUICK_METHODS) if quick else None)
     return write_json(out_dir / "lm_training.json", data)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments import write_config, write_csv, write_json
+from . import write_config, write_csv, write_json
 from rlkl.methods import REGISTRY, RolloutBatch
 from rlkl.toy.audit import make_setup
 from rlkl.toy.expected import expected_gradient

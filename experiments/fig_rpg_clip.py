@@ -14,14 +14,16 @@ objective; variance: exact per-group covariance trace by enumeration (experiment
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiments import write_config, write_csv, write_json
-from experiments.fig_mc_convergence import exact_group_moments
+from . import write_config, write_csv, write_json
+from .fig_mc_convergence import exact_group_moments
 from rlkl.losses import RPGClip, ppo_clip_loss, rpg_loss
+from rlkl.components import LeaveOneOut
 from rlkl.methods import REGISTRY
 from rlkl.toy.audit import audit_one, make_setup
 from rlkl.toy.mdp import TreeMDP
@@ -73,8 +75,8 @@ def run(out_dir, quick: bool = False, seed: int = 0) -> Path:
     for div in ("ufkl", "urkl"):
         base = REGISTRY[f"rpg_reinforce_{div}_seq"].replace(beta=BETA)
         variants[f"{div}_seq_noclip"] = base
-        variants[f"{div}_seq_clip"] = base.replace(rpg_clip=CLIP)
-    variants["urkl_token_clip"] = REGISTRY["rpg_reinforce_urkl"].replace(beta=BETA, advantage="leave_one_out")
+        variants[f"{div}_seq_clip"] = base.replace(policy_loss=dataclasses.replace(base.policy_loss, clip=CLIP))
+    variants["urkl_token_clip"] = REGISTRY["rpg_reinforce_urkl"].replace(beta=BETA, advantage=LeaveOneOut())
     rows = []
     for s in scales:
         old = pi.perturbed(s, 30_000 + seed).detached() if s > 0 else pi.detached()

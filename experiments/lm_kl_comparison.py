@@ -5,8 +5,10 @@ below, over several seeds, and compares final reward, pass@k, exact entropy and 
 token-level KL drift to π_ref (mean and 95% Student-t confidence interval over seeds). Then states, for
 four claims from the literature, whether they reproduce here, with the numbers.
 
-    python3 experiments/lm_kl_comparison.py                       # 3 seeds, ~15-30 min on 2 cores
-    python3 experiments/lm_kl_comparison.py --seeds 0 1 --steps 60 --workers 2 --out runs/exp/quick
+    .venv/bin/python experiments/lm_kl_comparison.py            # 3 seeds, ~15-30 min on 2 cores
+    .venv/bin/python -m rlkl.experiments.lm_kl_comparison --seeds 0 1 --steps 60 --workers 2 --out runs/exp/quick
+
+(The second form works from an installed wheel too.)
 
 Variants (one shared β for every method that has a KL term, ``--beta``; methods without KL ignore it):
   no_kl, grpo (k3 loss), grpo_k1_loss, grpo_k2_loss, grpo_is_k3 (ρ·k3 loss), ppo_k1_rtg (PPO-style −β·k1
@@ -28,8 +30,6 @@ import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # (variant name, method, extra TrainConfig fields)
 def variants(rpg_k: int) -> list[tuple[str, str, dict]]:
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for name, method, extra in vs:
         m = get_method(method)
-        has_kl = m.policy_loss == "rpg" or m.kl_placement != "none"
+        has_kl = m.has_kl
         for seed in args.seeds:
             cfg = {"method": method, "seed": seed, "steps": args.steps, "ref": ref, "difficulty": 2, **extra}
             if has_kl:

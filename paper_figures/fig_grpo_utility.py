@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import FAMILY_COLORS, SEQUENCE_COLORS, new_figure, panel_label, save
 
 

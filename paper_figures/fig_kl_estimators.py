@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import ESTIMATOR_COLORS, new_figure, panel_label, save
 
 FORMULAS = {"k1": r"k1 $= \log u$", "k2": r"k2 $= \frac{1}{2}\log^2 u$", "k3": r"k3 $= u^{-1} - 1 + \log u$"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import SEQUENCE_COLORS, new_figure, panel_label, save
 
 STYLE = {"token-mean": (SEQUENCE_COLORS[0], "-"), "seq-mean-token-mean": (SEQUENCE_COLORS[1], "-"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from experiments import read_json
+from rlkl.experiments import read_json
 from rlkl.plotting import method_styles, new_figure, panel_label, save
 
 
@@ -40,7 +40,8 @@ def plot(data_path, out_stem):
     ax2.set_xticks(x, names, rotation=40, ha="right", rotation_mode="anchor")
     ax2.set(ylabel="tr Cov[ĝ] / ‖E ĝ‖²  (per group)")
     ax2.grid(axis="x", visible=False)
-    ax2.legend(loc="upper right", fontsize=9)
+    ax2.set_ylim(0, 1.5 * max(max(exact), max(m + e for m, e in zip(mc, se))))  # headroom: the legend hides no bar
+    ax2.legend(loc="upper right", fontsize=9, handlelength=1.2)
     ax2.set_title(f"relative variance, G = {d['group_size']}")
     panel_label(ax1, "a")
     panel_label(ax2, "b")

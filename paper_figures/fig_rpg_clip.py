@@ -3,37 +3,46 @@ clipped estimator against the off-policy distance (data: experiments/fig_rpg_cli
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import read_json
-from rlkl.plotting import FAMILY_COLORS, new_figure, panel_label, save
+from rlkl.experiments import read_json
+from rlkl.plotting import FAMILY_COLORS, apply_style, save
 
-CURVES = (("ppo_dual_clip", "PPO dual clip", FAMILY_COLORS["grpo"], "-"),
-          ("rpg_urkl_clip", "RPG URKL + RPG-Style Clip", FAMILY_COLORS["rpg"], "--"),
-          ("rpg_urkl_noclip", "RPG URKL, no clip", "0.55", ":"))
-SWEEP = (("ufkl_seq_noclip", "UFKL seq, no clip", FAMILY_COLORS["frpo"], "-", "o"),
-         ("ufkl_seq_clip", "UFKL seq, clip", FAMILY_COLORS["frpo"], "--", "o"),
-         ("urkl_seq_noclip", "URKL seq, no clip", FAMILY_COLORS["rpg"], "-", "s"),
-         ("urkl_seq_clip", "URKL seq, clip", FAMILY_COLORS["rpg"], "--", "s"),
-         ("urkl_token_clip", "URKL token-level, clip", FAMILY_COLORS["grpo"], "-.", "^"))
+#: (a)/(b): key in the data, legend label (registry method name, or the library loss), colour, line style; each
+#: curve is named the same in both panels and drawn in every panel that has its data
+CURVES = (("ppo_dual_clip", "PPO dual clip (rlkl.losses.ppo_clip_loss)", FAMILY_COLORS["grpo"], "-"),
+          ("rpg_urkl_clip", "rpg_urkl: RPG-Style Clip (Alg. 1)", FAMILY_COLORS["rpg"], "--"),
+          ("rpg_reinforce_urkl_clip", "rpg_reinforce_urkl: RPG-Style Clip (Alg. 2)", "#882255", (0, (1, 1.2))),
+          ("rpg_urkl_noclip", "rpg_urkl, unclipped", "0.55", ":"))
+LOSS_PANEL = ("ppo_dual_clip", "rpg_urkl_clip", "rpg_urkl_noclip")  # the REINFORCE value −sg(W)·log π is off-scale
+GRAD_PANEL = ("ppo_dual_clip", "rpg_urkl_clip", "rpg_reinforce_urkl_clip")
+#: (c)/(d): sweep variant, legend label (registry name + what was changed), colour, line style, marker
+SWEEP = (("ufkl_seq_noclip", "rpg_reinforce_ufkl_seq, unclipped", FAMILY_COLORS["frpo"], "-", "o"),
+         ("ufkl_seq_clip", "rpg_reinforce_ufkl_seq + RPG-Style Clip", FAMILY_COLORS["frpo"], "--", "o"),
+         ("urkl_seq_noclip", "rpg_reinforce_urkl_seq, unclipped", FAMILY_COLORS["rpg"], "-", "s"),
+         ("urkl_seq_clip", "rpg_reinforce_urkl_seq + RPG-Style Clip", FAMILY_COLORS["rpg"], "--", "s"),
+         ("urkl_token_clip", "rpg_reinforce_urkl (token level, clipped)", FAMILY_COLORS["grpo"], "-.", "^"))
 
 
 def plot(data_path, out_stem):
     d = read_json(data_path)
     w = np.array(d["w"])
     c = d["clip"]
-    fig, axes = new_figure(ncols=2, nrows=2, width=6.8, height=5.2)
-    (ax1, ax2), (ax3, ax4) = axes
-    for sign, lw_ in (("pos", 1.8), ("neg", 1.8)):
-        for key, label, color, ls in CURVES:
-            cur = d["shape"][sign][key]
-            lab = f"{label}" if sign == "pos" else None
-            ax1.plot(w, cur["loss"], color=color, ls=ls, lw=lw_, label=lab)
-        g = d["shape"][sign]
-        ax2.plot(w, g["ppo_dual_clip"]["grad_logp"], color=FAMILY_COLORS["grpo"], ls="-",
-                 label="PPO dual clip" if sign == "pos" else None)
-        ax2.plot(w, g["rpg_reinforce_urkl_clip"]["grad_logp"], color=FAMILY_COLORS["rpg"], ls="--",
-                 label="RPG-REINFORCE URKL + clip (Alg. 2)" if sign == "pos" else None)
+    apply_style()
+    fig = plt.figure(figsize=(6.8, 6.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    ax1, ax2 = top.subplots(1, 2)
+    ax3, ax4 = bottom.subplots(1, 2)
+    style = {k: (lab, col, ls) for k, lab, col, ls in CURVES}
+    for sign in ("pos", "neg"):
+        for key in LOSS_PANEL:
+            lab, col, ls = style[key]
+            ax1.plot(w, d["shape"][sign][key]["loss"], color=col, ls=ls, lw=1.8, label=lab if sign == "pos" else None)
+        for key in GRAD_PANEL:
+            lab, col, ls = style[key]
+            ax2.plot(w, d["shape"][sign][key]["grad_logp"], color=col, ls=ls, lw=1.8,
+                     label=lab if sign == "pos" else None)
     for ax in (ax1, ax2):
         for x, lab, ha in ((1 - c["eps_low"], "1−ε₁", "right"), (1 + c["eps_high"], "1+ε₂", "left"),
                            (c["c"], "c", "left")):
@@ -45,13 +54,18 @@ def plot(data_path, out_stem):
     ax1.text(0.32, 1.5, "A = −1", color="0.2")
     ax1.text(0.32, -1.6, "A = +1", color="0.2")
     ax1.set(ylabel="per-token loss ℓ", ylim=(-3.5, 12))
-    ax1.legend(loc="upper left", fontsize=9, labelspacing=0.25)
-    ax1.set_title(f"loss shape (β = {d['beta']:g})", pad=14)
+    ax1.set_title(f"(a) loss (β = {d['beta']:g}, ε₁ = {c['eps_low']:g}, ε₂ = {c['eps_high']:g}, c = {c['c']:g})",
+                  pad=14)
     ax2.text(2.2, 5.0, "A = −1", color="0.2")
     ax2.text(0.45, -2.8, "A = +1", color="0.2")
     ax2.set(ylabel=r"$\partial\ell/\partial\log\pi_\theta$", ylim=(-12, 12))
-    ax2.legend(loc="lower right", fontsize=9, labelspacing=0.25)
-    ax2.set_title("gradient: zero where clipped", pad=14)
+    ax2.set_title("(b) gradient: zero where clipped", pad=14)
+    handles = {}
+    for ax in (ax1, ax2):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    top.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=2, fontsize=9, labelspacing=0.3,
+               columnspacing=1.2)
 
     rows = d["sweep"]
     for key, label, color, ls, mk in SWEEP:
@@ -62,11 +76,10 @@ def plot(data_path, out_stem):
     ax3.set(yscale="log", xlabel=r"off-policy distance KL($\pi_{old}$‖$\pi_\theta$)  (nats)",
             ylabel="relative bias of E[∇L]", ylim=(1e-17, 5))
     ax3.set_yticks([1e-15, 1e-10, 1e-5, 1])
-    ax3.legend(loc="center right", fontsize=9, labelspacing=0.2)
-    ax3.set_title("bias vs intended objective")
+    ax3.set_title("(c) bias vs the intended objective")
     ax4.set(yscale="log", xlabel=r"off-policy distance KL($\pi_{old}$‖$\pi_\theta$)  (nats)",
             ylabel="tr Cov[ĝ] / ‖∇J‖²  (per group)")
-    ax4.set_title(f"variance (G = {d['group_size']}, exact)")
-    for ax, l in zip((ax1, ax2, ax3, ax4), "abcd"):
-        panel_label(ax, l)
+    ax4.set_title(f"(d) variance (G = {d['group_size']}, exact)")
+    bottom.legend(*ax3.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=9,
+               labelspacing=0.3, columnspacing=1.2)
     return save(fig, out_stem)

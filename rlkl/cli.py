@@ -3,15 +3,29 @@
 Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and ``main(args) -> int``;
 this file only maps names to modules, so a part of rlkl adds its command without touching the others. Only the
 module of the command being run is imported (startup stays fast). A module that is missing (a part not
-installed) makes its command print that and exit 2; a ``ValueError`` (bad input) is printed without a traceback
-and exits 2.
+installed) makes its command print that and exit 2.
+
+Exit statuses: 0 success; 1 a check failed (``verify``, ``figures``); 2 a bad invocation, always one line on
+stderr and never a traceback (argparse errors, ``ValueError``, a missing or unreadable file); 130 Ctrl-C (a
+clean stop; ``sft``/``train`` keep their last checkpoint). A closed pipe (``rlkl methods | head``) ends the
+command quietly with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from rlkl import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``rlkl CMD: error: MESSAGE (see rlkl CMD --help)`` and exit 2."""
+
+    def error(self, message: str):  # noqa: D102 — argparse's hook
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rlkl.lm.cli_train", "RL-train the small LM with any registered method"),
     "figures": ("rlkl.figures", "regenerate every figure (experiments data + paper_figures)"),
     "bench": ("rlkl.bench", "run the performance benchmarks"),
+    "plot": ("rlkl.plot", "draw training curves (reward, pass@k, exact KL, entropy, clip fraction) of run dirs"),
 }
 
 
@@ -37,11 +52,12 @@ def _selected(argv: list[str]) -> str | None:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the selected command's module is imported (all of them when ``argv`` is None)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rlkl",
         description="Which objective does this KL-regularized loss actually optimize? Exact answers on small problems.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"rlkl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     chosen = None if argv is None else _selected(argv)
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -61,6 +77,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # the reader of our stdout went away (`rlkl methods | head`): stop quietly
+        _silence_stdout()
+        return 0
+    except KeyboardInterrupt:
+        print("rlkl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -70,10 +97,22 @@ def main(argv: list[str] | None = None) -> int:
         print(args._unavailable, file=sys.stderr)
         return 2
     try:
-        return int(args._main(args) or 0)
-    except ValueError as exc:
-        print(f"rlkl {args.command}: error: {exc}", file=sys.stderr)
+        code = int(args._main(args) or 0)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handler, not at interpreter exit
+        return code
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        print(f"rlkl {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Layout of the run dir ``--out`` (default ``runs/figures``)::
 ``--quick`` is the minutes-long version CI runs (smaller grids, fewer Monte Carlo samples, a tiny LM run);
 the default is the full version behind the README gallery. The same ``--seed`` reproduces the same numbers.
 Experiments live in ``experiments/fig_*.py`` (``run(out_dir, quick, seed) -> data path``) and figure scripts in
-``paper_figures/fig_*.py`` (``plot(data_path, out_stem)``), both at the repository root.
+``paper_figures/fig_*.py`` (``plot(data_path, out_stem)``), folders at the repository root that are installed as
+``rlkl.experiments`` and ``rlkl.paper_figures`` (so the command works from a wheel too).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass(frozen=True)
 class FigureSpec:
@@ -38,7 +37,7 @@ class FigureSpec:
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("fig_grpo_utility", "GRPO's implicit utility 2·arcsin√p and the exact finite-group U_G"),
     FigureSpec("fig_kl_estimators", "k1/k2/k3 per sample; Schulman's Gaussian table, exact and Monte Carlo",
-               ("derivations.kl_estimators",)),
+               ("rlkl.derivations.kl_estimators",)),
     FigureSpec("fig_audit_heatmap", "audit: methods × objectives, relative error of the exact expected gradient",
                ("rlkl.toy.audit",)),
     FigureSpec("fig_future_kl", "future KL: local KL losses vs the sequence-level reverse KL as T grows",
@@ -57,13 +56,6 @@ FIGURES: tuple[FigureSpec, ...] = (
 FIGURE_NAMES: tuple[str, ...] = tuple(f.name for f in FIGURES)
 
 
-def _ensure_repo_on_path() -> None:
-    """``experiments`` and ``paper_figures`` are repository folders, not installed packages."""
-    root = str(REPO_ROOT)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-
-
 def _resolve(only: list[str] | None) -> list[FigureSpec]:
     if not only:
         return list(FIGURES)
@@ -79,7 +71,6 @@ def _resolve(only: list[str] | None) -> list[FigureSpec]:
 
 def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: bool = False) -> dict:
     """Run one experiment and its figure script; returns the manifest record."""
-    _ensure_repo_on_path()
     rec: dict = {"name": spec.name, "title": spec.title, "plot_only": bool(plot_only)}
     data_dir = out / "data" / spec.name
     t0 = time.perf_counter()
@@ -87,12 +78,12 @@ def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: b
         if plot_only:
             data_path = Path(json.loads((data_dir / "result_path.json").read_text())["data"])
         else:
-            experiment = importlib.import_module(f"experiments.{spec.name}")
+            experiment = importlib.import_module(f"rlkl.experiments.{spec.name}")
             data_dir.mkdir(parents=True, exist_ok=True)
             data_path = Path(experiment.run(data_dir, quick=quick, seed=seed))
             (data_dir / "result_path.json").write_text(json.dumps({"data": str(data_path)}) + "\n")
         t1 = time.perf_counter()
-        plotter = importlib.import_module(f"paper_figures.{spec.name}")
+        plotter = importlib.import_module(f"rlkl.paper_figures.{spec.name}")
         stem = out / spec.name
         plotter.plot(data_path, stem)
         t2 = time.perf_counter()
@@ -109,6 +100,56 @@ def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: b
                files=[str(p.relative_to(out)) for p in files], experiment_seconds=round(t1 - t0, 3),
                plot_seconds=round(t2 - t1, 3), seconds=round(t2 - t0, 3))
     return rec
+
+
+class _CtrlC:
+    """Remembers a Ctrl-C even when a library swallows the KeyboardInterrupt (e.g. one raised inside an import)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._old = None
+
+    def _handler(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_CtrlC":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _run_all(specs: list[FigureSpec], out: Path, args: argparse.Namespace, ctrl_c: _CtrlC | None = None) -> list[dict]:
+    """Run each figure under one progress bar (closed on Ctrl-C too, so no lock or semaphore is left behind)."""
+    from tqdm import tqdm
+
+    records = []
+    mode = "quick" if args.quick else "full"
+    with tqdm(specs, desc=f"rlkl figures ({mode})", unit="fig", file=sys.stderr, dynamic_ncols=True) as bar:
+        for spec in bar:
+            bar.set_postfix_str(spec.name)
+            if args.plot_only and not (out / "data" / spec.name / "result_path.json").exists():
+                rec = {"name": spec.name, "title": spec.title, "plot_only": True, "status": "missing",
+                       "reason": f"no data in {out / 'data' / spec.name} (run it without --plot-only)", "seconds": 0.0}
+            else:
+                rec = run_figure(spec, out, quick=args.quick, seed=args.seed, plot_only=args.plot_only)
+            if ctrl_c is not None and ctrl_c.seen:  # the interrupt was caught inside the figure: stop here
+                raise KeyboardInterrupt
+            records.append(rec)
+            if rec["status"] != "ok":
+                tqdm.write(f"[rlkl figures] {spec.name}: {rec['status'].upper()} — {rec['reason']}", file=sys.stderr)
+                if rec["status"] == "error":
+                    tqdm.write(rec["traceback"], file=sys.stderr)
+    return records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,22 +173,23 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rlkl figures: {exc}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
     out = Path(args.out).resolve()
+    if args.plot_only:
+        missing = [s.name for s in specs if not (out / "data" / s.name / "result_path.json").exists()]
+        if len(missing) == len(specs):
+            print(f"rlkl figures: error: --plot-only redraws from data in {out / 'data'}, and there is none for "
+                  f"{', '.join(missing)}; run `rlkl figures --out {args.out}` without --plot-only first",
+                  file=sys.stderr)
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     mode = "quick" if args.quick else "full"
-    records = []
     t0 = time.perf_counter()
-    bar = tqdm(specs, desc=f"rlkl figures ({mode})", unit="fig", file=sys.stderr, dynamic_ncols=True)
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
-        rec = run_figure(spec, out, quick=args.quick, seed=args.seed, plot_only=args.plot_only)
-        records.append(rec)
-        if rec["status"] != "ok":
-            tqdm.write(f"[rlkl figures] {spec.name}: {rec['status'].upper()} — {rec['reason']}", file=sys.stderr)
-            if rec["status"] == "error":
-                tqdm.write(rec["traceback"], file=sys.stderr)
+    try:
+        with _CtrlC() as ctrl_c:
+            records = _run_all(specs, out, args, ctrl_c)
+    except KeyboardInterrupt:
+        print(f"rlkl figures: interrupted; figures already written are in {out}", file=sys.stderr)
+        return 130
     total = time.perf_counter() - t0
     manifest_path = out / "manifest.json"
     previous = {}

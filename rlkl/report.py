@@ -46,20 +46,60 @@ class Verdict:
         return dataclasses.asdict(self)
 
 
-def format_table(rows: Iterable[Verdict]) -> str:
-    """Render verdicts as a fixed-width text table, grouped by section."""
-    rows = list(rows)
+#: width of the terminal table (`rlkl verify`, `rlkl derive`); ``wide=True`` puts each verdict on one line instead
+TABLE_WIDTH = 120
+#: column widths of the wrapped table: status, claim, source; detail takes the rest of TABLE_WIDTH
+_COLUMNS = (7, 46, 30)
+
+
+def _cells(r: Verdict) -> tuple[str, str, str, str]:
+    return (r.status if r.expected else f"{r.status}!"), r.claim, r.source, r.detail
+
+
+def _wrapped_lines(cells: tuple[str, ...], widths: tuple[int, ...]) -> list[str]:
+    """One table row as lines: every cell wrapped to its column, the columns side by side."""
+    import textwrap
+
+    cols = [textwrap.wrap(c, w, break_on_hyphens=False) or [""] for c, w in zip(cells, widths)]
+    height = max(map(len, cols))
     lines = []
-    header = f"{'status':<7} {'claim':<70} {'source':<32} detail"
+    for i in range(height):
+        parts = [(col[i] if i < len(col) else "").ljust(w) for col, w in zip(cols, widths)]
+        lines.append(" ".join(parts).rstrip())
+    return lines
+
+
+def format_table(rows: Iterable[Verdict], wide: bool = False, width: int = TABLE_WIDTH) -> str:
+    """Render verdicts as a text table grouped by section, nothing cut.
+
+    Args:
+      rows: the verdicts.
+      wide: one line per verdict (columns padded, never wrapped or cut); otherwise every cell is wrapped so that
+        no line is longer than ``width``.
+      width: line length of the wrapped table (default 120).
+    Returns:
+      the table, with a closing line "n/m verdicts as predicted".
+    """
+    rows = list(rows)
+    if wide:
+        w_claim = max([len(r.claim) for r in rows] + [5])
+        w_source = max([len(r.source) for r in rows] + [6])
+        widths = (_COLUMNS[0], w_claim, w_source, max([len(r.detail) for r in rows] + [6]))
+    else:
+        rest = width - sum(_COLUMNS) - len(_COLUMNS)
+        if rest < 20:
+            raise ValueError(f"table width {width} is too small; use at least {sum(_COLUMNS) + len(_COLUMNS) + 20}")
+        widths = (*_COLUMNS, rest)
+    lines = []
     section = None
     for r in rows:
         if r.section != section:
             section = r.section
-            lines.append("")
-            lines.append(f"== {section} ==")
-            lines.append(header)
-        flag = r.status if r.expected else f"{r.status}!"
-        lines.append(f"{flag:<7} {r.claim[:70]:<70} {r.source[:32]:<32} {r.detail}")
+            lines += ["", f"== {section} ==", " ".join(h.ljust(w) for h, w in
+                                                    zip(("status", "claim", "source", "detail"), widths)).rstrip()]
+        cells = _cells(r)
+        lines += ([" ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()] if wide
+                  else _wrapped_lines(cells, widths))
     ran = [r for r in rows if r.status != "SKIP"]
     n_ok = sum(r.ok for r in ran)
     n_skip = len(rows) - len(ran)

@@ -1,7 +1,8 @@
-"""`rlkl figures --quick` produces every figure (PNG + PDF) with its data and config; the teaching examples run.
+"""`rlkl figures --quick` produces every figure (PNG + PDF) with its data and config; `rlkl plot` draws the curves of
+the LM runs that run wrote.
 
-The quick figures run is what CI runs (~50 s on 2 cores); the examples are smoke-tested as subprocesses, as a
-lecturer would run them, and their key printed numbers are checked.
+The quick figures run (~20–50 s on 2 cores) happens once per test session (module fixture ``quick_figures``) and every
+test here reads its output; it runs as a subprocess, as a user would run it.
 """
 
 from __future__ import annotations
@@ -19,22 +20,21 @@ from rlkl.figures import FIGURE_NAMES, FIGURES
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("MPLBACKEND", "Agg")
-    return env
+def _run(args: list[str], timeout: float, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def test_figures_quick_produces_every_figure(tmp_path):
-    out = tmp_path / "figs"
+@pytest.fixture(scope="module")
+def quick_figures(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("figs")
     res = _run(["-m", "rlkl", "figures", "--quick", "--out", str(out)], timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
+    return out
+
+
+def test_figures_quick_produces_every_figure(quick_figures):
+    out = quick_figures
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["mode"] == "quick"
     assert [r["name"] for r in manifest["figures"]] == list(FIGURE_NAMES)
@@ -51,6 +51,21 @@ def test_figures_quick_produces_every_figure(tmp_path):
     assert (out / "fig_grpo_utility.pdf").read_bytes()[:5] == b"%PDF-"
 
 
+def test_lm_figure_names_registry_methods_and_beta(quick_figures):
+    from rlkl.methods import REGISTRY
+    from rlkl.paper_figures.fig_lm_training import legend_entries
+
+    data = json.loads((quick_figures / "data" / "fig_lm_training" / "lm_training.json").read_text())
+    entries = legend_entries(data)
+    assert entries, "no curve"
+    for variant, label in entries.items():
+        method = data["variants"][variant]["method"]
+        assert method in REGISTRY and label.startswith(method), (variant, label)
+    betas = {v["beta"] for v in data["variants"].values()}
+    assert betas == {0.0, 0.05}  # no_kl has no KL term; grpo and frpo ran at the quick β
+    assert "β" in data["config_line"] and "G=" in data["config_line"]
+
+
 def test_figures_cli_list_and_unknown_name(capsys):
     from rlkl.cli import main
 
@@ -61,32 +76,60 @@ def test_figures_cli_list_and_unknown_name(capsys):
     assert "unknown figure" in capsys.readouterr().err
 
 
-EXAMPLES = {
-    "k1_loss_does_nothing.py": ["zero: no regularization"],
-    "k3_loss_is_forward_kl.py": ["k2 matches the reverse KL"],
-    "future_kl_term.py": ["frpo"],
-    "grpo_arcsin_utility.py": ["2asin(sqrt p)", "exact w_G"],
-    "rpg_surrogates_agree.py": ["Same gradients"],
-}
+# ---- rlkl plot on the LM runs of the quick figures -----------------------------------------------------------------
+
+def _lm_runs(quick_figures: Path) -> list[Path]:
+    runs = sorted((quick_figures / "data" / "fig_lm_training" / "lm_quick" / "runs").iterdir())
+    assert len(runs) == 6  # 3 methods x 2 seeds
+    return runs
 
 
-@pytest.mark.parametrize("script", sorted(EXAMPLES))
-def test_example_runs(script):
-    path = ROOT / "examples" / script
-    assert len(path.read_text().splitlines()) <= 60, "teaching examples stay short"
-    res = _run([str(path)], timeout=120)
+def test_plot_reads_runs_as_rlkl_train_writes_them(quick_figures):
+    from rlkl.plot import load_run, series
+
+    for rd in _lm_runs(quick_figures):
+        run = load_run(rd)
+        cfg = json.loads((rd / "config.json").read_text())
+        assert run.method == cfg["method"] and run.seed == cfg["seed"]
+        expected_beta = cfg["beta"] if cfg["beta"] is not None else json.loads((rd / "method.json").read_text())["beta"]
+        assert run.beta == expected_beta
+        rows = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        steps, values = series(run, "eval_kl_rev_seq")
+        assert values == [r["eval_kl_rev_seq"] for r in rows if "eval_kl_rev_seq" in r]
+        assert steps == [r["step"] for r in rows if "eval_kl_rev_seq" in r] and steps[0] == 0
+        steps, values = series(run, "clip_fraction")
+        train = [r for r in rows if "diag/clip_fraction/low" in r]
+        assert values == [r["diag/clip_fraction/low"] + r["diag/clip_fraction/high"] + r["diag/clip_fraction/dual"]
+                          for r in train]
+        ks = sorted(int(k.split("@")[1]) for k in rows[0] if k.startswith("eval_pass@"))
+        assert series(run, "pass@max")[1] == [r[f"eval_pass@{ks[-1]}"] for r in rows if "eval_pass@1" in r]
+
+
+def test_plot_labels_runs_by_method_beta_and_seed(quick_figures):
+    from rlkl.plot import labels, load_run
+
+    runs = [load_run(rd) for rd in _lm_runs(quick_figures)]
+    got = labels(runs)
+    assert len(set(got)) == len(runs)
+    for run, label in zip(runs, got):
+        assert label == f"{run.method}, β={run.beta:g}, seed {run.seed}"
+    assert labels(runs[:1]) == [f"{runs[0].method}, β={runs[0].beta:g}"]  # one run: no seed needed
+
+
+def test_plot_cli_writes_png_and_pdf(quick_figures, tmp_path):
+    runs = [str(p) for p in _lm_runs(quick_figures)]
+    res = _run(["-m", "rlkl", "plot", *runs, "--out", str(tmp_path / "curves"), "--smooth", "2"], timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    for needle in EXAMPLES[script]:
-        assert needle in res.stdout
+    for ext in (".png", ".pdf"):
+        assert (tmp_path / f"curves{ext}").stat().st_size > 1000
+    assert "grpo, β=0.05, seed 0" in res.stdout
 
 
-def test_examples_print_the_claimed_numbers():
-    out = _run([str(ROOT / "examples" / "k3_loss_is_forward_kl.py")], timeout=120).stdout
-    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
-            if line[:2] in ("k1", "k2", "k3") and len(line.split()) == 3}
-    assert rows["k2"][0] < 1e-12 and rows["k2"][1] > 1e-3  # k2 loss = reverse-KL gradient
-    assert rows["k3"][1] < 1e-12 and rows["k3"][0] > 1e-3  # k3 loss = forward-KL gradient
-    out = _run([str(ROOT / "examples" / "rpg_surrogates_agree.py")], timeout=120).stdout
-    diffs = [float(line.split()[2]) for line in out.splitlines() if line.split()[:1] and line.split()[0] in
-             ("fkl", "rkl", "ufkl", "urkl")]
-    assert len(diffs) == 8 and max(diffs) < 1e-12
+def test_plot_rejects_what_is_not_a_run_dir(tmp_path, capsys):
+    from rlkl.cli import main
+
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "not a run dir" in capsys.readouterr().err
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\nnot json\n')
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "metrics.jsonl:2 is not a JSON row" in capsys.readouterr().err

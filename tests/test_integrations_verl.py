@@ -27,7 +27,9 @@ from verl.workers.config import FSDPActorConfig, PolicyLossConfig  # noqa: E402
 
 import rlkl.integrations.verl as rv  # noqa: E402  (importing registers)
 from rlkl.losses import RPGClip, aggregate, kl_loss  # noqa: E402
-from rlkl.methods import RolloutBatch, from_verl, get_method  # noqa: E402
+from rlkl.components import RPG, Aggregation  # noqa: E402
+from rlkl.integrations.flags import from_verl  # noqa: E402
+from rlkl.methods import RolloutBatch, get_method  # noqa: E402
 
 pytestmark = pytest.mark.integration
 G = 4
@@ -76,14 +78,15 @@ def _config_for(name, beta):
     """(expected Method, verl actor config, verl algorithm config) for a registered rlkl name: the verl knobs
     are set to the Method's own values, so the expected Method is rlkl's registered one with β = ``beta``."""
     m = get_method(name).replace(beta=beta)
-    if m.policy_loss == "rpg":
-        clip = m.rpg_clip or RPGClip()
-        actor = _actor_config(loss_mode=name, loss_agg_mode=m.aggregation, kl_loss_coef=beta,
+    agg = m.aggregation.mode.value
+    if isinstance(m.policy_loss, RPG):
+        clip = m.policy_loss.clip or RPGClip()
+        actor = _actor_config(loss_mode=name, loss_agg_mode=agg, kl_loss_coef=beta,
                               clip_ratio_low=clip.eps_low, clip_ratio_high=clip.eps_high, clip_ratio_c=clip.c)
         algo = AlgoConfig()
     else:  # frpo: KL in the advantage; verl computes ref_log_prob only with a KL switched on (coef 0)
-        actor = _actor_config(loss_mode=name, loss_agg_mode=m.aggregation, use_kl_loss=True, kl_loss_coef=0.0,
-                              clip_ratio_low=m.clip_low, clip_ratio_high=m.clip_high)
+        actor = _actor_config(loss_mode=name, loss_agg_mode=agg, use_kl_loss=True, kl_loss_coef=0.0,
+                              clip_ratio_low=m.policy_loss.low, clip_ratio_high=m.policy_loss.high)
         algo = AlgoConfig(kl_ctrl=KLControlConfig(kl_coef=beta))
     return m, actor, algo
 
@@ -234,13 +237,13 @@ def test_data_parallel_scale_matches_verl_agg_loss():
         info = dict(dp_size=2, batch_num_tokens=int(batch.mask.sum()) + 17, global_batch_size=batch.batch_size + 5,
                     loss_scale_factor=None)
         actor.global_batch_info.update(info)
-        got, _ = core_algos.get_policy_loss_fn(name)(batch.logp_old, logp, adv, batch.mask, method.aggregation,
-                                                     actor)
+        agg = method.aggregation.mode.value
+        got, _ = core_algos.get_policy_loss_fn(name)(batch.logp_old, logp, adv, batch.mask, agg, actor)
         from rlkl.integrations import policy_loss_from_advantages
         per_token = policy_loss_from_advantages(method, logp, batch.logp_old, adv, batch.mask).loss
-        want = core_algos.agg_loss(per_token, batch.mask, method.aggregation, **info)
+        want = core_algos.agg_loss(per_token, batch.mask, agg, **info)
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
-        assert not torch.allclose(got, aggregate(per_token, batch.mask, method.aggregation))
+        assert not torch.allclose(got, aggregate(per_token, batch.mask, agg))
 
 
 def test_verl_compute_advantage_forwards_logprobs_to_frpo():
@@ -274,7 +277,7 @@ def test_verl_compute_advantage_forwards_logprobs_to_frpo():
 def test_config_mismatch_is_an_error(override, match):
     logp, batch = _batch(0)
     method, actor, _ = _config_for("frpo", beta=0.05)
-    actor = _actor_config(**{**dict(loss_mode="frpo", loss_agg_mode=method.aggregation), **override})
+    actor = _actor_config(**{**dict(loss_mode="frpo", loss_agg_mode=method.aggregation.mode.value), **override})
     with pytest.raises(ValueError, match=match):
         core_algos.get_policy_loss_fn("frpo")(batch.logp_old, logp, method.advantages(batch), batch.mask,
                                               actor.loss_agg_mode, actor)
@@ -336,7 +339,8 @@ def test_verl_grpo_kl_loss_path_is_rlkl_grpo(kl_loss_type, rlkl_name, mode):
              "actor_rollout_ref": {"actor": {"use_kl_loss": True, "kl_loss_type": kl_loss_type, "kl_loss_coef": beta,
                                              "loss_agg_mode": mode}}}
     translated = from_verl(flags)
-    assert _label_free(translated) == _label_free(get_method(rlkl_name).replace(beta=beta, aggregation=mode))
+    registered = get_method(rlkl_name).replace(beta=beta, aggregation=Aggregation(mode))
+    assert _label_free(translated) == _label_free(registered)
     for seed in range(3):
         logp, batch = _batch(20 + seed)
         uids = np.array([i // G for i in range(batch.batch_size)], dtype=object)
@@ -377,10 +381,8 @@ def test_verl_low_var_kl_path_audits_as_rlkl_grpo(off_policy, eos):
     from rlkl.toy.audit import aggregation_scale, audit_one, make_setup
     from rlkl.toy.expected import LossSpec
     from rlkl.toy.mdp import TreeMDP
-    from rlkl.toy.objectives import resolve_objective
-
     beta, mode = 0.1, "seq-mean-token-mean"
-    grpo = get_method("grpo").replace(beta=beta, aggregation=mode)
+    grpo = get_method("grpo").replace(beta=beta, aggregation=Aggregation(mode))
     mdp = TreeMDP.random(3, 3, 2, eos=eos, reward="binary", seed=3)
     pi, old, ref = make_setup(mdp, seed=0, off_policy=off_policy, logit_scale=0.5)
     with torch.no_grad():  # premise: no token of the tree reaches verl's clamp k3 > 10
@@ -389,7 +391,7 @@ def test_verl_low_var_kl_path_audits_as_rlkl_grpo(off_policy, eos):
     behaviour = old if off_policy else None
     ours = audit_one(grpo, mdp, pi, behaviour, ref, group_size=G)
     spec = LossSpec(_verl_grpo_kl_loss_fn(mode, beta), G, aggregation=mode, coupling="rewards", name="verl")
-    theirs = audit_one(spec, mdp, pi, behaviour, ref, group_size=G, objective=resolve_objective(grpo, G),
+    theirs = audit_one(spec, mdp, pi, behaviour, ref, group_size=G, objective=grpo.bound_objective(G),
                        scale=aggregation_scale(grpo, mdp), decompose=False)
     torch.testing.assert_close(theirs.grad, ours.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(theirs.target, ours.target, rtol=1e-12, atol=1e-14)

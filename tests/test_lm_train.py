@@ -13,7 +13,7 @@ from rlkl.lm import cli_train
 from rlkl.lm.sft import SFTConfig, load_reference, train_sft
 from rlkl.lm.train import (TIMING_KEYS, TrainConfig, _GracefulStop, build_method, collect_rollout, compute_loss,
                            config_from_preset, final_summary, resume, train)
-from rlkl.methods import RolloutBatch, get_method
+from rlkl.methods import Method, RolloutBatch, get_method
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in the root conftest.py
@@ -135,7 +135,8 @@ def test_run_dir_contents_and_metrics(ref_path, tmp_path):
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert TrainConfig.from_dict(saved) == cfg
     method = json.loads((tmp_path / "r" / "method.json").read_text())
-    assert method["name"] == "rpg_reinforce_urkl" and method["rpg_clip"] is not None
+    assert method["name"] == "rpg_reinforce_urkl" and method["policy_loss"]["clip"] is not None
+    assert Method.from_dict(method) == build_method(cfg)  # the run records the full Method
     need = {"reward_mean", "reward_std", "entropy", "kl_rev_tok", "kl_fwd_tok", "kl_rev_seq", "kl_k1", "kl_k2",
             "kl_k3", "log_ratio_seq", "response_len", "zero_adv_group_frac", "grad_norm", "loss", "lr",
             "tokens_per_s", "wall_time", "diag/clip_fraction/low", "diag/clip_fraction/high", "eval_pass@1",
@@ -147,9 +148,9 @@ def test_run_dir_contents_and_metrics(ref_path, tmp_path):
 
 
 def test_unclipped_removes_clipping(ref_path):
-    assert build_method(_cfg(ref_path, method="rpg_reinforce_urkl", unclipped=True)).rpg_clip is None
+    assert build_method(_cfg(ref_path, method="rpg_reinforce_urkl", unclipped=True)).policy_loss.clip is None
     m = build_method(_cfg(ref_path, method="grpo", unclipped=True, beta=0.5))
-    assert m.dual_clip is None and m.clip_high >= 1e6 and m.beta == 0.5
+    assert not m.policy_loss.clips and m.policy_loss.dual is None and m.policy_loss.high >= 1e6 and m.beta == 0.5
     assert build_method(_cfg(ref_path, method="grpo")).beta == get_method("grpo").beta
 
 
@@ -172,7 +173,7 @@ def test_bad_configs_fail_clearly(ref_path):
     with pytest.raises(ValueError, match="group_size must be >= 2"):
         _cfg(ref_path, method="rloo", group_size=1)
     _cfg(ref_path, method="reinforce", group_size=1)  # no baseline: fine
-    with pytest.raises(ValueError, match=r"updates_per_batch \(K\) must be >= 1"):
+    with pytest.raises(ValueError, match=r"updates_per_batch \(K\) must be in \[1, inf\], got 0"):
         _cfg(ref_path, updates_per_batch=0)
     with pytest.raises(ValueError, match="beta"):
         _cfg(ref_path, beta=-1.0)

@@ -1,14 +1,16 @@
-"""Tests of rlkl.methods: the Method dataclass, RolloutBatch, the registry, and the verl/TRL translations.
+"""Tests of rlkl.methods: the Method of typed components, RolloutBatch, the registry, and the verl/TRL translations
+(rlkl.integrations.flags).
 
 Every registry method runs on float64 and float32 batches with finite gradients; group methods refuse groups of
-one; Method.advantages equals loop references for each KL placement; the losses of translated verl/TRL default
-configs equal those frameworks' formulas restated here (spec/peers.md §1, §2); on-policy, the PPO-clip and GSPO
+one; Method.advantages equals loop references for each KL term; the losses of translated verl/TRL default
+configs equal those frameworks' formulas restated here (verl core_algos / TRL GRPOTrainer); on-policy, the PPO-clip and GSPO
 methods' gradient equals REINFORCE's with the same advantages. float64 at 1e-12; float32 against float64 at
 rtol 1e-4 / atol 1e-5 (a scalar loss aggregated from O(10) tokens).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -18,8 +20,12 @@ from hypothesis import strategies as st
 
 from rlkl.advantages import frpo_advantages, future_return, group_centered, group_standardized, leave_one_out
 from rlkl.losses import RPGClip, aggregate, kl_loss, ppo_clip_loss
-from rlkl.methods import (BIAS_TERMS, REGISTRY, Method, Objective, RolloutBatch, from_trl, from_verl, get_method,
-                          list_methods)
+from rlkl._predict import BIAS_TERMS
+from rlkl.components import (GSPO, RPG, AggMode, Aggregation, Estimator, FutureReturn, GroupCentered,
+                             GroupStandardized, KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, Raw, Reinforce,
+                             PassAtK, RewardForm, RPGLevel, Std)
+from rlkl.integrations.flags import from_trl, from_verl
+from rlkl.methods import REGISTRY, Method, Objective, RolloutBatch, get_method, list_methods
 from strategies import token_batches
 
 F64 = torch.float64
@@ -64,12 +70,12 @@ def test_registry_has_the_required_methods():
     assert required <= set(REGISTRY)
     assert list_methods() == list(REGISTRY)
     # FRPO with reverse KL and at least one other f
-    frpo_fs = {m.kl_divergence for m in REGISTRY.values() if m.kl_placement == "future_return"}
+    frpo_fs = {m.kl.divergence for m in REGISTRY.values() if isinstance(m.kl, FutureReturn)}
     assert "reverse_kl" in frpo_fs and len(frpo_fs) >= 2
     # RPG methods carry RPG-Style Clip (the sequence-level REINFORCE ones are the unclipped exact forms)
     for d in ("fkl", "rkl", "ufkl", "urkl"):
-        assert isinstance(REGISTRY[f"rpg_{d}"].rpg_clip, RPGClip)
-        assert isinstance(REGISTRY[f"rpg_reinforce_{d}"].rpg_clip, RPGClip)
+        assert isinstance(REGISTRY[f"rpg_{d}"].policy_loss.clip, RPGClip)
+        assert isinstance(REGISTRY[f"rpg_reinforce_{d}"].policy_loss.clip, RPGClip)
     for name, m in REGISTRY.items():
         assert m.name == name and m.citation and isinstance(m.objective, Objective)
         assert set(m.predicted_bias_terms(True, True)) <= set(BIAS_TERMS)
@@ -81,14 +87,13 @@ def test_registry_has_the_required_methods():
 def test_grpo_registry_entry_is_the_verl_trl_default_shape():
     # GRPO default: std-normalized (Bessel, ε 1e-6), PPO clip 0.2 with dual clip, k3 as a loss, seq-mean-token-mean
     m = REGISTRY["grpo"]
-    assert (m.advantage, m.adv_std, m.adv_eps) == ("group_standardized", "bessel", 1e-6)
-    assert (m.kl_estimator, m.kl_placement, m.kl_straight_through, m.kl_importance_weight) == ("k3", "loss", False,
-                                                                                               False)
-    assert (m.policy_loss, m.clip_low, m.clip_high, m.aggregation) == ("ppo_clip", 0.2, 0.2, "seq-mean-token-mean")
-    assert REGISTRY["grpo_is_k3"].kl_importance_weight and REGISTRY["grpo_k3_plus"].kl_straight_through
-    assert REGISTRY["grpo_k1_reward"].kl_placement == "reward" and REGISTRY["grpo_k1_reward"].kl_estimator == "k1"
-    assert REGISTRY["dr_grpo"].aggregation == "seq-mean-token-sum-norm"
-    assert REGISTRY["dapo"].clip_high == 0.28 and REGISTRY["dapo"].aggregation == "token-mean"
+    assert m.advantage == GroupStandardized(Std.BESSEL, 1e-6)
+    assert m.kl == KLLoss(Estimator.K3, straight_through=False, importance_weight=False)
+    assert m.policy_loss == PPOClip(0.2, 0.2, dual=3.0) and m.aggregation == Aggregation(AggMode.SEQ_MEAN_TOKEN_MEAN)
+    assert REGISTRY["grpo_is_k3"].kl.importance_weight and REGISTRY["grpo_k3_plus"].kl.straight_through
+    assert REGISTRY["grpo_k1_reward"].kl == KLReward(Estimator.K1, RewardForm.FUSED)
+    assert REGISTRY["dr_grpo"].aggregation.mode is AggMode.SEQ_MEAN_TOKEN_SUM_NORM
+    assert REGISTRY["dapo"].policy_loss.high == 0.28 and REGISTRY["dapo"].aggregation.mode is AggMode.TOKEN_MEAN
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -97,6 +102,8 @@ def test_every_method_runs_in_float64_and_float32(name):
     results = {}
     for dtype in (F64, torch.float32):
         logp, batch = make_batch(dtype)
+        if isinstance(method.advantage, PassAtK):  # pass@k learns only from a group's unique best (here 3 of 4 win)
+            batch = dataclasses.replace(batch, rewards=torch.eye(1, batch.batch_size, dtype=dtype)[0])
         loss, g, diag = loss_and_grad(method, logp, batch)
         assert loss.dim() == 0 and loss.dtype == dtype and math.isfinite(loss.item())
         assert g.dtype == dtype and bool(torch.isfinite(g).all())
@@ -167,8 +174,8 @@ def test_advantages_for_each_placement():
     # FRPO: the method path equals frpo_advantages on the rollout log-probs
     for name in ("frpo", "frpo_k3", "frpo_forward_kl"):
         mth = REGISTRY[name]
-        ref = frpo_advantages(R, batch.logp_old, batch.logp_ref, m, G, mth.beta, mth.kl_divergence, True,
-                              mth.adv_eps, mth.adv_std)
+        ref = frpo_advantages(R, batch.logp_old, batch.logp_ref, m, G, mth.beta, mth.kl.divergence, True,
+                              mth.advantage.eps, mth.advantage.std.value)
         assert torch.allclose(mth.advantages(batch), ref, rtol=1e-12, atol=1e-12), name
     assert torch.allclose(REGISTRY["frpo"].advantages(batch),
                           (group_standardized(R, G, 1e-6, "population")[:, None]
@@ -197,7 +204,7 @@ def test_grpo_loss_is_the_composition_of_library_terms():
         aggregate(kl_loss(logp, batch.logp_ref, batch.mask, "k3"), batch.mask, "seq-mean-token-mean").item(), rel=1e-13)
 
 
-PPO_LIKE = [n for n, m in REGISTRY.items() if m.policy_loss in ("ppo_clip", "gspo")]
+PPO_LIKE = [n for n, m in REGISTRY.items() if isinstance(m.policy_loss, (PPOClip, GSPO))]
 
 
 @given(tb=token_batches(on_policy=True), name=st.sampled_from(PPO_LIKE))
@@ -207,7 +214,7 @@ def test_on_policy_ppo_methods_gradient_equals_reinforce(tb, name):
     method = REGISTRY[name]
     batch = tb.rollout()
     _, g, _ = loss_and_grad(method, tb.logp, batch)
-    _, g_rf, _ = loss_and_grad(method.replace(policy_loss="reinforce"), tb.logp, batch)
+    _, g_rf, _ = loss_and_grad(method.replace(policy_loss=Reinforce()), tb.logp, batch)
     assert torch.allclose(g, g_rf, rtol=1e-12, atol=1e-14)
 
 
@@ -218,7 +225,7 @@ def test_on_policy_rpg_reinforce_clip_is_exact(tb):
     for d in ("fkl", "rkl", "ufkl", "urkl"):
         m = REGISTRY[f"rpg_reinforce_{d}"]
         _, g, _ = loss_and_grad(m, tb.logp, batch)
-        _, g0, _ = loss_and_grad(m.replace(rpg_clip=None), tb.logp, batch)
+        _, g0, _ = loss_and_grad(m.replace(policy_loss=m.policy_loss.unclipped()), tb.logp, batch)
         assert torch.allclose(g, g0, rtol=1e-12, atol=1e-14), d
 
 
@@ -228,97 +235,98 @@ def test_on_policy_rpg_reinforce_clip_is_exact(tb):
 
 def test_from_verl_defaults():
     m = from_verl({"algorithm.adv_estimator": "grpo", "actor.use_kl_loss": True})
-    assert (m.advantage, m.adv_std, m.adv_eps) == ("group_standardized", "bessel", 1e-6)
-    assert (m.kl_estimator, m.kl_placement, m.kl_straight_through, m.kl_importance_weight) == ("k3", "loss", False,
-                                                                                               False)
-    assert m.beta == 0.001 and m.aggregation == "token-mean" and m.dual_clip == 3.0 and m.horizon is None
-    assert (m.policy_loss, m.clip_low, m.clip_high) == ("ppo_clip", 0.2, 0.2)
+    assert m.advantage == GroupStandardized(Std.BESSEL, 1e-6)
+    assert m.kl == KLLoss(Estimator.K3, straight_through=False, importance_weight=False)
+    assert m.beta == 0.001 and m.aggregation == Aggregation(AggMode.TOKEN_MEAN)
+    assert m.policy_loss == PPOClip(0.2, 0.2, dual=3.0)
     assert m.objective.regularizer == "reverse_kl" and m.objective.anchor == "ref"
     assert {"forward_direction", "future_kl_missing", "finite_group_utility"} <= set(m.predicted_bias_terms())
     # nested form with the full actor path, and the '+' estimator
     nested = from_verl({"algorithm": {"adv_estimator": "grpo"},
                         "actor_rollout_ref": {"actor": {"use_kl_loss": True, "kl_loss_type": "low_var_kl+",
                                                         "kl_loss_coef": 0.01, "clip_ratio_high": 0.28}}})
-    assert nested.kl_straight_through and nested.kl_estimator == "k3" and nested.beta == 0.01
-    assert (nested.clip_low, nested.clip_high) == (0.2, 0.28)
+    assert nested.kl == KLLoss(Estimator.K3, straight_through=True) and nested.beta == 0.01
+    assert (nested.policy_loss.low, nested.policy_loss.high) == (0.2, 0.28)
     assert from_verl({"algorithm.adv_estimator": "grpo", "actor.use_kl_loss": True,
-                      "actor.kl_loss_type": "mse"}).kl_estimator == "k2"
+                      "actor.kl_loss_type": "mse"}).kl.estimator is Estimator.K2
     # no KL flag at all: no KL
     plain = from_verl({"algorithm.adv_estimator": "grpo"})
-    assert plain.kl_placement == "none" and plain.beta == 0.0
+    assert plain.kl == NoKL() and plain.beta == 0.0
 
 
 def test_from_verl_kl_in_reward_is_fused_k1():
     m = from_verl({"algorithm.adv_estimator": "grpo", "algorithm.use_kl_in_reward": True})
-    assert (m.kl_placement, m.kl_estimator, m.beta) == ("reward", "k1", 0.001)
+    assert (m.kl, m.beta) == (KLReward(Estimator.K1, RewardForm.FUSED), 0.001)
     assert "fusion_before_normalization" in m.predicted_bias_terms()
-    logp, batch = make_batch()
-    fused = group_standardized(batch.rewards - 0.001 * loop_seq_sum(batch.logp_old - batch.logp_ref, batch.mask),
-                               batch.group_size)
-    assert torch.allclose(m.sequence_advantages(batch), fused, rtol=1e-12, atol=1e-12)
     k3r = from_verl({"algorithm.adv_estimator": "grpo", "algorithm.use_kl_in_reward": True,
-                     "algorithm.kl_penalty": "low_var_kl", "algorithm.kl_ctrl.kl_coef": 0.05})
-    assert (k3r.kl_estimator, k3r.beta) == ("k3", 0.05) and "k_in_reward" in k3r.predicted_bias_terms()
+                     "algorithm.kl_penalty": "low_var_kl"})
+    assert k3r.kl.estimator is Estimator.K3 and "k_in_reward" in k3r.predicted_bias_terms()
 
 
 def test_from_verl_other_translations():
-    assert from_verl({"algorithm.adv_estimator": "rloo"}).advantage == "leave_one_out"
+    assert from_verl({"algorithm.adv_estimator": "rloo"}).advantage == LeaveOneOut()
     assert from_verl({"algorithm.adv_estimator": "grpo",
-                      "algorithm.norm_adv_by_std_in_grpo": False}).advantage == "group_centered"
+                      "algorithm.norm_adv_by_std_in_grpo": False}).advantage == GroupCentered()
     g = from_verl({"algorithm.adv_estimator": "grpo", "actor.policy_loss.loss_mode": "gspo",
-                   "actor.loss_agg_mode": "token-mean"})
-    assert g.policy_loss == "gspo" and g.aggregation == "seq-mean-token-mean"  # verl forces it for GSPO
+                   "actor.clip_ratio_low": 3e-4, "actor.clip_ratio_high": 4e-4})
+    assert g.policy_loss == GSPO(3e-4, 4e-4)
+    assert g.aggregation.mode is AggMode.SEQ_MEAN_TOKEN_MEAN  # verl forces it for GSPO
     d = from_verl({"algorithm.adv_estimator": "grpo", "actor.loss_agg_mode": "seq-mean-token-sum-norm",
                    "actor.loss_scale_factor": 4096})
-    assert d.aggregation == "seq-mean-token-sum-norm" and d.horizon == 4096
+    assert d.aggregation == Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM_NORM, 4096)
     assert from_verl({"algorithm.adv_estimator": "grpo", "actor.policy_loss.loss_mode": "gpg"}).policy_loss == \
-        "reinforce"
+        Reinforce()
 
 
 def test_from_verl_errors():
     with pytest.raises(ValueError, match=r"from_verl does not know the keys \['actor.bogus'\]"):
         from_verl({"algorithm.adv_estimator": "grpo", "actor.bogus": 1})
-    with pytest.raises(ValueError, match="adv_estimator='gae' is not translatable"):
+    with pytest.raises(ValueError, match="no critic"):
         from_verl({"actor.use_kl_loss": True})  # verl's default estimator is GAE (needs a critic)
-    with pytest.raises(ValueError, match="use_kl_in_reward and use_kl_loss together"):
+    with pytest.raises(ValueError, match="together"):
         from_verl({"algorithm.adv_estimator": "grpo", "algorithm.use_kl_in_reward": True, "actor.use_kl_loss": True})
-    with pytest.raises(ValueError, match="kl_ctrl.type='fixed'"):
+    with pytest.raises(ValueError, match="fixed"):
         from_verl({"algorithm.adv_estimator": "grpo", "algorithm.use_kl_in_reward": True,
                    "algorithm.kl_ctrl.type": "adaptive"})
-    with pytest.raises(ValueError, match="'\\+' KL type"):
+    with pytest.raises(ValueError, match="only changes gradients"):
         from_verl({"algorithm.adv_estimator": "grpo", "algorithm.use_kl_in_reward": True,
-                   "algorithm.kl_penalty": "k3+"})
-    with pytest.raises(ValueError, match="verl KL type 'abs'"):
+                   "algorithm.kl_penalty": "low_var_kl+"})
+    with pytest.raises(ValueError, match="'abs' has no rlkl equivalent"):
         from_verl({"algorithm.adv_estimator": "grpo", "actor.use_kl_loss": True, "actor.kl_loss_type": "abs"})
     with pytest.raises(ValueError, match="token-sum"):
         from_verl({"algorithm.adv_estimator": "grpo", "actor.loss_agg_mode": "token-sum"})
-    with pytest.raises(ValueError, match="loss_mode='sapo'"):
+    with pytest.raises(ValueError, match="loss_mode='sapo' is not translatable"):
         from_verl({"algorithm.adv_estimator": "grpo", "actor.policy_loss.loss_mode": "sapo"})
+    for bad in ([], None, "grpo", 3):
+        with pytest.raises(ValueError, match="needs a mapping of flags"):
+            from_verl(bad)
 
 
 def test_from_trl_defaults_and_options():
     m = from_trl({"beta": 0.04})
-    # TRL >= 1.11 (PR #6503) multiplies the k3 loss by the ratio by default; 1.10 did not
-    assert (m.kl_estimator, m.kl_placement, m.kl_importance_weight, m.beta) == ("k3", "loss", True, 0.04)
+    # TRL >= 1.11 defaults use_bias_correction_kl=True (PR #6503)
+    assert m.kl == KLLoss(Estimator.K3, importance_weight=True) and m.beta == 0.04
     old = from_trl({"beta": 0.04}, trl_version="1.10")
-    assert old.kl_importance_weight is False
-    assert from_trl({"beta": 0.04, "use_bias_correction_kl": False}).kl_importance_weight is False
-    assert m.aggregation == "token-mean"  # loss_type="dapo" (TRL default)
-    assert (m.advantage, m.adv_std, m.adv_eps) == ("group_standardized", "bessel", 1e-4)
-    assert (m.policy_loss, m.clip_low, m.clip_high, m.dual_clip) == ("ppo_clip", 0.2, 0.2, None)
-    assert from_trl({}).kl_placement == "none" and from_trl({}).beta == 0.0  # TRL default β = 0
+    assert old.kl.importance_weight is False
+    assert from_trl({"beta": 0.04}, trl_version="1.10.2").kl.importance_weight is False
+    assert from_trl({"beta": 0.04, "use_bias_correction_kl": False}).kl.importance_weight is False
+    assert m.aggregation.mode is AggMode.TOKEN_MEAN  # loss_type="dapo" (TRL default)
+    assert m.advantage == GroupStandardized(Std.BESSEL, 1e-4)
+    assert m.policy_loss == PPOClip(0.2, 0.2, None)
+    assert from_trl({}).kl == NoKL() and from_trl({}).beta == 0.0  # TRL default β = 0
     dr = from_trl({"beta": 0.04, "loss_type": "dr_grpo"})
-    assert dr.aggregation == "seq-mean-token-sum-norm" and dr.horizon == 512  # max_completion_length default
-    assert from_trl({"loss_type": "dr_grpo", "max_completion_length": 256}).horizon == 256
-    assert from_trl({"loss_type": "grpo"}).aggregation == "seq-mean-token-mean"
-    assert from_trl({"loss_type": "bnpo"}).aggregation == "token-mean"
-    bc = from_trl({"beta": 0.04, "use_bias_correction_kl": True})
-    assert bc.kl_importance_weight and "forward_direction" not in bc.predicted_bias_terms()
-    assert from_trl({"scale_rewards": False}).advantage == "group_centered"
-    assert from_trl({"scale_rewards": "none"}).advantage == "group_centered"
-    assert from_trl({"scale_rewards": True}).advantage == "group_standardized"
-    assert from_trl({"importance_sampling_level": "sequence"}).policy_loss == "gspo"
-    assert from_trl({"epsilon_high": 0.28}).clip_high == 0.28
+    assert dr.aggregation == Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM_NORM, 512)  # max_completion_length default
+    assert from_trl({"loss_type": "dr_grpo", "max_completion_length": 256}).aggregation.horizon == 256
+    assert from_trl({"loss_type": "grpo"}).aggregation.mode is AggMode.SEQ_MEAN_TOKEN_MEAN
+    assert from_trl({"loss_type": "bnpo"}).aggregation.mode is AggMode.TOKEN_MEAN
+    assert from_trl({"scale_rewards": False}).advantage == GroupCentered()
+    assert from_trl({"scale_rewards": "none"}).advantage == GroupCentered()
+    assert from_trl({"scale_rewards": True}).advantage == GroupStandardized(Std.BESSEL, 1e-4)
+    assert isinstance(from_trl({"importance_sampling_level": "sequence"}).policy_loss, GSPO)
+    assert from_trl({"epsilon_high": 0.28}).policy_loss.high == 0.28
+    for bad in ("1", "x.y", "", None):
+        with pytest.raises(ValueError, match="trl_version must look like"):
+            from_trl({}, trl_version=bad)
 
 
 def test_from_trl_errors():
@@ -423,33 +431,62 @@ def test_predicted_bias_terms_of_key_methods():
 
 def test_method_field_validation():
     base = REGISTRY["grpo"]
-    bad = [(dict(advantage="gae"), "advantage='gae'"), (dict(kl_placement="value"), "kl_placement='value'"),
-           (dict(aggregation="sum"), "aggregation='sum'"), (dict(kl_estimator="k4"), "kl_estimator='k4'"),
-           (dict(kl_divergence="kl"), "kl_divergence='kl'"), (dict(beta=-1.0), "beta must be >= 0"),
-           (dict(adv_eps=-1.0), "adv_eps must be >= 0"), (dict(policy_loss="sapo"), "policy_loss='sapo'"),
-           (dict(kl_placement="reward", kl_straight_through=True), "kl_straight_through only applies"),
-           (dict(kl_placement="reward", kl_importance_weight=True), "kl_importance_weight only applies"),
-           (dict(rpg_divergence="fkl"), "rpg_divergence is set but policy_loss is not 'rpg'"),
-           (dict(clip_low=1.0), "clip_low"), (dict(dual_clip=1.0), "dual_clip must be > 1"),
-           (dict(adv_std="sample"), "adv_std='sample'")]
+    bad = [(dict(advantage="gae"), "Method.advantage must be an rlkl Advantage"),
+           (dict(kl="loss"), "Method.kl must be an rlkl KLTerm"),
+           (dict(aggregation="sum"), "Method.aggregation must be an rlkl Aggregation"),
+           (dict(policy_loss="sapo"), "Method.policy_loss must be an rlkl PolicyLoss"),
+           (dict(beta=-1.0), r"Method.beta must be in \[0, inf\)"), (dict(beta=float("nan")), "Method.beta must be a number"),
+           (dict(beta=True), "Method.beta must be a real number"), (dict(name=""), "Method.name")]
     for changes, msg in bad:
-        with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(ValueError, match=msg):
             base.replace(**changes)
+    component_errors = [(lambda: Aggregation("sum"), "Aggregation.mode='sum' is not one of"),
+                        (lambda: KLLoss("k4"), "KLLoss.estimator='k4' is not one of"),
+                        (lambda: FutureReturn("kl"), "unknown f-divergence 'kl'"),
+                        (lambda: GroupStandardized(eps=-1.0), r"GroupStandardized.eps must be in \[0, inf\)"),
+                        (lambda: GroupStandardized(std="sample"), "GroupStandardized.std='sample'"),
+                        (lambda: PPOClip(low=1.0), r"PPOClip.low must be in \(0, 1\)"),
+                        (lambda: PPOClip(dual=1.0), r"PPOClip.dual must be in \(1, inf\)"),
+                        (lambda: GSPO(low=5, high=-3), r"GSPO.low must be in \(0, 1\)"),
+                        (lambda: KLLoss("k2", straight_through=True), "k2's gradient already is k2's"),
+                        (lambda: Aggregation("token-mean", 512), "only applies to mode=seq-mean-token-sum-norm"),
+                        (lambda: RPG("xkl"), "RPG.divergence='xkl'")]
+    for make, msg in component_errors:
+        with pytest.raises(ValueError, match=msg):
+            make()
+    # invalid combinations name both components
     rpg = REGISTRY["rpg_fkl"]
-    with pytest.raises(ValueError, match="kl_placement must be 'none'"):
-        rpg.replace(kl_placement="loss")
-    with pytest.raises(ValueError, match="use aggregation='seq-mean-token-sum'"):
-        rpg.replace(rpg_level="sequence")
-    with pytest.raises(ValueError, match="rpg_divergence=None"):
-        rpg.replace(rpg_divergence=None)
-    with pytest.raises(ValueError, match="token_f_divergence needs f_divergence"):
+    with pytest.raises(ValueError, match=r"policy_loss=RPG\(.*\) carries its own KL .* kl=KLLoss\("):
+        rpg.replace(kl=KLLoss())
+    with pytest.raises(ValueError, match=r"policy_loss=RPG\(.*level='sequence'.*needs aggregation=.*got Aggregation"):
+        rpg.replace(policy_loss=RPG("fkl", "reinforce", RPGLevel.SEQUENCE))
+    with pytest.raises(ValueError, match=r"beta=0.1 has no effect: kl=NoKL\(\) and policy_loss=PPOClip"):
+        REGISTRY["no_kl"].replace(beta=0.1)
+    assert REGISTRY["no_kl"].replace(beta=0.0).beta == 0.0 and REGISTRY["grpo"].replace(beta=0.0).beta == 0.0
+    with pytest.raises(ValueError, match=r"Objective\(regularizer=token_f_divergence\) needs f_divergence"):
         Objective("expected_reward", "token_f_divergence")
-    with pytest.raises(ValueError, match="utility='linear'"):
-        Objective("linear")
+    with pytest.raises(ValueError, match="utility='logit'"):
+        Objective("logit")
     # frozen
     with pytest.raises(Exception):
         base.beta = 1.0  # type: ignore[misc]
     assert REGISTRY["grpo"].objective.describe() == "E[R] - beta*KL(pi||pi_ref)"
+    assert REGISTRY["grpo"].bound_objective(4).describe() == "E[R] - 0.04*KL(pi||pi_ref)"
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_method_dict_roundtrip(name):
+    m = REGISTRY[name]
+    import json
+
+    again = Method.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert again == m
+    with pytest.raises(ValueError, match="unknown component kind 'Bogus'"):
+        Method.from_dict({**m.to_dict(), "kl": {"kind": "Bogus"}})
+    with pytest.raises(ValueError, match="expected one of"):
+        Method.from_dict({**m.to_dict(), "kl": {"kind": "PPOClip"}})  # a policy loss is not a KL term
+    with pytest.raises(ValueError, match=r"Method has no fields \['clip_low'\]"):
+        Method.from_dict({**m.to_dict(), "clip_low": 0.2})
 
 
 def test_rollout_batch_validation():

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
+from rlkl.objective import Objective
 from rlkl.losses import aggregate, reinforce_loss
 from rlkl.methods import get_method
 from rlkl.toy import cli
 from rlkl.toy.audit import audit, audit_one, default_mdps, make_setup, verify_rows
 from rlkl.toy.expected import LossSpec
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import ObjectiveSpec
 
 SCHEMA = {"method", "objective", "mdp", "rel_error", "cosine", "exact", "bias_terms", "scale", "unexplained",
           "predicted_terms", "as_predicted", "group_size", "beta", "route"}
@@ -73,10 +73,10 @@ def test_a_plain_loss_function_can_be_audited():
         out = reinforce_loss(logp, adv[:, None].expand_as(logp) * batch.mask, batch.mask)
         return aggregate(out.loss, batch.mask, "seq-mean-token-sum")
 
-    r = audit(rloo_loss, [mdp], group_size=3, objective=ObjectiveSpec("expected_reward"))[0]
+    r = audit(rloo_loss, [mdp], group_size=3, objective=Objective("expected_reward", "none"))[0]
     assert r["exact"] and r["method"] == "rloo_loss"
     spec = LossSpec(rloo_loss, 3, "seq-mean-token-sum", "rewards", "rloo_batched")
-    assert audit(spec, [mdp], objective=ObjectiveSpec("expected_reward"))[0]["exact"]
+    assert audit(spec, [mdp], objective=Objective("expected_reward", "none"))[0]["exact"]
     with pytest.raises(ValueError, match="objective="):
         audit(rloo_loss, [mdp], group_size=3)
 

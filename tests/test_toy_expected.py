@@ -3,11 +3,13 @@
 import pytest
 import torch
 
+from rlkl.components import AggMode, Aggregation, GroupStandardized, Raw, Reinforce
+from rlkl.objective import Objective
 from rlkl.methods import get_method
 from rlkl.losses import aggregate, reinforce_loss
 from rlkl.toy.expected import LossSpec, brute_force_expected_gradient, expected_gradient
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import ObjectiveSpec, objective_gradient
+from rlkl.toy.objectives import objective_gradient
 from rlkl.toy.policies import TabularPolicy
 
 
@@ -55,17 +57,17 @@ def test_tuple_enumeration_and_binomial_route_agree_to_1e12(name, off):
 def test_binomial_route_is_exact_for_any_group_size(G, std, eps):
     """GRPO's expected update = w_G(p)∇p for any G (FRPO spec I3), far beyond what tuples can enumerate."""
     mdp, pi, _, _ = _setup(V=3, T=3, P=2, seed=7)
-    m = get_method("no_kl").replace(adv_std=std, adv_eps=eps, policy_loss="reinforce",
-                                    aggregation="seq-mean-token-sum")
+    m = get_method("no_kl").replace(advantage=GroupStandardized(std, eps), policy_loss=Reinforce(),
+                                    aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM))
     eg = expected_gradient(m, mdp, pi, group_size=G)
-    want = -objective_gradient(ObjectiveSpec("finite_group", group_size=G, std=std, eps=eps), mdp, pi)
+    want = -objective_gradient(Objective("finite_group", "none", group_size=G, std=std, eps=eps), mdp, pi)
     assert eg.route == "exchangeable[reward]"
     assert _rel(eg.grad, want) < 1e-10
 
 
 def test_per_sample_route_matches_tuples_for_row_separable_losses():
     mdp, pi, old, ref = _setup(V=3, T=2, P=2, reward="real", seed=9, off=True)
-    m = get_method("rpg_reinforce_fkl_seq").replace(advantage="raw", beta=0.5)
+    m = get_method("rpg_reinforce_fkl_seq").replace(advantage=Raw(), beta=0.5)
     a = expected_gradient(m, mdp, pi, old, group_size=3)
     b = expected_gradient(m, mdp, pi, old, group_size=3, route="tuples")
     assert a.route == "per_sample" and _rel(a.grad, b.grad) < 1e-12
@@ -88,7 +90,7 @@ def test_callable_loss_fn_loop_and_declared_batched_routes_agree():
     batched = expected_gradient(LossSpec(loss_fn, 3, "token-mean", "rewards"), mdp, pi)
     assert _rel(batched.grad, loop.grad) < 1e-12
     # RLOO is unbiased: −(1/T)∇p
-    want = -objective_gradient(ObjectiveSpec("expected_reward"), mdp, pi) / 3
+    want = -objective_gradient(Objective("expected_reward", "none"), mdp, pi) / 3
     assert _rel(loop.grad, want) < 1e-10
 
 

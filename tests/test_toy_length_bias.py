@@ -9,6 +9,7 @@ the update ascends Σ π(y)·h(r)/|y| (h: the group advantage's shaped reward), 
 
 import torch
 
+from rlkl.components import AggMode, Aggregation, Reinforce
 from rlkl.methods import get_method
 from rlkl.toy.audit import shaped_reward
 from rlkl.toy.expected import expected_gradient
@@ -44,10 +45,10 @@ def _length_logits(mdp):
 
 def test_constant_normalizer_leaves_length_alone_but_1_over_len_does_not():
     mdp, pi = _toy()
-    no_kl = get_method("no_kl").replace(policy_loss="reinforce")
+    no_kl = get_method("no_kl").replace(policy_loss=Reinforce())
     g_len = expected_gradient(no_kl, mdp, pi, group_size=G).grad  # seq-mean-token-mean (GRPO)
-    g_dr = expected_gradient(get_method("dr_grpo").replace(policy_loss="reinforce"), mdp, pi, group_size=G).grad
-    g_sum = expected_gradient(no_kl.replace(aggregation="seq-mean-token-sum"), mdp, pi, group_size=G).grad
+    g_dr = expected_gradient(get_method("dr_grpo").replace(policy_loss=Reinforce()), mdp, pi, group_size=G).grad
+    g_sum = expected_gradient(no_kl.replace(aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM)), mdp, pi, group_size=G).grad
     lm = _length_logits(mdp)
     # unbiased aggregations: exactly no push on when to stop (the reward does not depend on it)
     assert float(g_dr[lm].abs().max()) < 1e-15 and float(g_sum[lm].abs().max()) < 1e-15
@@ -65,9 +66,9 @@ def test_seq_mean_token_mean_ascends_the_length_weighted_shaped_reward():
     """Exactly: E[∇L] = −∇_θ Σ_y π_θ(y)·sg[h(r(y))/|y|] on-policy (the implied reward of incorrect answers,
     h(0)/|y| < 0, increases with |y|)."""
     mdp, pi = _toy()
-    m = get_method("no_kl").replace(policy_loss="reinforce")
+    m = get_method("no_kl").replace(policy_loss=Reinforce())
     g = expected_gradient(m, mdp, pi, group_size=G).grad
-    h = shaped_reward(mdp, pi.detached(), mdp.rewards, G, m.advantage, m.adv_eps, m.adv_std)
+    h = shaped_reward(mdp, pi.detached(), mdp.rewards, G, m.advantage)
     lengths = mdp.enumerate().lengths.to(torch.float64)
     want = -score_gradient(mdp, pi, h / lengths)
     assert float((g - want).norm() / want.norm()) < 1e-12
@@ -82,7 +83,7 @@ def test_token_mean_couples_the_group_and_is_also_length_biased():
     """DAPO's token-mean (one normalizer for the whole group) is exact only for fixed lengths; on the EOS toy it
     also pushes the stop decisions, and the exact expectation needs the whole group (multisets of responses)."""
     mdp, pi = _toy()
-    m = get_method("dapo").replace(policy_loss="reinforce")
+    m = get_method("dapo").replace(policy_loss=Reinforce())
     eg = expected_gradient(m, mdp, pi, group_size=3)
     assert eg.route == "exchangeable[response]"
     tup = expected_gradient(m, mdp, pi, group_size=3, route="tuples")

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from rlkl.objective import Objective
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import (ObjectiveSpec, local_score_field, objective_gradient,
+from rlkl.toy.objectives import (local_score_field, objective_gradient,
                                  objective_value, sequence_divergence, success_prob, token_f_divergence, utility)
 from rlkl.toy.policies import LogLinearPolicy, TabularPolicy, UnnormalizedPolicy
 from rlkl.utility import finite_group_weight
@@ -25,13 +26,13 @@ def _fd_gradient(fn, theta, h=1e-6):
 
 
 OBJECTIVES = [
-    ObjectiveSpec("expected_reward", "reverse_kl", beta=0.7),
-    ObjectiveSpec("arcsin", "forward_kl", beta=0.3),
-    ObjectiveSpec("finite_group", "token_f_divergence", f_divergence="pearson", beta=0.2, group_size=5,
+    Objective("expected_reward", "reverse_kl", beta=0.7),
+    Objective("arcsin", "forward_kl", beta=0.3),
+    Objective("finite_group", "token_f_divergence", f_divergence="pearson", beta=0.2, group_size=5,
                   std="bessel", eps=1e-6),
-    ObjectiveSpec("leave_in", "reverse_kl", level="local", beta=0.5, group_size=4),
-    ObjectiveSpec("expected_reward", "forward_kl", level="local", beta=0.5),
-    ObjectiveSpec("expected_reward", "unnormalized_reverse_kl", anchor="old", beta=0.4),
+    Objective("leave_in", "reverse_kl", level="local", beta=0.5, group_size=4),
+    Objective("expected_reward", "forward_kl", level="local", beta=0.5),
+    Objective("expected_reward", "unnormalized_reverse_kl", anchor="old", beta=0.4),
 ]
 
 
@@ -53,7 +54,7 @@ def test_loglinear_gradient_matches_finite_differences():
     mdp = TreeMDP.random(3, 3, 2, eos=True, seed=3)
     pi = LogLinearPolicy.random(mdp, dim=5, seed=0)
     ref = pi.with_theta(torch.zeros(5, dtype=torch.float64)).detached()
-    obj = ObjectiveSpec("arcsin", "reverse_kl", beta=0.5)
+    obj = Objective("arcsin", "reverse_kl", beta=0.5)
     g = objective_gradient(obj, mdp, pi, ref)
     fd = _fd_gradient(lambda th: float(objective_value(obj, mdp, pi.with_theta(th), ref)), pi.theta.detach())
     assert float((g - fd).norm() / fd.norm()) < 1e-7
@@ -77,8 +78,8 @@ def test_local_gradient_differs_from_sequence_gradient_for_T_ge_2_and_agrees_for
         mdp = TreeMDP.random(3, T, 1, seed=5)
         pi = TabularPolicy.random(mdp, seed=0)
         ref = TabularPolicy.random(mdp, seed=1).detached()
-        seq = objective_gradient(ObjectiveSpec("none", "reverse_kl", beta=1.0), mdp, pi, ref)
-        loc = objective_gradient(ObjectiveSpec("none", "reverse_kl", level="local", beta=1.0), mdp, pi, ref)
+        seq = objective_gradient(Objective("none", "reverse_kl", beta=1.0), mdp, pi, ref)
+        loc = objective_gradient(Objective("none", "reverse_kl", level="local", beta=1.0), mdp, pi, ref)
         rel = float((seq - loc).norm() / seq.norm())
         assert (rel > 1e-3) if differ else (rel < 1e-12)
         # the local gradient is the field Σ_s d(s) Σ_a π δ ∇log π (PG_rev)
@@ -118,13 +119,13 @@ def test_objective_errors_are_clear():
     real = TreeMDP.random(2, 2, 1, reward="real", seed=0)
     pi = TabularPolicy.random(real, seed=0)
     with pytest.raises(ValueError, match="binary rewards"):
-        objective_value(ObjectiveSpec("arcsin"), real, pi)
+        objective_value(Objective("arcsin", "none"), real, pi)
     with pytest.raises(ValueError, match="needs the reference"):
-        objective_value(ObjectiveSpec("expected_reward", "reverse_kl", beta=0.1), real, pi)
+        objective_value(Objective("expected_reward", "reverse_kl", beta=0.1), real, pi)
     un = UnnormalizedPolicy.random(real, log_mass=1.0, seed=0)
     with pytest.raises(ValueError, match="normalized policy"):
-        objective_value(ObjectiveSpec("expected_reward", "reverse_kl", beta=0.1), real, un, ref=pi.detached())
-    with pytest.raises(ValueError, match="unknown utility"):
+        objective_value(Objective("expected_reward", "reverse_kl", beta=0.1), real, un, ref=pi.detached())
+    with pytest.raises(ValueError, match="utility=.log. is not one of"):
         utility(torch.tensor([0.5], dtype=torch.float64), "log")
     with pytest.raises(ValueError, match="group_size"):
         utility(torch.tensor([0.5], dtype=torch.float64), "finite_group")

@@ -10,11 +10,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rlkl.components import AggMode, Aggregation, KLLoss, Raw, Reinforce
+from rlkl.objective import Objective
 from rlkl.methods import Method, REGISTRY
 from rlkl.toy.audit import audit_one
 from rlkl.toy.expected import coupling, expected_gradient
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import ObjectiveSpec, local_score_field, objective_gradient, resolve_objective
+from rlkl.toy.objectives import local_score_field, objective_gradient
 from rlkl.toy.policies import LogLinearPolicy, TabularPolicy
 
 GROUP_BUDGET = 20_000
@@ -79,12 +81,12 @@ def test_methods_declared_exact_match_the_true_gradient(data, name):
     method = REGISTRY[name]
     binary = True if method.objective.utility in ("finite_group", "arcsin") else None
     s = data.draw(setups(binary=binary, allow_off=name in EXACT_OFF_POLICY))
-    method = method.replace(beta=s["beta"])
+    method = method.replace(beta=s["beta"]) if method.has_kl else method
     mdp, pi, ref, old, off = s["mdp"], s["pi"], s["ref"], s["old"], s["off"]
     assert method.predicted_bias_terms(off_policy=off, variable_length=not mdp.fixed_length) == ()
     G = _fit_group_size(method, mdp, s["G"])
     eg = expected_gradient(method, mdp, pi, old, ref, G).grad
-    obj = resolve_objective(method, G)
+    obj = method.bound_objective(G)
     beh = old if old is not None else pi.detached()
     want = -objective_gradient(obj, mdp, pi, ref, beh)  # aggregation seq-mean-token-sum: c = 1
     assert _rel(eg, want) <= 1e-9
@@ -120,9 +122,9 @@ def test_biased_methods_show_exactly_the_predicted_bias_terms(s, name):
 
 
 def _kl_loss_method(estimator, beta, importance_weight=False, straight_through=False):
-    return Method("kl_loss_probe", advantage="raw", policy_loss="reinforce", kl_placement="loss",
-                  kl_estimator=estimator, kl_importance_weight=importance_weight, kl_straight_through=straight_through,
-                  aggregation="seq-mean-token-sum", beta=beta)
+    return Method("kl_loss_probe", advantage=Raw(), policy_loss=Reinforce(),
+                  kl=KLLoss(estimator, straight_through=straight_through, importance_weight=importance_weight),
+                  aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM), beta=beta)
 
 
 @given(setups(min_horizon=2, zero_rewards=True))
@@ -135,7 +137,7 @@ def test_kl_losses_follow_local_fields_not_the_sequence_kl(s):
     G = 2
     pg_rev = beta * local_score_field(mdp, pi, ref, lambda d: d, state_policy=beh)
     pg_fwd = beta * local_score_field(mdp, pi, ref, lambda d: -torch.expm1(-d), state_policy=beh)
-    seq = -beta * objective_gradient(ObjectiveSpec("none", "reverse_kl", beta=1.0), mdp, pi, ref)
+    seq = -beta * objective_gradient(Objective("none", "reverse_kl", beta=1.0), mdp, pi, ref)
     if old is None:
         g1 = expected_gradient(_kl_loss_method("k1", beta), mdp, pi, None, ref, G).grad
         assert float(g1.norm()) <= 1e-12 * (1 + float(pg_rev.norm()))  # k1 as a loss: nothing
@@ -162,7 +164,7 @@ def test_frpo_future_return_is_exact_for_the_sequence_reverse_kl(s):
     mdp, pi, ref = s["mdp"], s["pi"], s["ref"]
     m = REGISTRY["frpo"].replace(beta=beta)
     g = expected_gradient(m, mdp, pi, None, ref, min(s["G"], 4)).grad
-    want = beta * objective_gradient(ObjectiveSpec("none", "reverse_kl", beta=1.0), mdp, pi, ref) * -1
+    want = beta * objective_gradient(Objective("none", "reverse_kl", beta=1.0), mdp, pi, ref) * -1
     assert _rel(g, want) <= 1e-9
 
 

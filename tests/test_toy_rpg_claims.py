@@ -8,12 +8,14 @@ import math
 import pytest
 import torch
 
+from rlkl.components import AggMode, Aggregation, GroupCentered, KLLoss, PPOClip, Raw, Reinforce
+from rlkl.objective import Objective
 from rlkl.divergences import k3, unnormalized_kl
 from rlkl.losses import RPGClip, aggregate, ppo_clip_loss, rpg_loss, rpg_weight
 from rlkl.methods import Method, get_method
 from rlkl.toy.expected import LossSpec, expected_gradient
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import (ObjectiveSpec, local_score_field, objective_gradient, objective_value,
+from rlkl.toy.objectives import (local_score_field, objective_gradient, objective_value,
                                  sequence_divergence)
 from rlkl.toy.policies import TabularPolicy, UnnormalizedPolicy
 
@@ -54,7 +56,7 @@ def _rpg_spec(div, form, beta=BETA, z_old=1.0, level="sequence", clip=None, base
 
 
 def _obj(div, beta=BETA):
-    return ObjectiveSpec("expected_reward", DIV_REG[div], anchor="old", beta=beta)
+    return Objective("expected_reward", DIV_REG[div], anchor="old", beta=beta)
 
 
 # ---------------------------------------------------------------------------------------------- 6–9, 16 (E)
@@ -223,8 +225,8 @@ def test_15_normalized_equals_unnormalized_in_expectation_for_normalized_policie
 
 # ---------------------------------------------------------------------------------------------- 18–20, 34 (E)
 def _kl_probe(estimator, importance_weight=False, beta=1.0):
-    return Method("kl_probe", advantage="raw", policy_loss="reinforce", kl_placement="loss", kl_estimator=estimator,
-                  kl_importance_weight=importance_weight, aggregation="seq-mean-token-sum", beta=beta)
+    return Method("kl_probe", advantage=Raw(), policy_loss=Reinforce(),
+                  kl=KLLoss(estimator, importance_weight=importance_weight), aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM), beta=beta)
 
 
 def test_18_19_20_grpo_importance_weight_mismatch_and_correction():
@@ -232,8 +234,8 @@ def test_18_19_20_grpo_importance_weight_mismatch_and_correction():
     pi = TabularPolicy.random(mdp, seed=1)
     old = TabularPolicy.random(mdp, seed=2).detached()
     ref = TabularPolicy.random(mdp, seed=3).detached()
-    rev = -objective_gradient(ObjectiveSpec("none", "reverse_kl", beta=1.0), mdp, pi, ref)  # ∇KL(π‖π_ref)
-    fwd = -objective_gradient(ObjectiveSpec("none", "forward_kl", beta=1.0), mdp, pi, ref)  # ∇KL(π_ref‖π)
+    rev = -objective_gradient(Objective("none", "reverse_kl", beta=1.0), mdp, pi, ref)  # ∇KL(π‖π_ref)
+    fwd = -objective_gradient(Objective("none", "forward_kl", beta=1.0), mdp, pi, ref)  # ∇KL(π_ref‖π)
     lp, lo, lr = (p.sequence_logp().detach() for p in (pi, old, ref))
     q = lo.exp()
     ukl = float(unnormalized_kl(lp, lr))
@@ -259,7 +261,7 @@ def test_34_k1_loss_with_reference_old_anti_regularizes():
     pi = TabularPolicy.random(mdp, seed=1)
     old = pi.perturbed(0.5, seed=2).detached()
     g = expected_gradient(_kl_probe("k1"), mdp, pi, old, ref=old).grad
-    kl_old_pi = ObjectiveSpec("none", "forward_kl", anchor="old", beta=1.0)  # J = −KL(π_old‖π)
+    kl_old_pi = Objective("none", "forward_kl", anchor="old", beta=1.0)  # J = −KL(π_old‖π)
     grad_kl = -objective_gradient(kl_old_pi, mdp, pi, None, old)
     assert _rel(g, -grad_kl) < 1e-12  # the loss is −KL(π_old‖π): minimizing it increases the KL
     step = pi.with_theta(pi.theta.detach() - 1e-3 * g)
@@ -345,8 +347,8 @@ def test_3_baseline_is_unbiased_per_state():
 def test_30_leave_in_group_mean_shrinks_the_gradient_by_1_minus_1_over_G():
     mdp = TreeMDP.random(2, 3, 2, reward="real", seed=2)
     pi = TabularPolicy.random(mdp, seed=0)
-    m = get_method("rpg_reinforce_fkl_seq").replace(advantage="group_centered", beta=0.0)
-    want = -objective_gradient(ObjectiveSpec("expected_reward"), mdp, pi)
+    m = get_method("rpg_reinforce_fkl_seq").replace(advantage=GroupCentered(), beta=0.0)
+    want = -objective_gradient(Objective("expected_reward", "none"), mdp, pi)
     for G in (2, 3, 5):
         g = expected_gradient(m, mdp, pi, group_size=G, route="exchangeable", class_by="response").grad
         assert _rel(g, (1 - 1 / G) * want) < 1e-12
@@ -382,15 +384,14 @@ def test_31_token_level_forward_kl_is_the_sequence_kl_reverse_is_not():
 def test_32_token_level_ratio_matches_sequence_ratio_only_at_theta_old():
     mdp = TreeMDP.random(3, 3, 2, reward="real", seed=4)
     pi = TabularPolicy.random(mdp, seed=0)
-    loose = dict(clip_low=1 - 1e-12, clip_high=1e12, dual_clip=None)
-    token = get_method("dapo").replace(advantage="raw", aggregation="seq-mean-token-sum", **loose)
-    seq = get_method("rpg_reinforce_fkl_seq").replace(advantage="raw", beta=0.0)
+    token = get_method("dapo").replace(advantage=Raw(), aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM), policy_loss=PPOClip().unclipped())
+    seq = get_method("rpg_reinforce_fkl_seq").replace(advantage=Raw(), beta=0.0)
     for old, equal in [(pi.detached(), True), (pi.perturbed(0.5, seed=1).detached(), False)]:
         a = expected_gradient(token, mdp, pi, old, group_size=2).grad
         b = expected_gradient(seq, mdp, pi, old, group_size=2).grad
         assert (_rel(a, b) < 1e-12) if equal else (_rel(a, b) > 1e-3)
     # the sequence ratio is the exact off-policy gradient
-    want = -objective_gradient(ObjectiveSpec("expected_reward"), mdp, pi)
+    want = -objective_gradient(Objective("expected_reward", "none"), mdp, pi)
     assert _rel(b, want) < 1e-12
 
 
@@ -400,7 +401,7 @@ def test_33_ppo_kl_reward_shaping_with_returns_is_the_sequence_kl_gradient():
     ref = TabularPolicy.random(mdp, seed=1).detached()
     m = get_method("ppo_k1_rtg").replace(beta=0.6)
     g = expected_gradient(m, mdp, pi, None, ref, group_size=3).grad
-    want = -objective_gradient(ObjectiveSpec("expected_reward", "reverse_kl", beta=0.6), mdp, pi, ref)
+    want = -objective_gradient(Objective("expected_reward", "reverse_kl", beta=0.6), mdp, pi, ref)
     assert _rel(g, want) < 1e-12
 
 

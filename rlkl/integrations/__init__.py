@@ -35,13 +35,11 @@ def resolve_method(method: Method | str) -> Method:
 def advantages_need_logprobs(method: Method) -> bool:
     """Whether ``method.advantages(batch)`` reads ``batch.logp_old`` / ``batch.logp_ref``.
 
-    True for the reward-side KL placements (``reward``, ``reward_to_go``, ``future_return``, e.g. FRPO) with
-    β > 0; the group advantages of all other methods depend on the rewards and the mask only. The plug-ins use
+    True for the KL terms used as a reward (``KLReward``, ``FutureReturn``, e.g. FRPO) with β > 0; the group advantages of all other methods depend on the rewards and the mask only. The plug-ins use
     this to skip a forward pass when the rollout log-probs are not needed (checked by a test that perturbs the
     log-probs).
     """
-    return (method.beta > 0 and method.policy_loss != "rpg"
-            and method.kl_placement in ("reward", "reward_to_go", "future_return"))
+    return method.advantages_read_logprobs
 
 
 def policy_loss_from_advantages(method: Method, logp: Tensor, logp_old: Tensor, advantages: Tensor,

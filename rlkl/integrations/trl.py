@@ -18,7 +18,7 @@ reference model, gradient accumulation, logging and distributed set-up are untou
 
 TRL's own loss options (``beta``, ``loss_type``, ``epsilon*``, ``scale_rewards``, …) are *not* used; to avoid a
 config that silently says something else, the trainer raises ``ValueError`` if any of them is set away from
-its default. β, clipping and aggregation come from the Method (``method.replace(beta=..., clip_high=...)``).
+its default. β, clipping and aggregation come from the Method (``method.replace(beta=..., policy_loss=PPOClip(0.2, 0.28))``).
 TRL's ``beta`` is set internally to ``method.beta`` when the Method needs π_ref (so TRL loads the reference
 model and computes ``ref_per_token_logps``), else to 0.
 """
@@ -41,13 +41,13 @@ __all__ = ["RLKLGRPOTrainer", "IGNORED_TRL_OPTIONS"]
 # their defaults (name -> why).
 IGNORED_TRL_OPTIONS: dict[str, str] = {
     "beta": "β is method.beta (use method.replace(beta=...))",
-    "loss_type": "aggregation is method.aggregation",
-    "epsilon": "clip range is method.clip_low",
-    "epsilon_high": "clip range is method.clip_high",
+    "loss_type": "aggregation is method.aggregation (an rlkl Aggregation)",
+    "epsilon": "clip range is method.policy_loss (e.g. PPOClip(low, high))",
+    "epsilon_high": "clip range is method.policy_loss (e.g. PPOClip(low, high))",
     "delta": "two-sided clip is not an rlkl policy loss",
-    "scale_rewards": "the advantage is method.advantage",
-    "importance_sampling_level": "sequence-level ratios are method.policy_loss='gspo'",
-    "use_bias_correction_kl": "the ρ-weighted KL is method.kl_importance_weight",
+    "scale_rewards": "the advantage is method.advantage (e.g. GroupStandardized)",
+    "importance_sampling_level": "sequence-level ratios are method.policy_loss=GSPO(...)",
+    "use_bias_correction_kl": "the ρ-weighted KL is method.kl=KLLoss(importance_weight=True)",
     "top_entropy_quantile": "entropy masking is not part of an rlkl Method",
     "off_policy_mask_threshold": "off-policy sequence masking is not part of an rlkl Method",
     "entropy_coef": "an entropy bonus is not part of an rlkl Method",
@@ -191,6 +191,10 @@ class RLKLGRPOTrainer(GRPOTrainer):
         logp, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, inputs["completion_ids"].size(1), compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled, **fwd)
+        # rlkl's losses take float32/float64 only: a bf16/fp16 model's log-probs are upcast before the loss, as
+        # TRL's own loss computes in float32 (the gradient flows back through the cast)
+        if logp.dtype not in (torch.float32, torch.float64):
+            logp = logp.float()
         advantages = inputs["advantages"]
         if advantages.dim() != 2:
             raise ValueError("RLKLGRPOTrainer: inputs['advantages'] is not [B, T]; the rlkl generation step did "

@@ -38,6 +38,7 @@ is on: set ``actor.use_kl_loss=True`` with ``actor.kl_loss_coef=0`` (adds 0 × K
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 from enum import Enum
@@ -47,14 +48,15 @@ import torch
 from torch import Tensor
 
 from rlkl.integrations import advantages_need_logprobs, loss_from_advantages
-from rlkl.losses import RPGClip
+from rlkl.components import RPG, AggMode, FutureReturn, PPOClip, RPGClip
 from rlkl.methods import REGISTRY, Method, RolloutBatch, get_method
 
 __all__ = ["VERL_METHOD_NAMES", "register_rlkl_with_verl", "advantage_method", "loss_method",
            "make_adv_estimator", "make_policy_loss"]
 
 #: rlkl methods offered to verl by name (both registries).
-VERL_METHOD_NAMES: tuple[str, ...] = tuple(n for n in REGISTRY if n.startswith(("frpo", "rpg_")))
+VERL_METHOD_NAMES: tuple[str, ...] = tuple(n for n, m in REGISTRY.items()
+                                           if isinstance(m.kl, FutureReturn) or isinstance(m.policy_loss, RPG))
 
 # (old_log_probs, ref_log_prob) of the batch whose advantage verl is computing (set by the wrapper below)
 _ROLLOUT_LOGPROBS: contextvars.ContextVar[tuple[Tensor | None, Tensor | None] | None] = \
@@ -103,9 +105,10 @@ def loss_method(name: str, actor_config: Any = None, loss_agg_mode: str | None =
     second KL term).
     """
     method = _check_name(name)
-    if loss_agg_mode is not None and loss_agg_mode != method.aggregation:
-        raise ValueError(f"loss_mode={name} aggregates with {method.aggregation!r}; set "
-                         f"actor_rollout_ref.actor.loss_agg_mode={method.aggregation} (got {loss_agg_mode!r})")
+    agg = method.aggregation.mode.value
+    if loss_agg_mode is not None and loss_agg_mode != agg:
+        raise ValueError(f"loss_mode={name} aggregates with {agg!r}; set "
+                         f"actor_rollout_ref.actor.loss_agg_mode={agg} (got {loss_agg_mode!r})")
     if actor_config is None:
         return method
     if bool(_get(actor_config, "use_kl_loss", False)) and float(_get(actor_config, "kl_loss_coef", 0.0)) != 0.0:
@@ -117,10 +120,13 @@ def loss_method(name: str, actor_config: Any = None, loss_agg_mode: str | None =
     low = float(clip if low is None else low)
     high = float(clip if high is None else high)
     c = float(_get(actor_config, "clip_ratio_c", 3.0))
-    if method.policy_loss == "rpg":
+    pl = method.policy_loss
+    if isinstance(pl, RPG):
         return method.replace(beta=float(_get(actor_config, "kl_loss_coef", method.beta)),
-                              rpg_clip=RPGClip(low, high, c) if method.rpg_clip is not None else None)
-    return method.replace(clip_low=low, clip_high=high, dual_clip=c if method.dual_clip is not None else None)
+                              policy_loss=dataclasses.replace(pl, clip=RPGClip(low, high, c) if pl.clip else None))
+    if isinstance(pl, PPOClip):
+        return method.replace(policy_loss=PPOClip(low, high, c if pl.dual is not None else None))
+    raise ValueError(f"{name}: rlkl offers verl only PPO-clip and RPG losses, not {type(pl).__name__}")
 
 
 def _group_order(index: Any, batch_size: int) -> tuple[Tensor, int]:
@@ -196,17 +202,17 @@ def make_adv_estimator(name: str):
     return _label(estimator, name, "advantage", "make_adv_estimator")
 
 
-def _global_scale(mask: Tensor, mode: str, info: dict) -> Tensor | float:
+def _global_scale(mask: Tensor, mode: AggMode, info: dict) -> Tensor | float:
     """Factor turning rlkl's micro-batch ``aggregate`` into verl's global-batch normalization (``agg_loss``):
     verl sums micro-batch gradients (× dp_size for data-parallel averaging) and divides by the global token /
     sequence count, so each micro-batch contributes (local count / global count) × dp_size of its own mean."""
     dp = float(info.get("dp_size", 1) or 1)
-    if mode == "token-mean":
+    if mode is AggMode.TOKEN_MEAN:
         total = info.get("batch_num_tokens")
         if total is None:
             return dp if dp != 1 else 1.0
         return mask.sum().to(torch.float64) / float(total) * dp
-    rows = mask.any(-1).sum() if mode != "seq-mean-token-sum-norm" else mask.shape[0]
+    rows = mask.any(-1).sum() if mode is not AggMode.SEQ_MEAN_TOKEN_SUM_NORM else mask.shape[0]
     total = info.get("global_batch_size")
     if total is None:
         return dp if dp != 1 else 1.0
@@ -229,11 +235,13 @@ def make_policy_loss(name: str):
                     rollout_is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
         method = loss_method(name, config, loss_agg_mode)
         mask = response_mask.bool()
+        if log_prob.dtype not in (torch.float32, torch.float64):
+            log_prob = log_prob.float()  # rlkl's losses take float32/float64; the cast keeps the gradient path
         loss, diag = loss_from_advantages(method, log_prob, old_log_prob.to(log_prob.dtype), None, mask,
                                           advantages.to(log_prob.dtype),
                                           None if rollout_is_weights is None else rollout_is_weights.to(log_prob.dtype))
         info = dict(_get(config, "global_batch_info", None) or {})
-        scale = _global_scale(mask, method.aggregation, info)
+        scale = _global_scale(mask, method.aggregation.mode, info)
         loss = loss * (scale.to(loss.dtype) if torch.is_tensor(scale) else scale)
         with torch.no_grad():
             m = mask.to(log_prob.dtype)

@@ -2,10 +2,12 @@
 
     rlkl sft                                   # cpu_tiny preset, 2-digit addition, noise 0.5
     rlkl sft --task sort --noise_rate 0.4 --steps 1500 --out runs/sft/my-ref
+    rlkl sft --resume runs/sft/my-ref                # continue after Ctrl-C or a kill
 
 Any SFTConfig field can be given as ``--field value`` (or ``--field-name value``); a preset fills the rest.
-The checkpoint goes to ``OUT/reference.pt`` (default ``runs/sft/TASK-dDIFFICULTY-PRESET``), which is where
-``rlkl train`` with the same task and preset looks for it.
+The reference goes to ``OUT/reference.pt`` (default ``runs/sft/TASK-dDIFFICULTY-PRESET-sSEED``; the seed-0 one is
+where ``rlkl train`` with the same task and preset looks for it). An existing reference is never overwritten
+without ``--force``. Ctrl-C (or a kill) keeps ``OUT/checkpoint.pt``; ``rlkl sft --resume OUT`` continues it.
 """
 
 from __future__ import annotations
@@ -85,33 +87,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__
     parser.add_argument("--preset", default="cpu_tiny", choices=sorted(SFT_PRESETS),
                         help="model size and training length (default: cpu_tiny)")
-    parser.add_argument("--out", default=None, help="output directory (default: runs/sft/TASK-dDIFFICULTY-PRESET)")
+    parser.add_argument("--out", default=None,
+                        help="output directory (default: runs/sft/TASK-dDIFFICULTY-PRESET-sSEED)")
+    parser.add_argument("--resume", default=None, metavar="OUT",
+                        help="continue the interrupted SFT run in OUT from its checkpoint (only --num_threads may "
+                             "change)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite an existing OUT/reference.pt (runs trained against the old file then "
+                             "refuse to resume)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log every metric to OUT/tensorboard (pip install 'rlkl[tensorboard]')")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(parser, SFTConfig, "SFT config fields")
 
 
-def main(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> tuple[SFTConfig, str]:
+    """The SFT config and the output directory the command line asks for."""
+    import json
+    import os
+
     from rlkl.lm.train import PRESET_DIFFICULTY, default_ref_path
 
-    try:
-        overrides = config_overrides(args, SFTConfig)
-        task = overrides.get("task", "addition")
-        if "difficulty" not in overrides and task in PRESET_DIFFICULTY.get(args.preset, {}):
-            overrides["difficulty"] = PRESET_DIFFICULTY[args.preset][task]
-        cfg = sft_config_from_preset(args.preset, **overrides)
-    except ValueError as exc:
-        print(f"rlkl sft: {exc}", file=sys.stderr)
-        return 2
-    out = args.out
-    if out is None:
-        import os
+    overrides = config_overrides(args, SFTConfig)
+    if args.resume:
+        path = os.path.join(args.resume, "config.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{args.resume} is not an SFT run directory (no config.json)")
+        extra = sorted(set(overrides) - {"num_threads"})
+        if extra or args.force:
+            raise ValueError(f"--resume continues the saved config; cannot change {extra or ['--force']} "
+                             f"(only num_threads)")
+        saved = json.loads(open(path).read())
+        known = {f.name for f in dataclasses.fields(SFTConfig)}
+        if not isinstance(saved, dict) or set(saved) - known:
+            raise ValueError(f"{path} is not an SFTConfig (unknown fields "
+                             f"{sorted(set(saved) - known) if isinstance(saved, dict) else saved!r})")
+        return SFTConfig(**{**saved, **overrides}), args.resume
+    task = overrides.get("task", "addition")
+    if "difficulty" not in overrides and task in PRESET_DIFFICULTY.get(args.preset, {}):
+        overrides["difficulty"] = PRESET_DIFFICULTY[args.preset][task]
+    cfg = sft_config_from_preset(args.preset, **overrides)
+    return cfg, args.out or os.path.dirname(default_ref_path(cfg.task, cfg.difficulty, args.preset, cfg.seed))
 
-        out = os.path.dirname(default_ref_path(cfg.task, cfg.difficulty, args.preset))
-    t0 = time.time()
-    _, final = train_sft(cfg, out, progress=not args.quiet)
+
+def main(args: argparse.Namespace) -> int:
+    out = args.resume or args.out or "the output directory"
+    try:
+        cfg, out = _config(args)
+        t0 = time.time()
+        _, final = train_sft(cfg, out, progress=not args.quiet, resume=bool(args.resume), force=args.force,
+                             tensorboard=args.tensorboard, graceful=True)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"rlkl sft: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlkl sft: interrupted; the last checkpoint is kept: continue with rlkl sft --resume {out}",
+              file=sys.stderr)
+        return 130
+    if not final:  # stopped by Ctrl-C after a checkpoint
+        print(f"rlkl sft: interrupted; continue with: rlkl sft --resume {out}", file=sys.stderr)
+        return 130
     print(f"reference policy: {cfg.task} difficulty {cfg.difficulty}, noise {cfg.noise_rate}: "
           f"pass@1 {final['pass@1']:.3f}, pass@{cfg.eval_samples} {final[f'pass@{cfg.eval_samples}']:.3f}, "
           f"greedy {final['greedy_acc']:.3f}  ({time.time() - t0:.0f} s)")
     print(f"saved {out}/reference.pt; next: rlkl train --task {cfg.task} --difficulty {cfg.difficulty} "
-          f"--preset {args.preset} --ref {out}/reference.pt --method grpo")
+          f"--ref {out}/reference.pt --method grpo")
     return 0

@@ -7,7 +7,10 @@
 
 Any TrainConfig field can be given as ``--field value`` (or ``--field-name value``); the preset fills the
 rest. Outputs in the run directory: config.json, method.json, metrics.jsonl (docs/metrics.md),
-checkpoint.pt. Ctrl-C finishes the current step, writes a checkpoint and stops.
+run.json (reference sha256, thread count), checkpoint.pt (after the step-0 evaluation, every checkpoint_every
+steps, at the end). Ctrl-C finishes the current step, writes a checkpoint and stops; after a kill, --resume
+continues from the last checkpoint and reproduces the uninterrupted run's metrics. The progress bar's kl_seq is
+the summary's: exact KL(π‖π_0) per sequence on the eval prompts, at the last evaluation.
 """
 
 from __future__ import annotations
@@ -30,40 +33,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="run directory (default: runs/train/TASK-dDIFFICULTY-METHOD-sSEED)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its checkpoint (only --steps, --num_threads, --compile "
-                             "may change)")
+                             "may change; the reference file must be the one the run started from)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log every metric to RUN_DIR/tensorboard (pip install 'rlkl[tensorboard]')")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(parser, TrainConfig, "train config fields")
+
+
+def _run(args: argparse.Namespace, overrides: dict) -> tuple[list[dict], str]:
+    if args.resume:
+        allowed = {"steps", "num_threads", "compile"}
+        extra = sorted(set(overrides) - allowed)
+        if extra:
+            raise ValueError(f"--resume continues the saved config; cannot change {extra} (only {sorted(allowed)})")
+        return (resume(args.resume, progress=not args.quiet, tensorboard=args.tensorboard, graceful=True, **overrides),
+                args.resume)
+    cfg = config_from_preset(args.preset, **overrides)
+    out = args.out or os.path.join("runs", "train", f"{cfg.task}-d{cfg.difficulty}-{cfg.method}-s{cfg.seed}")
+    return train(cfg, out, progress=not args.quiet, tensorboard=args.tensorboard, graceful=True), out
 
 
 def main(args: argparse.Namespace) -> int:
     overrides = config_overrides(args, TrainConfig)
     t0 = time.time()
+    out = args.resume or args.out or "the run directory"
     try:
-        if args.resume:
-            allowed = {"steps", "num_threads", "compile"}
-            extra = sorted(set(overrides) - allowed)
-            if extra:
-                raise ValueError(f"--resume continues the saved config; cannot change {extra} "
-                                 f"(only {sorted(allowed)})")
-            rows = resume(args.resume, progress=not args.quiet, **overrides)
-            out = args.resume
-        else:
-            cfg = config_from_preset(args.preset, **overrides)
-            out = args.out or os.path.join("runs", "train", f"{cfg.task}-d{cfg.difficulty}-{cfg.method}-s{cfg.seed}")
-            rows = train(cfg, out, progress=not args.quiet)
+        rows, out = _run(args, overrides)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"rlkl train: {exc}", file=sys.stderr)
+        print(f"rlkl train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"rlkl train: interrupted; the last checkpoint is kept: continue with rlkl train --resume {out}",
+              file=sys.stderr)
+        return 130
     s = final_summary(rows)
     steps = rows[-1]["step"] if rows else 0
-    target = json.loads(open(os.path.join(out, "config.json")).read())["steps"]
+    cfg = json.loads(open(os.path.join(out, "config.json")).read())
     if "eval_pass@1" in s:
         print(f"eval pass@1: reference {s['ref_eval_pass@1']:.3f} -> trained {s['eval_pass@1']:.3f} "
-              f"(greedy {s.get('eval_greedy_acc', float('nan')):.3f}); exact KL(pi||pi_ref) per sequence "
-              f"{s.get('eval_kl_rev_seq', float('nan')):.3f}; step {rows[-1]['step']}, "
-              f"{time.time() - t0:.0f} s this invocation")
+              f"(greedy {s.get('eval_greedy_acc', float('nan')):.3f}); kl_seq = exact KL(pi||pi_0) per sequence "
+              f"on eval prompts {s.get('eval_kl_rev_seq', float('nan')):.3f}; {cfg['method']} beta={cfg['beta']:g}; "
+              f"step {steps}, {time.time() - t0:.0f} s this invocation")
     print(f"run directory: {out}")
-    if steps < target:  # stopped by Ctrl-C (a checkpoint was written)
-        print(f"interrupted at step {steps} of {target}; continue with: rlkl train --resume {out}")
+    if steps < cfg["steps"]:  # stopped by Ctrl-C (a checkpoint was written)
+        print(f"interrupted at step {steps} of {cfg['steps']}; continue with: rlkl train --resume {out}",
+              file=sys.stderr)
         return 130
     return 0

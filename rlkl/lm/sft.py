@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +65,9 @@ class SFTConfig:
     """Samples per eval prompt (pass@k uses the unbiased estimator over these)."""
     eval_every: int = 500
     """Evaluate every this many steps (and at the end)."""
+    checkpoint_every: int = 200
+    """Write ``checkpoint.pt`` every this many steps (also after step 1 and on Ctrl-C); resume with
+    ``rlkl sft --resume OUT``."""
     seed: int = 0
     """Seed of the initialisation, the demonstrations and the noise."""
     device: str = "auto"
@@ -72,15 +76,21 @@ class SFTConfig:
     """torch intra-op CPU threads while training (0 = leave torch's default; restored afterwards)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.noise_rate <= 1.0:
-            raise ValueError(f"noise_rate must be in [0, 1], got {self.noise_rate}")
-        for name in ("steps", "batch_size", "eval_prompts", "eval_samples", "eval_every", "difficulty"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_threads < 0:
-            raise ValueError(f"SFTConfig.num_threads must be >= 0, got {self.num_threads}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        from rlkl._checks import check_int, check_real
+
+        check_real("noise_rate", self.noise_rate, low=0.0, high=1.0)
+        for name in ("steps", "batch_size", "eval_prompts", "eval_samples", "eval_every", "difficulty",
+                     "checkpoint_every", "n_layer", "n_head", "d_model"):
+            check_int(name, getattr(self, name), low=1)
+        for name in ("num_threads", "warmup_steps", "split_seed"):
+            check_int(name, getattr(self, name), low=0)
+        check_int("seed", self.seed, low=0, high=2**32 - 1)
+        check_real("lr", self.lr, low=0.0, low_open=True)
+        check_real("weight_decay", self.weight_decay, low=0.0)
+        check_real("grad_clip", self.grad_clip, low=0.0, low_open=True)
+        if not isinstance(self.task, str) or not isinstance(self.device, str):
+            raise ValueError(f"task and device must be strings, got {self.task!r}, {self.device!r}")
+        resolve_device(self.device)
         make_task(self.task, self.difficulty, self.split_seed)  # raises on an unknown task
         GPTConfig(n_layer=self.n_layer, n_head=self.n_head, d_model=self.d_model)  # raises on bad shapes
 
@@ -157,61 +167,155 @@ def _lr_at(step: int, cfg: SFTConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train_sft(cfg: SFTConfig, out: str | os.PathLike | None = None, progress: bool = True) -> tuple[GPT, dict]:
-    """Train the reference policy; save it under ``out`` when given. Returns ``(model, final_eval)``."""
+def train_sft(cfg: SFTConfig, out: str | os.PathLike | None = None, progress: bool = True, resume: bool = False,
+              force: bool = False, stop_after: int | None = None, tensorboard: bool = False,
+              graceful: bool = False) -> tuple[GPT, dict]:
+    """Train the reference policy; save it under ``out`` when given. Returns ``(model, final_eval)``.
+
+    With ``out``, the run checkpoints like ``rlkl train`` (``checkpoint.pt`` after step 1, every
+    ``checkpoint_every`` steps and on Ctrl-C; removed once ``reference.pt`` is written) and ``resume=True``
+    continues it so that the reference equals the uninterrupted run's. An existing ``reference.pt`` is never
+    overwritten unless ``force`` (which starts the run afresh). ``stop_after`` stops (with a checkpoint) after
+    that many steps of this invocation; the model is then returned with ``final_eval = {}``. ``graceful``: the
+    first Ctrl-C finishes the step and checkpoints (``rlkl sft``); otherwise Ctrl-C raises KeyboardInterrupt.
+    """
     threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train_sft(cfg, out, progress)
+        return _train_sft(cfg, Path(out) if out is not None else None, progress, resume, force, stop_after,
+                          tensorboard, graceful, torch.get_num_threads())
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_sft(cfg: SFTConfig, out: str | os.PathLike | None, progress: bool) -> tuple[GPT, dict]:
+def _open_sft_run(cfg: SFTConfig, out: Path, resume: bool, force: bool, threads: int, device) -> dict | None:
+    """Check the output directory; returns the checkpoint to resume from (None: a fresh run)."""
+    from rlkl._io import sha256_file
+    from rlkl.lm.runlog import load_checkpoint
+
+    ref, ckpt = out / "reference.pt", out / "checkpoint.pt"
+    if ref.exists() and resume and not force:
+        return {"complete": True}  # resuming a finished run (a kill may have left its last checkpoint behind)
+    if ref.exists() and not force:
+        raise ValueError(f"{ref} already exists (sha256 {sha256_file(ref)[:16]}…); runs trained against it would no "
+                         f"longer match it if it were replaced: pass --force to overwrite it, or choose another --out")
+    if force or not resume:
+        if ckpt.exists() and not force:
+            raise ValueError(f"{out} holds an interrupted SFT run (checkpoint.pt); continue it with "
+                             f"`rlkl sft --resume {out}`, or pass --force to start it again")
+        for name in ("checkpoint.pt", "metrics.jsonl"):
+            (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        return None
+    if not ckpt.exists():
+        raise FileNotFoundError(f"cannot resume: no SFT checkpoint at {ckpt}")
+    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None
+    diff = sorted(k for k, v in asdict(cfg).items() if saved is not None and k != "num_threads" and saved.get(k) != v)
+    if diff:
+        raise ValueError(f"cannot change {diff} when resuming {out}; only num_threads may change")
+    ck = load_checkpoint(ckpt, device, what="SFT checkpoint")
+    if device.type == "cpu" and ck.get("num_threads") != threads:
+        raise ValueError(f"cannot resume {out} with {threads} torch thread(s): it was checkpointed with "
+                         f"{ck.get('num_threads')} (another count changes the numbers); resume with --num_threads "
+                         f"{ck.get('num_threads')}")
+    return ck
+
+
+def _train_sft(cfg: SFTConfig, out: Path | None, progress: bool, resume: bool, force: bool, stop_after: int | None,
+               tensorboard: bool, graceful: bool, threads: int) -> tuple[GPT, dict]:
+    from rlkl._io import atomic_write_json
+    from rlkl.lm.runlog import GracefulStop, MetricLog, restore_rows, save_checkpoint
+
     device = resolve_device(cfg.device)
+    ck = _open_sft_run(cfg, out, resume, force, threads, device) if out is not None else None
+    if ck is not None and ck.get("complete"):
+        from rlkl.lm.runlog import note
+
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        model, _, payload = load_reference(out / "reference.pt", device)
+        note("rlkl sft", f"{out} is complete (reference.pt written); nothing to resume")
+        return model, payload["eval"]
+    task, model, opt, gen = _sft_state(cfg, device)
+    start, wall0, rows = 0, 0.0, []
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        start, wall0 = int(ck["step"]), float(ck["wall_time"])
+        rows = restore_rows(out, ck, "rlkl sft")
+    eval_prompts = task.eval_prompts(cfg.eval_prompts).to(device)
+    ks = sorted({1, min(4, cfg.eval_samples), cfg.eval_samples})
+    if out is not None:
+        atomic_write_json(out / "config.json", asdict(cfg))
+    t0 = time.time() - wall0
+    log = MetricLog(out, rows, tensorboard) if out is not None else None
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out / "checkpoint.pt", log, {
+            "step": step, "wall_time": time.time() - t0, "config": asdict(cfg), "num_threads": threads,
+            "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(),
+            "torch_rng": torch.get_rng_state()})
+
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"sft {cfg.task}-{cfg.difficulty}",
+               disable=not progress, dynamic_ncols=True)
+    step, stopped = start, False
+    try:
+        with GracefulStop(enabled=graceful) as stop:
+            for step in bar:
+                row = _sft_step(cfg, model, opt, task, gen, step, device, t0)
+                if row["step"] % cfg.eval_every == 0 or row["step"] == cfg.steps:
+                    row.update(evaluate(model, task, eval_prompts, cfg.eval_samples, ks, seed=cfg.seed + 7919))
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", pass1=f"{row['pass@1']:.3f}")
+                if log is not None:
+                    log.log(row)
+                stopped = stop.requested or (stop_after is not None and row["step"] - start >= stop_after)
+                if log is not None and row["step"] < cfg.steps and (
+                        row["step"] == 1 or row["step"] % cfg.checkpoint_every == 0 or stopped):
+                    checkpoint(row["step"])
+                if stopped:
+                    break
+        bar.close()
+        all_rows = log.rows if log is not None else [row]
+    finally:
+        if log is not None:
+            log.close()
+    if stopped and step + 1 < cfg.steps:
+        if stop.requested:
+            tqdm.write(f"stopped at step {step + 1}; continue with: rlkl sft --resume {out}", file=sys.stderr)
+        return model, {}
+    final = next((r for r in reversed(all_rows) if "pass@1" in r), {})
+    if out is not None:
+        save_reference(out / "reference.pt", model, task, cfg, final)
+        (out / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete: reference.pt is its result
+    return model, final
+
+
+def _sft_state(cfg: SFTConfig, device):
+    """The task, a freshly initialised model (seeded), its optimizer and the demonstration generator."""
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task, cfg.difficulty, cfg.split_seed)
     mcfg = GPTConfig(vocab_size=task.vocab_size, block_size=task.prompt_len + task.max_response_len,
                      n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model)
     model = GPT(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)  # demonstrations + noise (CPU)
-    eval_prompts = task.eval_prompts(cfg.eval_prompts).to(device)
-    ks = sorted({1, min(4, cfg.eval_samples), cfg.eval_samples})
+    return task, model, opt, torch.Generator().manual_seed(cfg.seed)  # the generator: demonstrations + noise (CPU)
 
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        log = open(out_dir / "metrics.jsonl", "w")
-    t0 = time.time()
-    bar = tqdm(range(cfg.steps), desc=f"sft {cfg.task}-{cfg.difficulty}", disable=not progress, dynamic_ncols=True)
-    final: dict = {}
-    for step in bar:
-        prompts, responses, mask, _ = noisy_demonstrations(task, cfg.batch_size, cfg.noise_rate, gen)
-        prompts, responses, mask = prompts.to(device), responses.to(device), mask.to(device)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        with autocast(device):
-            loss = sft_loss(model, prompts, responses, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        row = {"step": step + 1, "loss": loss.item(), "lr": _lr_at(step, cfg), "wall_time": time.time() - t0}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            row.update(evaluate(model, task, eval_prompts, cfg.eval_samples, ks, seed=cfg.seed + 7919))
-            final = row
-            bar.set_postfix(loss=f"{loss.item():.3f}", pass1=f"{row['pass@1']:.3f}")
-        if out_dir is not None:
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-    bar.close()
-    if out_dir is not None:
-        log.close()
-        save_reference(out_dir / "reference.pt", model, task, cfg, final)
-    return model, final
+
+def _sft_step(cfg: SFTConfig, model, opt, task: Task, gen: torch.Generator, step: int, device, t0: float) -> dict:
+    """One optimizer step on fresh noisy demonstrations; returns the step's metric row."""
+    prompts, responses, mask, _ = noisy_demonstrations(task, cfg.batch_size, cfg.noise_rate, gen)
+    prompts, responses, mask = prompts.to(device), responses.to(device), mask.to(device)
+    for group in opt.param_groups:
+        group["lr"] = _lr_at(step, cfg)
+    with autocast(device):
+        loss = sft_loss(model, prompts, responses, mask)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return {"step": step + 1, "loss": loss.item(), "lr": _lr_at(step, cfg), "wall_time": time.time() - t0}
 
 
 def save_reference(path: str | os.PathLike, model: torch.nn.Module, task: Task, cfg: SFTConfig, final: dict) -> None:
@@ -224,20 +328,27 @@ def save_reference(path: str | os.PathLike, model: torch.nn.Module, task: Task, 
         "eval": final,
         "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
     }
-    tmp = str(path) + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    from rlkl._io import atomic_torch_save
+
+    atomic_torch_save(payload, path)
 
 
 def load_reference(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, Task, dict]:
     """Load a checkpoint written by :func:`train_sft`: ``(model, task, payload)``."""
+    from rlkl._io import load_torch_file
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no reference checkpoint at {path}; create it with "
                                 f"`rlkl sft --out {path.parent}` (see `rlkl sft --help`)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if payload.get("kind") != "rlkl-sft-reference":
-        raise ValueError(f"{path} is not an rlkl SFT reference checkpoint")
-    model = GPT(GPTConfig(**payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device), task_from_dict(payload["task"]), payload
+    payload = load_torch_file(path, "reference checkpoint")
+    if not isinstance(payload, dict) or payload.get("kind") != "rlkl-sft-reference":
+        raise ValueError(f"{path} is not an rlkl SFT reference checkpoint (write one with `rlkl sft`)")
+    try:
+        model = GPT(GPTConfig(**payload["model_config"]))
+        model.load_state_dict(payload["state_dict"])
+        task = task_from_dict(payload["task"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{path} is a damaged SFT reference checkpoint ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:160]})") from None
+    return model.to(device), task, payload

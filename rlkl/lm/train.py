@@ -5,8 +5,10 @@ temperature 1 (groups are contiguous rows), score them with the task's verifier,
 log-probs (π_old = the policy that sampled) and reference log-probs, then take ``updates_per_batch`` (K)
 AdamW steps on ``method.loss(logp, RolloutBatch(...))``. Every step logs one JSON line to
 ``metrics.jsonl`` (formulas in ``docs/metrics.md``); every ``eval_every`` steps adds pass@k on held-out
-prompts; every ``checkpoint_every`` steps (and on Ctrl-C) writes ``checkpoint.pt``, from which
-``resume`` continues so that the metrics equal the uninterrupted run's, step for step, on CPU.
+prompts; after the step-0 evaluation, every ``checkpoint_every`` steps and on Ctrl-C it writes
+``checkpoint.pt`` atomically (with the metric rows so far, the reference file's sha256 and the thread count),
+from which ``resume`` continues so that the metrics equal the uninterrupted run's, step for step, on CPU
+(run files: ``rlkl.lm.runlog``, docs/metrics.md).
 
 How this departs from full-scale GRPO / RPG training (verl, TRL, the RPG repo):
 
@@ -36,8 +38,7 @@ import copy
 import dataclasses
 import json
 import os
-import signal
-import threading
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,8 +47,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from rlkl._io import atomic_write_json, sha256_file
 from rlkl.lm.metrics import evaluate, rollout_metrics, seq_sum, token_entropy, token_kl, tokens_per_second
 from rlkl.lm.model import autocast, maybe_compile, resolve_device, response_logits, sample, token_logprobs, unwrap
+from rlkl.lm.runlog import GracefulStop, MetricLog, load_checkpoint, restore_rows, save_checkpoint
 from rlkl.lm.sft import load_reference
 from rlkl.lm.tasks import TASKS, Task
 
@@ -62,9 +65,13 @@ PRESET_DIFFICULTY: dict[str, dict[str, int]] = {
 }
 
 
-def default_ref_path(task: str, difficulty: int, preset: str) -> str:
-    """Where ``rlkl sft`` writes (and ``rlkl train`` looks for) the reference of a task and preset."""
-    return os.path.join("runs", "sft", f"{task}-d{difficulty}-{preset}", "reference.pt")
+def default_ref_path(task: str, difficulty: int, preset: str, seed: int = 0) -> str:
+    """Where ``rlkl sft --seed SEED`` writes the reference of a task and preset (one path per SFT seed).
+
+    ``rlkl train`` without ``--ref`` uses the seed-0 reference of its task and preset (the RL seed is not the
+    SFT seed: every RL seed of a comparison starts from the same π_ref).
+    """
+    return os.path.join("runs", "sft", f"{task}-d{difficulty}-{preset}-s{seed}", "reference.pt")
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,8 @@ class TrainConfig:
     method: str = "grpo"
     """Registered method name (``rlkl methods`` lists them)."""
     beta: float | None = None
-    """KL coefficient β; None keeps the method's registered default."""
+    """KL coefficient β; None = the method's registered default, which the config then holds (config.json
+    records the β the run used)."""
     unclipped: bool = False
     """Remove the method's clipping: RPG-Style Clip off for ``rpg*`` methods; PPO/GSPO clip ranges opened
     to (1e-6, 1e6) with no dual clip. Used to show what clipping buys when K > 1."""
@@ -115,7 +123,8 @@ class TrainConfig:
     eval_samples: int = 8
     """Samples per eval prompt; pass@k is reported for k = 1, 2, 4, … up to this."""
     checkpoint_every: int = 50
-    """Write ``checkpoint.pt`` every this many steps (also at the end and on Ctrl-C)."""
+    """Write ``checkpoint.pt`` every this many steps (also after the step-0 evaluation, at the end and on
+    Ctrl-C, so a kill never loses a whole run)."""
     seed: int = 0
     """Seed of the prompt stream and the sampling generator."""
     device: str = "auto"
@@ -123,34 +132,40 @@ class TrainConfig:
     compile: bool = False
     """``torch.compile`` the policy for the update forward passes."""
     num_threads: int = 0
-    """torch intra-op CPU threads (0 = leave torch's default)."""
+    """torch intra-op CPU threads (0 = leave torch's default). A CPU run resumes only with the thread count
+    it was checkpointed with: another count splits reductions differently and changes the numbers."""
 
     def __post_init__(self) -> None:
+        from rlkl._checks import check_int, check_real
         from rlkl.methods import get_method
 
         method = get_method(self.method)  # ValueError listing the registered names
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known tasks: {', '.join(sorted(TASKS))}")
-        if self.updates_per_batch < 1:
-            raise ValueError(f"updates_per_batch (K) must be >= 1, got {self.updates_per_batch}")
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        if method.is_group_based and self.group_size < 2:
-            raise ValueError(f"method {self.method!r} uses a group-based advantage ({method.advantage}); "
-                             f"group_size must be >= 2, got {self.group_size}")
-        if self.beta is not None and self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
         for name in ("steps", "prompts_per_step", "eval_every", "eval_prompts", "eval_samples",
-                     "checkpoint_every", "difficulty"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                     "checkpoint_every", "difficulty", "group_size"):
+            check_int(name, getattr(self, name), low=1)
+        check_int("updates_per_batch (K)", self.updates_per_batch, low=1)
         for name in ("ref_refresh_every", "warmup_steps", "num_threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0, grad_clip >= 0, weight_decay >= 0; got {self.lr}, {self.grad_clip}, "
-                             f"{self.weight_decay}")
-        resolve_device(self.device)  # ValueError when CUDA is requested but absent
+            check_int(name, getattr(self, name), low=0)
+        check_int("seed", self.seed, low=0, high=2**32 - 1)
+        if method.is_group_based and self.group_size < 2:
+            raise ValueError(f"method {self.method!r} uses a group-based advantage ({type(method.advantage).__name__}); "
+                             f"group_size must be >= 2, got {self.group_size}")
+        check_real("lr", self.lr, low=0.0, low_open=True)
+        check_real("adam_beta1", self.adam_beta1, low=0.0, high=1.0, high_open=True)
+        check_real("adam_beta2", self.adam_beta2, low=0.0, high=1.0, high_open=True)
+        check_real("weight_decay", self.weight_decay, low=0.0)
+        check_real("grad_clip", self.grad_clip, low=0.0)
+        if self.beta is None:  # record the effective β (config.json then says which β the run used)
+            object.__setattr__(self, "beta", float(method.beta))
+        check_real("beta", self.beta, low=0.0)
+        for name in ("unclipped", "partial_credit", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.ref, str) or not isinstance(self.device, str):
+            raise ValueError(f"ref and device must be strings, got {self.ref!r}, {self.device!r}")
+        resolve_device(self.device)  # ValueError for an unknown device or CUDA requested but absent
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,10 +213,7 @@ def build_method(cfg: TrainConfig):
     if cfg.beta is not None:
         method = dataclasses.replace(method, beta=float(cfg.beta))
     if cfg.unclipped:
-        if method.policy_loss == "rpg":
-            method = dataclasses.replace(method, rpg_clip=None)
-        else:
-            method = dataclasses.replace(method, clip_low=1.0 - 1e-6, clip_high=1e6, dual_clip=None)
+        method = method.replace(policy_loss=method.policy_loss.unclipped())
     return method
 
 
@@ -333,56 +345,126 @@ def drift_metrics(policy: torch.nn.Module, base: torch.nn.Module, task: Task, pr
 
 
 # ---------------------------------------------------------------------------------------------------
-# Checkpoints
+# The run's state: models, optimizer, random streams; checkpoints
 # ---------------------------------------------------------------------------------------------------
 
 
-def _save_checkpoint(path: Path, step: int, wall_time: float, policy, ref, base, opt, prompt_gen, sample_gen) -> None:
-    payload = {
-        "step": step,
+@dataclass
+class _State:
+    """Everything a checkpoint restores; every change to it is visible in :func:`_train`."""
+
+    base: torch.nn.Module  # π_0, the SFT reference (frozen; the KL-drift metrics' reference)
+    policy: torch.nn.Module  # π_θ (trained)
+    ref: torch.nn.Module  # π_ref of the loss (= base unless ref_refresh_every > 0)
+    train_model: torch.nn.Module  # the policy, compiled when cfg.compile
+    opt: torch.optim.Optimizer
+    prompt_gen: torch.Generator  # the prompt stream (CPU)
+    sample_gen: torch.Generator  # the sampling stream (on the device)
+    step: int = 0
+    wall0: float = 0.0  # wall time of the run before this invocation
+
+
+def _build_state(cfg: TrainConfig, device: torch.device) -> tuple[_State, Task]:
+    base, task, _ = load_reference(cfg.ref, device)
+    if task.name != cfg.task or task.difficulty != cfg.difficulty:
+        raise ValueError(f"reference {cfg.ref} was trained on {task.name} difficulty {task.difficulty}, but the "
+                         f"config asks for {cfg.task} difficulty {cfg.difficulty}")
+    base.requires_grad_(False).eval()
+    policy = copy.deepcopy(base).requires_grad_(True).train()
+    ref = base if cfg.ref_refresh_every == 0 else copy.deepcopy(base)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                            weight_decay=cfg.weight_decay)
+    st = _State(base, policy, ref, maybe_compile(policy, cfg.compile), opt,
+                torch.Generator().manual_seed(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed + 1))
+    return st, task
+
+
+def _payload(st: _State, wall_time: float, ref_sha256: str, threads: int, cfg: TrainConfig) -> dict:
+    return {
+        "step": st.step,
         "wall_time": wall_time,
-        "policy": unwrap(policy).state_dict(),
-        "ref": None if ref is base else ref.state_dict(),
-        "optimizer": opt.state_dict(),
-        "prompt_gen": prompt_gen.get_state(),
-        "sample_gen": sample_gen.get_state(),
+        "config": cfg.to_dict(),
+        "ref_sha256": ref_sha256,
+        "num_threads": threads,
+        "policy": unwrap(st.policy).state_dict(),
+        "ref": None if st.ref is st.base else st.ref.state_dict(),
+        "optimizer": st.opt.state_dict(),
+        "prompt_gen": st.prompt_gen.get_state(),
+        "sample_gen": st.sample_gen.get_state(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+
+
+def _check_resumable(ck: dict, cfg: TrainConfig, out: Path, ref_sha256: str, threads: int, device) -> None:
+    """Refuse a resume that could not continue the checkpointed run exactly (other reference, other threads)."""
+    if ck.get("ref_sha256") != ref_sha256:
+        raise ValueError(f"cannot resume {out}: the reference {cfg.ref} is not the file the run started from "
+                         f"(sha256 {ref_sha256} now, {ck.get('ref_sha256')} in the checkpoint); restore that file "
+                         f"or start a new run")
+    if device.type == "cpu" and ck.get("num_threads") != threads:
+        raise ValueError(f"cannot resume {out} with {threads} torch thread(s): it was checkpointed with "
+                         f"{ck.get('num_threads')}, and another count splits CPU reductions differently (the "
+                         f"resumed numbers would differ from an uninterrupted run's); resume with --num_threads "
+                         f"{ck.get('num_threads')}")
+
+
+def _restore(st: _State, ck: dict) -> None:
+    st.policy.load_state_dict(ck["policy"])
+    if ck["ref"] is not None:
+        st.ref.load_state_dict(ck["ref"])
+    st.opt.load_state_dict(ck["optimizer"])
+    st.prompt_gen.set_state(ck["prompt_gen"])
+    st.sample_gen.set_state(ck["sample_gen"])
+    st.step, st.wall0 = int(ck["step"]), float(ck["wall_time"])
+
+
+def _open_run(cfg: TrainConfig, out: Path, resume: bool, st: _State, ref_sha256: str, threads: int,
+              device) -> list[dict]:
+    """Check the run directory, restore the checkpoint on resume; returns the metric rows so far."""
+    ckpt = out / "checkpoint.pt"
+    if not resume:
+        if ckpt.exists():
+            raise ValueError(f"{out} already holds a run (checkpoint.pt); resume it with --resume {out} "
+                             f"or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        return []
+    if not ckpt.exists():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt}" + (
+            " (the run stopped before its first checkpoint, the step-0 evaluation; start it again without "
+            "--resume)" if (out / "config.json").exists() else ""))
+    saved = _read_config(out)
+    free = {"steps", "num_threads", "compile"}  # the device is fixed: RNG states are per device
+    diff = [f.name for f in fields(TrainConfig) if f.name not in free and getattr(saved, f.name) != getattr(cfg, f.name)]
+    if diff:
+        raise ValueError(f"cannot change {diff} when resuming {out}; only {sorted(free)} may change")
+    ck = load_checkpoint(ckpt, device, what="checkpoint")
+    _check_resumable(ck, cfg, out, ref_sha256, threads, device)
+    if int(ck["step"]) > cfg.steps:
+        raise ValueError(f"{out} is at step {ck['step']}; --steps {cfg.steps} cannot shorten it")
+    _restore(st, ck)
+    return restore_rows(out, ck, "rlkl train")
+
+
+def _read_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a TrainConfig ({exc})") from None
 
 
 def load_policy(run_dir: str | os.PathLike, device: str = "cpu"):
     """The trained policy of a run (its latest checkpoint) and the task: ``(model, task)``."""
     run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = _read_config(run_dir)
     model, task, _ = load_reference(cfg.ref, device)
-    ck = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    ck = load_checkpoint(run_dir / "checkpoint.pt", device)
     model.load_state_dict(ck["policy"])
     return model, task
 
 
-class _GracefulStop:
-    """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop immediately."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("Ctrl-C: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
-
-    def __enter__(self) -> "_GracefulStop":
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+_GracefulStop = GracefulStop  # the name the tests and older code use
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -412,161 +494,142 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    tensorboard: bool = False,
+    graceful: bool = False,
 ) -> list[dict]:
     """Run (or resume) RL training; returns the metric rows written to ``metrics.jsonl``.
 
     Args:
         cfg: the run's configuration (on resume it must equal the saved ``config.json``, except ``steps``,
-            which may be raised to extend a run, and ``num_threads``/``compile``).
-        out_dir: run directory (``config.json``, ``method.json``, ``metrics.jsonl``, ``checkpoint.pt``).
-        resume: continue from ``out_dir/checkpoint.pt``.
+            which may be raised to extend a run, and ``num_threads``/``compile``; a CPU run must keep its
+            effective thread count).
+        out_dir: run directory (``config.json``, ``method.json``, ``run.json``, ``metrics.jsonl``,
+            ``checkpoint.pt``; ``tensorboard/`` with ``tensorboard``).
+        resume: continue from ``out_dir/checkpoint.pt``; refused when the reference file's sha256 differs
+            from the one the run started with.
         progress: show the tqdm bar.
         stop_after: stop (with a checkpoint) after this many steps of *this* invocation, as Ctrl-C would.
+        tensorboard: also log every metric to ``out_dir/tensorboard`` (needs ``pip install 'rlkl[tensorboard]'``).
+        graceful: the first Ctrl-C finishes the step, checkpoints and returns (what ``rlkl train`` does);
+            otherwise Ctrl-C raises KeyboardInterrupt at once and the last checkpoint is the saved state.
     """
     threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(cfg, Path(out_dir), resume, progress, stop_after)
+        return _train(cfg, Path(out_dir), resume, progress, stop_after, tensorboard, graceful, torch.get_num_threads())
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after: int | None) -> list[dict]:
+def _update(cfg: TrainConfig, method, st: _State, ro: Rollout) -> dict:
+    """The K optimizer updates on one rollout; returns the step's loss/gradient/diagnostic metrics."""
+    diag_sum: dict[str, float] = {}
+    losses, gnorms = [], []
+    for k in range(cfg.updates_per_batch):
+        lr = _lr_at(st.step * cfg.updates_per_batch + k, cfg)
+        for group in st.opt.param_groups:
+            group["lr"] = lr
+        loss, diag = compute_loss(st.train_model, method, ro, cfg.group_size)
+        st.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(st.policy.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        st.opt.step()
+        losses.append(loss.item())
+        gnorms.append(float(gn))
+        for key, v in diag.items():
+            diag_sum[key] = diag_sum.get(key, 0.0) + float(v)
+    K = cfg.updates_per_batch
+    row = {"loss": sum(losses) / K, "grad_norm": sum(gnorms) / K, "grad_norm_last": gnorms[-1], "lr": lr}
+    row.update({f"diag/{key}": v / K for key, v in diag_sum.items()})
+    return row
+
+
+def _rl_step(cfg: TrainConfig, method, st: _State, task: Task, device) -> dict:
+    """One RL step: rollout, K updates, reference refresh; advances ``st.step``; returns the step's metric row."""
+    t0 = time.time()
+    prompts = task.sample_prompts(cfg.prompts_per_step, st.prompt_gen).to(device)  # [n, P]
+    st.policy.eval()
+    ro = collect_rollout(st.policy, st.ref, st.base, task, prompts, cfg.group_size, st.sample_gen,
+                         cfg.partial_credit, with_behaviour=False)  # π_old comes from the first update
+    st.policy.train()
+    t1 = time.time()
+    upd = _update(cfg, method, st, ro)
+    st.step += 1
+    if cfg.ref_refresh_every and st.step % cfg.ref_refresh_every == 0:
+        st.ref.load_state_dict(unwrap(st.policy).state_dict())
+    t2 = time.time()
+    n_tok = int(ro.mask.sum())
+    return {"step": st.step, **ro.metrics, **upd, "response_tokens": n_tok, "time/rollout": t1 - t0,
+            "time/update": t2 - t1, "time/step": t2 - t0, "tokens_per_s": tokens_per_second(n_tok, t2 - t0)}
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after: int | None, tensorboard: bool,
+           graceful: bool, threads: int) -> list[dict]:
     device = resolve_device(cfg.device)
     method = build_method(cfg)
-
-    base, task, _ = load_reference(cfg.ref, device)
-    if task.name != cfg.task or task.difficulty != cfg.difficulty:
-        raise ValueError(f"reference {cfg.ref} was trained on {task.name} difficulty {task.difficulty}, but the "
-                         f"config asks for {cfg.task} difficulty {cfg.difficulty}")
-    base.requires_grad_(False).eval()
-    policy = copy.deepcopy(base).requires_grad_(True).train()
-    ref = base if cfg.ref_refresh_every == 0 else copy.deepcopy(base)
-    train_model = maybe_compile(policy, cfg.compile)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                            weight_decay=cfg.weight_decay)
-    prompt_gen = torch.Generator().manual_seed(cfg.seed)  # prompts are drawn on the CPU
-    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    st, task = _build_state(cfg, device)
+    ref_sha256 = sha256_file(cfg.ref)
+    rows = _open_run(cfg, out, resume, st, ref_sha256, threads, device)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+    atomic_write_json(out / "method.json", method.to_dict())
+    atomic_write_json(out / "run.json", {"ref": cfg.ref, "ref_sha256": ref_sha256, "num_threads": threads,
+                                         "device": str(device), "torch": torch.__version__})
     eval_prompts = task.eval_prompts(cfg.eval_prompts).to(device)
     ks = _pass_ks(cfg.eval_samples)
-
-    metrics_path, ckpt_path = out / "metrics.jsonl", out / "checkpoint.pt"
-    rows: list[dict] = []
-    start, wall0 = 0, 0.0
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
-        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-        free = {"steps", "num_threads", "compile"}  # the device is fixed: RNG states are per device
-        diff = [f.name for f in fields(TrainConfig) if f.name not in free and getattr(saved, f.name) != getattr(cfg, f.name)]
-        if diff:
-            raise ValueError(f"cannot change {diff} when resuming {out}; only {sorted(free)} may change")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        policy.load_state_dict(ck["policy"])
-        if ck["ref"] is not None:
-            ref.load_state_dict(ck["ref"])
-        opt.load_state_dict(ck["optimizer"])
-        prompt_gen.set_state(ck["prompt_gen"])
-        sample_gen.set_state(ck["sample_gen"])
-        start, wall0 = int(ck["step"]), float(ck["wall_time"])
-        if metrics_path.exists():  # drop rows written after the checkpoint
-            rows = [r for r in (json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip())
-                    if r["step"] <= start]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    else:
-        if ckpt_path.exists():
-            raise ValueError(f"{out} already holds a run (checkpoint.pt); resume it with --resume {out} "
-                             f"or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("")
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    (out / "method.json").write_text(json.dumps(_jsonable(asdict(method)), indent=2) + "\n")
-
-    def log(row: dict) -> None:
-        rows.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
 
     def run_eval(step: int) -> dict:
         t = time.time()
         seed = cfg.seed * 1_000_003 + step
-        res = {f"eval_{k}": v for k, v in evaluate(policy, task, eval_prompts, cfg.eval_samples, ks, seed).items()}
-        res.update(drift_metrics(policy, base, task, eval_prompts, torch.Generator(device=device).manual_seed(seed + 1)))
+        res = evaluate(st.policy, task, eval_prompts, cfg.eval_samples, ks, seed)
+        res = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in res.items()}  # eval_pass@k, eval_response_len
+        res.update(drift_metrics(st.policy, st.base, task, eval_prompts,
+                                 torch.Generator(device=device).manual_seed(seed + 1)))
         res["time/eval"] = time.time() - t
         return res
 
-    t_start = time.time() - wall0
-    if start == 0:
-        log({"step": 0, **run_eval(0), "wall_time": time.time() - t_start})
+    t_start = time.time() - st.wall0
+    start = st.step
+    ckpt = out / "checkpoint.pt"
+    with MetricLog(out, rows, tensorboard) as log, GracefulStop(enabled=graceful) as stop:
+        def checkpoint() -> None:
+            save_checkpoint(ckpt, log, _payload(st, time.time() - t_start, ref_sha256, threads, cfg))
 
-    last_eval = next((r for r in reversed(rows) if "eval_pass@1" in r), {})
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.method} {cfg.task}-{cfg.difficulty}",
-               disable=not progress, dynamic_ncols=True)
-    step = start
-    with _GracefulStop() as stop:
-        while step < cfg.steps:
-            t0 = time.time()
-            prompts = task.sample_prompts(cfg.prompts_per_step, prompt_gen).to(device)  # [n, P]
-            policy.eval()
-            ro = collect_rollout(policy, ref, base, task, prompts, cfg.group_size, sample_gen, cfg.partial_credit,
-                                 with_behaviour=False)  # π_old comes from the first update's forward
-            policy.train()
-            t1 = time.time()
-            diag_sum: dict[str, float] = {}
-            losses, gnorms = [], []
-            for k in range(cfg.updates_per_batch):
-                lr = _lr_at(step * cfg.updates_per_batch + k, cfg)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss, diag = compute_loss(train_model, method, ro, cfg.group_size)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(policy.parameters(),
-                                                    cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-                opt.step()
-                losses.append(loss.item())
-                gnorms.append(float(gn))
-                for key, v in diag.items():
-                    diag_sum[key] = diag_sum.get(key, 0.0) + float(v)
-            step += 1
-            if cfg.ref_refresh_every and step % cfg.ref_refresh_every == 0:
-                ref.load_state_dict(unwrap(policy).state_dict())
-            t2 = time.time()
-            K = cfg.updates_per_batch
-            row = {"step": step, **ro.metrics, "loss": sum(losses) / K, "grad_norm": sum(gnorms) / K,
-                   "grad_norm_last": gnorms[-1], "lr": lr}
-            row.update({f"diag/{key}": v / K for key, v in diag_sum.items()})
-            n_tok = int(ro.mask.sum())
-            row.update({"response_tokens": n_tok, "time/rollout": t1 - t0, "time/update": t2 - t1,
-                        "time/step": t2 - t0, "tokens_per_s": tokens_per_second(n_tok, t2 - t0)})
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                last_eval = run_eval(step)
+        if not log.rows:  # a fresh run (a resume from the step-0 checkpoint has this row already)
+            log.log({"step": 0, **run_eval(0), "wall_time": time.time() - t_start})
+            checkpoint()  # the first checkpoint: a kill from here on never loses the run
+        last_eval = next((r for r in reversed(log.rows) if "eval_pass@1" in r), {})
+        bar = tqdm(total=cfg.steps, initial=st.step, desc=f"{cfg.method} {cfg.task}-{cfg.difficulty}",
+                   disable=not progress, dynamic_ncols=True)
+        while st.step < cfg.steps and not stop.requested:
+            row = _rl_step(cfg, method, st, task, device)  # st.step += 1
+            if st.step % cfg.eval_every == 0 or st.step == cfg.steps:
+                last_eval = run_eval(st.step)
                 row.update(last_eval)
             row["wall_time"] = time.time() - t_start
-            log(row)
+            log.log(row)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", pass1=f"{last_eval.get('eval_pass@1', float('nan')):.3f}",
-                            kl=f"{row['kl_rev_tok']:.3f}")
-            stopping = stop.requested or (stop_after is not None and step - start >= stop_after)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-                _save_checkpoint(ckpt_path, step, time.time() - t_start, policy, ref, base, opt, prompt_gen, sample_gen)
+                            kl_seq=f"{last_eval.get('eval_kl_rev_seq', float('nan')):.3f}")  # as the final summary
+            stopping = stop.requested or (stop_after is not None and st.step - start >= stop_after)
+            if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps or stopping:
+                checkpoint()
             if stopping:
-                if stop.requested:
-                    tqdm.write(f"stopped at step {step}; continue with: rlkl train --resume {out}")
                 break
-    bar.close()
-    return rows
+        bar.close()
+        if stop.requested:
+            tqdm.write(f"stopped at step {st.step}; continue with: rlkl train --resume {out}", file=sys.stderr)
+    return log.rows
 
 
-def resume(run_dir: str | os.PathLike, progress: bool = True, stop_after: int | None = None, **changes: Any) -> list[dict]:
+def resume(run_dir: str | os.PathLike, progress: bool = True, stop_after: int | None = None,
+           tensorboard: bool = False, graceful: bool = False, **changes: Any) -> list[dict]:
     """Continue the run in ``run_dir`` from its checkpoint (``changes`` may raise ``steps``, set threads/compile)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = _read_config(run_dir)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-    return train(cfg, run_dir, resume=True, progress=progress, stop_after=stop_after)
+    return train(cfg, run_dir, resume=True, progress=progress, stop_after=stop_after, tensorboard=tensorboard,
+                 graceful=graceful)
 
 
 def _jsonable(x: Any) -> Any:

@@ -13,11 +13,12 @@ from rlkl.toy.audit import audit, audit_one, verify_rows
 from rlkl.toy.expected import ExpectedGradient, LossSpec, brute_force_expected_gradient, expected_gradient
 from rlkl.toy.mdp import TreeMDP
 from rlkl.toy.montecarlo import MonteCarloGradient, mc_gradient
-from rlkl.toy.objectives import ObjectiveSpec, objective_gradient, objective_value
+from rlkl.objective import Objective
+from rlkl.toy.objectives import objective_gradient, objective_value
 from rlkl.toy.policies import LogLinearPolicy, Policy, TabularPolicy, UnnormalizedPolicy
 
 __all__ = [
-    "TreeMDP", "Policy", "TabularPolicy", "LogLinearPolicy", "UnnormalizedPolicy", "ObjectiveSpec",
+    "TreeMDP", "Policy", "TabularPolicy", "LogLinearPolicy", "UnnormalizedPolicy", "Objective",
     "objective_value", "objective_gradient", "LossSpec", "ExpectedGradient", "expected_gradient",
     "brute_force_expected_gradient", "MonteCarloGradient", "mc_gradient", "audit", "audit_one", "verify_rows",
 ]

@@ -1,7 +1,7 @@
 """Audit: does a loss's exact expected gradient equal −∇(the objective it claims)? If not, which known terms
 make up the gap?
 
-For a method M with intended objective J (``M.objective`` with β, G, std, ε of M; `resolve_objective`) the audit
+For a method M with intended objective J (``M.objective`` with β, G, std, ε of M; `Method.bound_objective`) the audit
 computes on each MDP, in float64:
 
     g      = E[∇_θ L_M]                             (`rlkl.toy.expected.expected_gradient`, the method's own loss)
@@ -43,8 +43,12 @@ import torch
 
 from rlkl.toy.expected import expected_gradient, loss_spec, threads_for
 from rlkl.toy.mdp import TreeMDP
-from rlkl.toy.objectives import (ObjectiveSpec, local_score_field, objective_gradient, ratio_score_field,
-                                 regularizer_value, resolve_objective, score_gradient)
+from rlkl.components import (GSPO, RPG, BatchStandardized, Estimator, FutureReturn, GroupCentered, GroupStandardized,
+                             KLLoss, KLReward, LeaveOneOut, PPOClip, Raw, Reinforce, RewardForm, RPGDivergence,
+                             RPGLevel)
+from rlkl.objective import Objective, Regularizer, Std
+from rlkl.toy.objectives import (local_score_field, objective_gradient, ratio_score_field, regularizer_value,
+                                 score_gradient)
 from rlkl.toy.policies import LogLinearPolicy, Policy, TabularPolicy
 
 Tensor = torch.Tensor
@@ -76,17 +80,10 @@ def aggregation_scale(method: Any, mdp: TreeMDP) -> float:
     """c such that the exact method's expected gradient is −c·∇J: 1 for ``seq-mean-token-sum``, 1/C for
     ``seq-mean-token-sum-norm`` (C = ``method.horizon`` or T), 1/T for ``token-mean`` and ``seq-mean-token-mean``
     (exact only for fixed length T; with EOS the difference is the ``length_normalization`` term)."""
-    mode = getattr(method, "aggregation", "seq-mean-token-sum")
-    T = mdp.horizon
-    if mode == "seq-mean-token-sum":
-        return 1.0
-    if mode == "seq-mean-token-sum-norm":
-        return 1.0 / float(getattr(method, "horizon", None) or T)
-    return 1.0 / T
+    return method.aggregation.scale(mdp.horizon)
 
 
-def shaped_reward(mdp: TreeMDP, behaviour: Policy, values: Tensor, group_size: int, advantage: str,
-                  eps: float = 1e-6, std: str = "bessel") -> Tensor:
+def shaped_reward(mdp: TreeMDP, behaviour: Policy, values: Tensor, group_size: int, advantage) -> Tensor:
     """h_x(v) = E[A_1 | v_1 = v] for every response: ``[P, N]``.
 
     The other G−1 rows' values are i.i.d. from the behaviour distribution of v; the advantage is the library's
@@ -96,11 +93,9 @@ def shaped_reward(mdp: TreeMDP, behaviour: Policy, values: Tensor, group_size: i
     Args:
       values: ``[P, N]`` per-response sequence reward (possibly KL-shaped).
     """
-    from rlkl.advantages import compute_advantages
-
-    if advantage == "raw":
+    if isinstance(advantage, Raw):
         return values.clone()
-    if advantage == "batch_standardized":
+    if isinstance(advantage, BatchStandardized):
         raise ValueError("batch_standardized advantages have no per-prompt shaped reward")
     G = group_size
     q = behaviour.probs().detach()
@@ -119,7 +114,7 @@ def shaped_reward(mdp: TreeMDP, behaviour: Policy, values: Tensor, group_size: i
         own = uniq.repeat_interleave(ms.shape[0])  # [K·M]
         rest = uniq[ms].repeat(K, 1)  # [K·M, G−1]
         groups = torch.cat([own.unsqueeze(1), rest], 1)  # [K·M, G]
-        adv = compute_advantages(advantage, groups.reshape(-1), G, eps, std).view(-1, G)[:, 0]
+        adv = advantage(groups.reshape(-1), G).view(-1, G)[:, 0]
         h_val = (adv.view(K, -1) * pm.unsqueeze(0)).sum(-1)  # [K]
         out[x] = h_val[inv]
     return out
@@ -141,27 +136,24 @@ def _k_grad_coef(method) -> Callable[[Tensor], Tensor]:
     """Per-token gradient coefficient c(δ) of the KL loss (∇k = c(δ)·∇log π), with ρ·k when IS-weighted."""
     from rlkl.divergences import kl_estimate
 
-    est, st = method.kl_estimator, method.kl_straight_through
-    if st or est == "k2":
+    kl = method.kl
+    est = kl.estimator
+    if kl.straight_through or est is Estimator.K2:
         base = lambda d: d
-    elif est == "k1":
+    elif est is Estimator.K1:
         base = lambda d: torch.ones_like(d)
     else:
         base = lambda d: -torch.expm1(-d)
-    if not method.kl_importance_weight:
+    if not kl.importance_weight:
         return base
     # ∇(ρ·k) = ρ (k + c(δ)) ∇log π: the token weight ρ turns π_old-expectations into π-expectations
-    return lambda d: kl_estimate(d, est) + base(d)
+    return lambda d: kl_estimate(d, est.value) + base(d)
 
 
 def _unclipped(method):
-    if method.policy_loss == "ppo_clip":
-        return method.replace(clip_low=1.0 - 1e-12, clip_high=1e12, dual_clip=None)
-    if method.policy_loss == "gspo":
-        return method.replace(clip_low=1.0 - 1e-12, clip_high=1e12)
-    if method.policy_loss == "rpg" and method.rpg_clip is not None:
-        return method.replace(rpg_clip=None)
-    return None
+    if not method.policy_loss.clips:
+        return None
+    return method.replace(policy_loss=method.policy_loss.unclipped())
 
 
 def _norm(x: Tensor) -> float:
@@ -187,7 +179,7 @@ def audit_one(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Optional[Pol
     """Audit one method on one MDP / policy configuration.
 
     Args:
-      method: Method or `LossSpec`/callable (then ``objective`` — an `ObjectiveSpec` — is required).
+      method: Method or `LossSpec`/callable (then ``objective`` — an ``rlkl.objective.Objective`` — is required).
       mdp, policy: the tree and π_θ; behaviour: π_old (default π_θ: on-policy); ref: π_ref.
       group_size: G; objective: override the intended objective; scale: override c.
       tol: relative tolerance of EXACT.
@@ -202,7 +194,9 @@ def audit_one(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Optional[Pol
 
 def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale, tol, decompose, setup, predicted):
     t0 = time.perf_counter()
-    is_method = hasattr(method, "objective") and hasattr(method, "loss")
+    from rlkl.methods import Method
+
+    is_method = isinstance(method, Method)
     off_policy = behaviour is not None and behaviour is not policy and not torch.equal(
         behaviour.theta.detach(), policy.theta.detach())
     beh = behaviour if behaviour is not None else policy.detached()
@@ -210,15 +204,17 @@ def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale
     G = spec.group_size
     if objective is None:
         if not is_method:
-            raise ValueError("auditing a loss function needs objective= (an ObjectiveSpec)")
-        objective = resolve_objective(method, G)
+            raise ValueError("auditing a loss function needs objective= (an rlkl.objective.Objective)")
+        objective = method.bound_objective(G)
+    elif objective.beta is None:
+        objective = objective.bind(beta=method.beta if is_method else 0.0)
     c = scale if scale is not None else (aggregation_scale(method, mdp) if is_method else 1.0)
     eg = expected_gradient(spec, mdp, policy, beh, ref, G)
     g = eg.grad
-    u_spec = dataclasses.replace(objective, beta=0.0) if isinstance(objective, ObjectiveSpec) else objective
+    u_spec = objective.bind(beta=0.0)
     grad_u = objective_gradient(u_spec, mdp, policy, ref, beh)
     beta = float(objective.beta)
-    if beta > 0 and objective.regularizer != "none":
+    if beta > 0 and objective.has_regularizer:
         reg = regularizer_value(objective, mdp, policy, ref, beh, beh)
         grad_d = torch.autograd.grad((mdp.prompt_probs * reg).sum(), policy.theta)[0]
     else:
@@ -285,9 +281,11 @@ def _bias_terms(method, mdp, policy, beh, ref, G, c, objective, grad_u, grad_d, 
     beta = float(method.beta)
     # --- length normalization: undo the per-token normalization, keep everything else
     base_method, g_rest, mult = method, g, 1.0
-    if not mdp.fixed_length and method.aggregation in ("token-mean", "seq-mean-token-mean"):
+    if not mdp.fixed_length and method.aggregation.normalizes_by_length:
         try:
-            summed = method.replace(aggregation="seq-mean-token-sum")
+            from rlkl.components import AggMode, Aggregation
+
+            summed = method.replace(aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM))
         except ValueError as exc:  # e.g. sequence-level RPG forces its aggregation
             notes.append(f"length_normalization not separable: {exc}")
         else:
@@ -302,52 +300,55 @@ def _bias_terms(method, mdp, policy, beh, ref, G, c, objective, grad_u, grad_d, 
     # --- reward part: shaped reward of the advantage vs the intended utility
     rewards = mdp.rewards
     adv = method.advantage
-    fused = method.policy_loss != "rpg" and method.kl_placement == "reward" and beta > 0
-    if adv == "batch_standardized":
+    fused = method.kl_active and isinstance(method.kl, KLReward) and method.kl.form is RewardForm.FUSED
+    if isinstance(adv, BatchStandardized):
         notes.append("batch_standardized: no per-prompt theory; the gap stays unexplained")
         return terms, notes
     try:
-        h = shaped_reward(mdp, beh, rewards, G, adv, method.adv_eps, method.adv_std)
+        h = shaped_reward(mdp, beh, rewards, G, adv)
     except ValueError as exc:
         notes.append(str(exc))
         return terms, notes
     H = score_gradient(mdp, policy, h)
-    name = {"group_standardized": "finite_group_utility", "group_centered": "leave_in_shrink"}.get(adv,
-                                                                                                 "utility_mismatch")
+    name = ("finite_group_utility" if isinstance(adv, GroupStandardized) else
+            "leave_in_shrink" if isinstance(adv, GroupCentered) else "utility_mismatch")
     terms[name] = -c * (H - grad_u)
-    token_ratio = off_policy and (method.policy_loss in ("ppo_clip", "reinforce") or (
-        method.policy_loss == "rpg" and method.rpg_level == "token"))
-    ratio = "none" if method.policy_loss == "reinforce" else "token"
+    pl = method.policy_loss
+    token_ratio = off_policy and (isinstance(pl, (PPOClip, Reinforce)) or (
+        isinstance(pl, RPG) and pl.level is RPGLevel.TOKEN))
+    ratio = "none" if isinstance(pl, Reinforce) else "token"
     if token_ratio and not fused:
         terms["token_level_ratio"] = -c * (ratio_score_field(mdp, policy, beh, h, ratio) - H)
-    if token_ratio and method.kl_placement in ("reward_to_go", "future_return") and beta > 0:
+    if token_ratio and method.kl_active and method.kl.reads_rollout_logprobs and not fused:
         notes.append("off-policy per-token ratios on the KL part of the advantage are not decomposed")
     # --- KL part
-    if method.policy_loss == "rpg":
-        if method.rpg_level == "token" and method.rpg_divergence in ("rkl", "urkl") and beta > 0:
-            coef = (lambda d: d + 1.0) if method.rpg_divergence == "rkl" else (lambda d: d)
+    if isinstance(pl, RPG):
+        if pl.level is RPGLevel.TOKEN and pl.divergence.is_reverse and beta > 0:
+            coef = (lambda d: d + 1.0) if pl.divergence is RPGDivergence.RKL else (lambda d: d)
             F = local_score_field(mdp, policy, beh, coef, state_policy=beh, action_policy=policy)
             terms["token_level_reverse"] = c * beta * (F - grad_d)
         return terms, notes
-    if beta == 0 or method.kl_placement == "none":
+    if not method.kl_active:
         return terms, notes
     if ref is None:
         notes.append("no reference policy given: KL terms skipped")
         return terms, notes
-    if method.kl_placement == "loss":
+    kl = method.kl
+    if isinstance(kl, KLLoss):
         kcoef = _k_grad_coef(method)
-        if off_policy and not method.kl_importance_weight:
+        if off_policy and not kl.importance_weight:
             F_old = local_score_field(mdp, policy, ref, kcoef, state_policy=beh, action_policy=beh)
             F_pi = local_score_field(mdp, policy, ref, kcoef, state_policy=beh, action_policy=policy)
             terms["missing_importance_weight"] = c * beta * (F_old - F_pi)
         else:
             F_pi = local_score_field(mdp, policy, ref, kcoef, state_policy=beh, action_policy=policy)
-        plain_k1 = method.kl_estimator == "k1" and not (method.kl_importance_weight or method.kl_straight_through)
+        plain = not (kl.importance_weight or kl.straight_through)
+        plain_k1 = kl.estimator is Estimator.K1 and plain
         if plain_k1:
             terms["no_kl_gradient"] = c * beta * (F_pi - grad_d)
             return terms, notes
         pg_rev = local_score_field(mdp, policy, ref, lambda d: d, state_policy=beh, action_policy=policy)
-        if method.kl_estimator == "k3" and not (method.kl_importance_weight or method.kl_straight_through):
+        if kl.estimator is Estimator.K3 and plain:
             terms["forward_direction"] = c * beta * (F_pi - pg_rev)
             base = pg_rev
         else:
@@ -358,35 +359,35 @@ def _bias_terms(method, mdp, policy, beh, ref, G, c, objective, grad_u, grad_d, 
         if objective.level == "sequence":
             terms["future_kl_missing"] = c * beta * (base - grad_d)
         return terms, notes
-    if method.kl_placement in ("reward", "reward_to_go"):
-        K = rollout_kl_values(mdp, beh, ref, method.kl_estimator)
+    if isinstance(kl, KLReward):
+        K = rollout_kl_values(mdp, beh, ref, kl.estimator.value)
         S = score_gradient(mdp, policy, K)
-        if method.kl_estimator != "k1":
+        if kl.estimator is not Estimator.K1:
             terms["k_in_reward"] = c * beta * (S - grad_d)
         elif off_policy:
             # k1: S = ∇KL_seq exactly on-policy; off-policy the reward holds π_old's log-ratios
             terms["stale_kl_reward"] = c * beta * (S - grad_d)
         if fused:
-            h_f = shaped_reward(mdp, beh, rewards - beta * K, G, adv, method.adv_eps, method.adv_std)
+            h_f = shaped_reward(mdp, beh, rewards - beta * K, G, adv)
             H_f = score_gradient(mdp, policy, h_f)
             if token_ratio:
                 terms["token_level_ratio"] = -c * (ratio_score_field(mdp, policy, beh, h_f, ratio) - H_f)
             extra = -c * (H_f - H + beta * S)
-            if adv == "group_centered":
+            if isinstance(adv, GroupCentered):
                 terms[name] = terms[name] + extra
-            elif adv in ("group_standardized", "batch_standardized"):
+            elif isinstance(adv, (GroupStandardized, BatchStandardized)):
                 terms["fusion_before_normalization"] = extra
             else:
                 if _norm(extra) > 1e-12 * max(1.0, _norm(H)):
                     terms["utility_mismatch"] = terms.get("utility_mismatch", 0) + extra
         return terms, notes
-    if method.kl_placement == "future_return":
+    if isinstance(kl, FutureReturn):
         # FRPO follows ∇ Σ_t E D_f (token-wise f-divergence) exactly on-policy
         from rlkl.toy.objectives import token_f_divergence
 
-        if not (objective.regularizer == "token_f_divergence" and objective.f_divergence == method.kl_divergence) and \
-                method.kl_divergence not in ("reverse_kl", "reverse_kl_k3"):
-            tf = (mdp.prompt_probs * token_f_divergence(mdp, policy, ref, method.kl_divergence)).sum()
+        if not (objective.regularizer is Regularizer.TOKEN_F_DIVERGENCE and objective.f_divergence == kl.divergence) \
+                and kl.divergence not in ("reverse_kl", "reverse_kl_k3"):
+            tf = (mdp.prompt_probs * token_f_divergence(mdp, policy, ref, kl.divergence)).sum()
             grad_tf = torch.autograd.grad(tf, policy.theta)[0]
             terms["regularizer_mismatch"] = c * beta * (grad_tf - grad_d)
         return terms, notes
@@ -404,7 +405,9 @@ def _as_method(obj: Any, framework: Optional[str] = None):
         if fw is None:
             keys = set(obj)
             fw = "verl" if any(k.split(".")[0] in ("algorithm", "actor", "actor_rollout_ref") for k in keys) else "trl"
-        return M.from_verl(obj) if fw == "verl" else M.from_trl(obj)
+        from rlkl.integrations.flags import from_trl, from_verl
+
+        return from_verl(obj) if fw == "verl" else from_trl(obj)
     return obj
 
 
@@ -445,8 +448,10 @@ def audit(method: Any, mdps: Optional[Iterable[TreeMDP]] = None, group_size: int
       A list of JSON-able records (schema: docs/audit.md).
     """
     m = _as_method(method, framework)
-    if beta is not None and hasattr(m, "replace"):
-        m = m.replace(beta=float(beta))
+    from rlkl.methods import Method
+
+    if beta is not None and isinstance(m, Method) and m.has_kl:
+        m = m.replace(beta=float(beta))  # β only where the method has a KL to weigh
     mdps = list(mdps) if mdps is not None else default_mdps()
     records = []
     for mdp in mdps:
@@ -504,8 +509,8 @@ def verify_rows(quick: bool = True) -> list:
         rows.append(_verify_one(name, m, mdp, off, G))
     # FRPO Prop. 3.1: GRPO's utility is 2·arcsin√p only as G → ∞; at finite G it is U_G (frpo.md §0, I3)
     if "no_kl" in REGISTRY:
-        m = REGISTRY["no_kl"].replace(adv_std="population", adv_eps=0.0)
-        arcsin = ObjectiveSpec("arcsin", group_size=G, std="population")
+        m = REGISTRY["no_kl"].replace(advantage=GroupStandardized(Std.POPULATION, 0.0))
+        arcsin = Objective("arcsin", "none", group_size=G, std="population", beta=0.0)
         rows.append(_verify_one("no_kl (population std)", m, fixed, False, G, objective=arcsin,
                                 predicted=("finite_group_utility",), source="FRPO arXiv 2601.10201 Prop. 3.1"))
     return rows

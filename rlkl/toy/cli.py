@@ -48,15 +48,44 @@ def _format(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Validate the sizes and scalars before anything is built (one ValueError naming the option)."""
+    import math
+
+    from rlkl._checks import check_int, check_real
+    from rlkl.toy.mdp import DEFAULT_MAX_TOKEN_SLOTS, count_responses
+
+    check_int("--vocab", args.vocab, low=2)
+    check_int("--horizon", args.horizon, low=1)
+    check_int("--prompts", args.prompts, low=1)
+    check_int("--group-size", args.group_size, low=1)
+    for seed in args.seeds:
+        check_int("--seeds", seed, low=0, high=2**32 - 1)
+    check_real("--beta", args.beta, low=0.0, allow_none=True)
+    digits = args.horizon * math.log10(args.vocab) + math.log10(args.prompts * args.horizon)
+    n = count_responses(args.vocab, args.horizon, args.eos) if digits < 15 else None
+    slots = None if n is None else args.prompts * n * args.horizon
+    if slots is None or slots > DEFAULT_MAX_TOKEN_SLOTS:
+        size = f"{slots:,}" if slots is not None else f"about 1e{digits:.0f}"
+        raise ValueError(f"enumeration too large: --vocab {args.vocab} --horizon {args.horizon} --prompts "
+                         f"{args.prompts} needs {size} token slots > {DEFAULT_MAX_TOKEN_SLOTS:,}; the audit holds every "
+                         f"response (vocab^horizon per prompt): choose a smaller --vocab or --horizon")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the audit; print a table (or JSON with ``--json``). Returns 0, or 2 on bad arguments."""
     from rlkl.methods import REGISTRY
     from rlkl.toy.audit import audit, default_mdps
 
+    try:
+        _check_arguments(args)
+    except ValueError as exc:
+        print(f"rlkl audit: error: {exc}", file=sys.stderr)
+        return 2
     names = list(REGISTRY) if args.method == "all" else [n.strip() for n in args.method.split(",") if n.strip()]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        print(f"unknown method(s) {unknown}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
+        print(f"rlkl audit: error: unknown method(s) {unknown}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
     try:
         mdps = default_mdps(args.vocab, args.horizon, args.prompts, args.eos, args.seeds, args.reward)

@@ -39,11 +39,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from rlkl.options import AggMode, coerce
 from rlkl.toy.mdp import TreeMDP, threads_for  # noqa: F401  (threads_for re-exported)
 from rlkl.toy.policies import Policy
 
 Tensor = torch.Tensor
 
+#: how the rows of a group interact (see `LossSpec.coupling`)
+COUPLINGS = ("none", "rewards", "full", "batch")
 #: default cap on the number of groups an exact expectation may enumerate
 DEFAULT_MAX_GROUPS = 2_000_000
 #: rows × T per loss call (memory of one chunk)
@@ -58,7 +61,7 @@ class LossSpec:
     Attributes:
       loss_fn: ``loss_fn(logp [B, T], batch: RolloutBatch) -> scalar`` or ``(scalar, diagnostics)``.
       group_size: G, rows per group (the unit of the expectation).
-      aggregation: the aggregation mode of ``loss_fn`` (``rlkl.losses.AGGREGATION_MODES``), needed to batch many
+      aggregation: the aggregation mode of ``loss_fn`` (an ``rlkl.options.AggMode`` or its value), needed to batch many
         groups into one call; None → one call per group (route ``loop``).
       coupling: how rows of a group interact: ``"none"`` (row-separable), ``"rewards"`` (only through the
         others' rewards), ``"full"`` (through their content), ``"batch"`` (through batch statistics: one call per
@@ -69,30 +72,64 @@ class LossSpec:
 
     loss_fn: Callable
     group_size: int
-    aggregation: Optional[str] = None
+    aggregation: Optional[AggMode] = None
     coupling: str = "full"
     name: str = "loss_fn"
     method: Any = None
+
+    def __post_init__(self):
+        if self.aggregation is not None:
+            object.__setattr__(self, "aggregation", coerce(AggMode, "LossSpec.aggregation", self.aggregation))
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"LossSpec.coupling={self.coupling!r} is not one of {list(COUPLINGS)}")
 
 
 def coupling(method: Any, mdp: TreeMDP) -> str:
     """How the rows of one group interact in ``method.loss`` on ``mdp`` (see `LossSpec.coupling`).
 
-    * batch-level advantages (``batch_standardized``) → ``"batch"``;
-    * ``token-mean`` with variable lengths (the denominator counts the other rows' tokens), or a KL fused into the
-      reward of a group-based advantage (the others' log-ratios enter the baseline) → ``"full"``;
-    * other group-based advantages → ``"rewards"``; otherwise ``"none"``.
+    * an advantage with batch statistics (``advantage.couples_batch``) → ``"batch"``;
+    * an aggregation whose row weights depend on the other rows' lengths (token-mean) with variable lengths, or
+      a KL fused into the reward of a group-coupled advantage (the others' log-ratios enter the baseline)
+      → ``"full"``;
+    * an advantage that reads the other rows' lengths or token values (``Advantage.couples_beyond_rewards``)
+      → ``"full"``;
+    * other group-coupled advantages → ``"rewards"``; otherwise ``"none"``.
+
+    Pass `toy_equivalent(method)` for batch statistics that have a per-group form.
     """
-    if method.advantage == "batch_standardized":
+    adv = method.advantage
+    if adv.couples_batch:
         return "batch"
-    variable = not mdp.fixed_length
-    if variable and method.aggregation == "token-mean":
+    if not mdp.fixed_length and method.aggregation.couples_rows:
         return "full"
     if method.is_group_based:
-        if method.kl_placement in ("reward", "reward_to_go") and method.beta > 0 and method.policy_loss != "rpg":
-            return "full"
-        return "rewards"
+        beyond = adv.couples_beyond_rewards(mdp.fixed_length, _kl_token_penalty(method))
+        return "full" if _kl_enters_group_baseline(method) or beyond else "rewards"
     return "none"
+
+
+def _kl_token_penalty(method: Any) -> bool:
+    """True when a per-token KL penalty is subtracted from the token advantages (reward-to-go, FRPO)."""
+    return method.kl_active and method.kl.reads_rollout_logprobs and not _kl_enters_group_baseline(method)
+
+
+def toy_equivalent(method: Any) -> Any:
+    """``method`` with batch statistics of its advantage taken per group (``Advantage.per_group``).
+
+    The engine's unit of expectation is one group of G responses to one prompt, evaluated as its own batch; on
+    such a batch the two are equal, and the per-group form lets the engine batch many groups into one call."""
+    adv = method.advantage
+    if adv.couples_batch and not adv.per_group().couples_batch:
+        return method.replace(advantage=adv.per_group())
+    return method
+
+
+def _kl_enters_group_baseline(method: Any) -> bool:
+    """True when the rollout KL is fused into the reward that the group advantage normalizes (a reward-to-go KL
+    is added per row after the advantage, so it does not couple rows)."""
+    from rlkl.components import KLReward, RewardForm
+
+    return method.kl_active and isinstance(method.kl, KLReward) and method.kl.form is RewardForm.FUSED
 
 
 def loss_spec(method_or_fn: Any, mdp: TreeMDP, group_size: Optional[int] = None, aggregation: Optional[str] = None,
@@ -108,12 +145,16 @@ def loss_spec(method_or_fn: Any, mdp: TreeMDP, group_size: Optional[int] = None,
     """
     if isinstance(method_or_fn, LossSpec):
         return method_or_fn
-    if hasattr(method_or_fn, "loss") and hasattr(method_or_fn, "objective"):
+    from rlkl.methods import Method
+
+    if isinstance(method_or_fn, Method):
         m = method_or_fn
         G = group_size if group_size is not None else (4 if m.is_group_based else 1)
-        if m.is_group_based and G < 2:
-            raise ValueError(f"method {m.name!r} is group-based ({m.advantage}); group_size must be >= 2, got {G}")
-        return LossSpec(m.loss, int(G), m.aggregation, coupling_ or coupling(m, mdp), name or m.name, m)
+        if G < m.advantage.min_group_size:
+            raise ValueError(f"method {m.name!r} is group-based ({type(m.advantage).__name__}); group_size must be "
+                             f">= {m.advantage.min_group_size}, got {G}")
+        toy = toy_equivalent(m)  # a batch statistic taken per group: the same on the engine's one-group unit
+        return LossSpec(toy.loss, int(G), m.aggregation.mode, coupling_ or coupling(toy, mdp), name or m.name, m)
     if callable(method_or_fn):
         if group_size is None:
             raise ValueError("a callable loss_fn needs group_size=")
@@ -199,7 +240,7 @@ def _group_factors(spec: LossSpec, mask: Tensor, G: int, per_row_unit: bool) -> 
     B = mask.shape[0]
     if spec.aggregation is None:
         raise ValueError("batched routes need the loss's aggregation mode")
-    if spec.aggregation == "token-mean":
+    if spec.aggregation is AggMode.TOKEN_MEAN:
         total = mask.sum().to(torch.float64)
         if per_row_unit:
             lengths = mask.sum(-1).to(torch.float64)
@@ -410,7 +451,7 @@ def choose_route(spec: LossSpec, mdp: TreeMDP, max_groups: int = DEFAULT_MAX_GRO
     if spec.aggregation is None or spec.coupling == "batch":
         return "loop", None
     if spec.coupling == "none":
-        if spec.aggregation == "token-mean" and not mdp.fixed_length and G > 1:
+        if spec.aggregation is AggMode.TOKEN_MEAN and not mdp.fixed_length and G > 1:
             return "exchangeable", "response"
         return "per_sample", None
     if spec.coupling == "rewards":

@@ -20,21 +20,18 @@ The utilities' derivatives are the library's closed forms (``grpo_utility_grad``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from rlkl.divergences import get_f_divergence
+from rlkl.objective import Anchor, Level, Objective, Regularizer, Utility, coerce
 from rlkl.toy.mdp import TreeMDP, threads_for
 from rlkl.toy.policies import Policy
 from rlkl.utility import finite_group_utility, finite_group_weight, grpo_utility, grpo_utility_grad
 
 Tensor = torch.Tensor
 
-UTILITIES = ("expected_reward", "leave_in", "linear", "arcsin", "finite_group", "none")
-REGULARIZERS = ("none", "reverse_kl", "forward_kl", "unnormalized_reverse_kl", "unnormalized_forward_kl",
-                "token_f_divergence")
 _NORM_TOL = 1e-9
 
 
@@ -69,33 +66,37 @@ def utility(p: Tensor, kind: str, group_size: Optional[int] = None, std: str = "
             scale: float = 1.0) -> Tensor:
     """U(p) elementwise, differentiable.
 
-    ``expected_reward``: U = p; ``leave_in``: U = (1 − 1/G)·p (leave-in group-mean baseline, rpg.md §1.8(2));
+    ``expected_reward``: U = p; ``leave_in``: U = (1 − 1/G)·p (leave-in group-mean baseline; docs/audit.md, leave_in_shrink);
     ``linear``: U = scale·p; ``none``: U = 0; ``arcsin``: U = 2 arcsin√p (FRPO Prop. 3.1);
-    ``finite_group``: U_G(p) = ∫_0^p w_G (FRPO spec I3; ``group_size``, ``std``, ``eps`` as in GRPO).
+    ``finite_group``: U_G(p) = ∫_0^p w_G (``rlkl.utility``; ``group_size``, ``std``, ``eps`` as in GRPO);
+    ``pass_at_k``: U = (1 − (1 − p)^G)/G (pass@G per sample; ``group_size`` = G).
 
     Args:
       p: ``[P]`` success probabilities (in [0, 1] for arcsin / finite_group).
-      kind: one of ``UTILITIES``.
+      kind: a :class:`rlkl.objective.Utility` (or its value).
     Returns:
       ``[P]`` U(p); its autograd derivative is the library's U'(p).
     """
-    if kind == "expected_reward":
+    kind = coerce(Utility, "utility", kind)
+    if kind is Utility.EXPECTED_REWARD:
         return p
-    if kind == "linear":
+    if kind is Utility.LINEAR:
         return scale * p
-    if kind == "none":
+    if kind is Utility.NONE:
         return torch.zeros_like(p)
-    if kind == "leave_in":
+    if kind is Utility.LEAVE_IN:
         if group_size is None or group_size < 1:
             raise ValueError(f"the leave_in utility needs group_size, got {group_size!r}")
         return (1.0 - 1.0 / group_size) * p
-    if kind == "arcsin":
+    if kind is Utility.PASS_AT_K:
+        if group_size is None or group_size < 1:
+            raise ValueError(f"the pass_at_k utility needs group_size, got {group_size!r}")
+        return (1.0 - (1.0 - p) ** group_size) / group_size  # pass@G = 1 − (1 − p)^G, per sample of the group
+    if kind is Utility.ARCSIN:
         return _Utility.apply(p, "arcsin", None, std, eps)
-    if kind == "finite_group":
-        if group_size is None or group_size < 2:
-            raise ValueError(f"the finite_group utility needs group_size >= 2, got {group_size!r}")
-        return _Utility.apply(p, "finite_group", int(group_size), std, float(eps))
-    raise ValueError(f"unknown utility {kind!r}; choose from {list(UTILITIES)}")
+    if group_size is None or group_size < 2:
+        raise ValueError(f"the finite_group utility needs group_size >= 2, got {group_size!r}")
+    return _Utility.apply(p, "finite_group", int(group_size), std, float(eps))
 
 
 def success_prob(mdp: TreeMDP, policy: Policy, theta: Optional[Tensor] = None) -> Tensor:
@@ -193,105 +194,65 @@ def local_divergence(mdp: TreeMDP, policy: Policy, anchor: Policy, f_divergence:
 
 
 # ---------------------------------------------------------------------------------------------------- objectives
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """What an objective is, when no ``rlkl.methods.Objective`` is at hand (same field names).
-
-    Attributes:
-      utility: one of ``UTILITIES``; regularizer: one of ``REGULARIZERS``; level: ``"sequence"`` or ``"local"``;
-      anchor: ``"ref"`` or ``"old"``; f_divergence: f name for ``token_f_divergence`` / ``local``; beta: β;
-      group_size, std, eps: for ``finite_group``; utility_scale: c for ``linear``.
-    """
-
-    utility: str = "expected_reward"
-    regularizer: str = "none"
-    level: str = "sequence"
-    anchor: str = "ref"
-    f_divergence: str = "reverse_kl"
-    beta: float = 0.0
-    group_size: Optional[int] = None
-    std: str = "population"
-    eps: float = 0.0
-    utility_scale: float = 1.0
-
-    def describe(self) -> str:
-        """A one-line formula, e.g. ``E U_4(p) - 0.1*KL(pi||pi_ref)``."""
-        u = {"expected_reward": "E[R]", "leave_in": f"(1-1/{self.group_size})E[R]", "linear": f"{self.utility_scale:g}E[R]",
-             "arcsin": "E 2asin(sqrt p)", "finite_group": f"E U_{self.group_size}(p)", "none": "0"}[self.utility]
-        if self.regularizer == "none" or self.beta == 0:
-            return u
-        a = "pi_ref" if self.anchor == "ref" else "pi_old"
-        reg = {"reverse_kl": f"KL(pi||{a})", "forward_kl": f"KL({a}||pi)", "unnormalized_reverse_kl": f"UKL(pi||{a})",
-               "unnormalized_forward_kl": f"UKL({a}||pi)",
-               "token_f_divergence": f"sum_t D_{self.f_divergence}(pi||{a})"}[self.regularizer]
-        return f"{u} - {self.beta:g}*{reg}" + (" [local]" if self.level == "local" else "")
+def _require_bound(objective: Objective) -> Objective:
+    if not isinstance(objective, Objective):
+        raise ValueError(f"objective must be an rlkl.objective.Objective, got {type(objective).__name__}")
+    if objective.beta is None:
+        if objective.has_regularizer:
+            raise ValueError(f"objective {objective.describe()} has no β: bind it (objective.bind(beta=...)) or use "
+                             "Method.bound_objective()")
+        objective = objective.bind(beta=0.0)
+    return objective
 
 
-def _get(obj: Any, name: str, default):
-    return getattr(obj, name, default) if obj is not None else default
-
-
-def regularizer_value(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
+def regularizer_value(objective: Objective, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
                       behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None,
                       theta: Optional[Tensor] = None) -> Tensor:
-    """D_x of an objective (see the module docstring): ``[P]`` (zeros for ``regularizer="none"``)."""
-    reg = _get(objective, "regularizer", "none")
-    if reg not in REGULARIZERS:
-        raise ValueError(f"unknown regularizer {reg!r}; choose from {list(REGULARIZERS)}")
-    if reg == "none":
+    """D_x of an objective (see the module docstring): ``[P]`` (zeros for ``Regularizer.NONE``)."""
+    reg = objective.regularizer
+    if reg is Regularizer.NONE:
         return torch.zeros(mdp.num_prompts, dtype=torch.float64)
-    anchor_name = _get(objective, "anchor", "ref")
-    anchor = {"ref": ref, "old": behaviour}.get(anchor_name, "bad")
-    if isinstance(anchor, str):
-        raise ValueError(f"anchor must be 'ref' or 'old', got {anchor_name!r}")
+    anchor = ref if objective.anchor is Anchor.REF else behaviour
     if anchor is None:
-        raise ValueError(f"objective anchored to {anchor_name!r} needs the "
-                         f"{'reference' if anchor_name == 'ref' else 'behaviour'} policy")
-    level = _get(objective, "level", "sequence")
-    f_name = _get(objective, "f_divergence", None) or "reverse_kl"
-    if level == "local":
-        if reg in ("reverse_kl", "forward_kl"):
-            f_name = reg
-        elif reg != "token_f_divergence":
-            raise ValueError(f"level='local' is defined for reverse_kl, forward_kl, token_f_divergence; got {reg!r}")
+        raise ValueError(f"objective anchored to {objective.anchor.value!r} needs the "
+                         f"{'reference' if objective.anchor is Anchor.REF else 'behaviour'} policy")
+    f_name = objective.f_divergence or "reverse_kl"
+    if objective.level is Level.LOCAL:
+        if reg in (Regularizer.REVERSE_KL, Regularizer.FORWARD_KL):
+            f_name = reg.value
         return local_divergence(mdp, policy, anchor, f_name, state_policy, theta)
-    if level != "sequence":
-        raise ValueError(f"level must be 'sequence' or 'local', got {level!r}")
-    if reg == "token_f_divergence":
+    if reg is Regularizer.TOKEN_F_DIVERGENCE:
         return token_f_divergence(mdp, policy, anchor, f_name, theta)
-    return sequence_divergence(mdp, policy, anchor, reg, theta)
+    return sequence_divergence(mdp, policy, anchor, reg.value, theta)
 
 
-def objective_per_prompt(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
+def objective_per_prompt(objective: Objective, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
                          behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None,
                          theta: Optional[Tensor] = None) -> Tensor:
     """J_x = U(p_θ(x)) − β·D_x(θ) per prompt: ``[P]``."""
-    kind = _get(objective, "utility", "expected_reward")
-    if kind in ("arcsin", "finite_group") and not mdp.is_binary:
-        raise ValueError(f"the {kind} utility is defined for binary rewards (a success probability); "
-                         f"{mdp.name} has real rewards")
+    objective = _require_bound(objective)
+    if objective.needs_binary_rewards and not mdp.is_binary:
+        raise ValueError(f"the {objective.utility.value} utility is defined for binary rewards (a success "
+                         f"probability); {mdp.name} has real rewards")
     p = success_prob(mdp, policy, theta)
-    u = utility(p, kind, _get(objective, "group_size", None), _get(objective, "std", "population"),
-                float(_get(objective, "eps", 0.0) or 0.0), float(_get(objective, "utility_scale", 1.0)))
-    beta = float(_get(objective, "beta", 0.0))
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    if beta == 0.0 or _get(objective, "regularizer", "none") == "none":
+    u = utility(p, objective.utility, objective.group_size, objective.std.value, objective.eps,
+                objective.utility_scale)
+    if objective.beta == 0.0 or not objective.has_regularizer:
         return u
-    return u - beta * regularizer_value(objective, mdp, policy, ref, behaviour, state_policy, theta)
+    return u - objective.beta * regularizer_value(objective, mdp, policy, ref, behaviour, state_policy, theta)
 
 
-def objective_value(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
+def objective_value(objective: Objective, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
                     behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None,
                     theta: Optional[Tensor] = None) -> Tensor:
     """J(θ) = Σ_x ρ(x) [U(p_θ(x)) − β D_x(θ)], a 0-dim differentiable float64 tensor.
 
     Args:
-      objective: an ``rlkl.methods.Objective`` or `ObjectiveSpec` (fields utility, regularizer, level, anchor,
-        f_divergence, beta, group_size, std, eps).
+      objective: an ``rlkl.objective.Objective`` with β bound (``Method.bound_objective(G)`` for a Method's claim;
+        β may stay unbound when there is no regularizer). G, std, ε are needed for the finite-group utility.
       mdp: the tree; policy: π_θ (gradients flow to ``policy.theta`` or to ``theta``).
-      ref: π_ref (for ``anchor="ref"``); behaviour: π_old (for ``anchor="old"``);
-      state_policy: μ whose state distribution is held fixed for ``level="local"`` (default π_θ).
+      ref: π_ref (for ``Anchor.REF``); behaviour: π_old (for ``Anchor.OLD``);
+      state_policy: μ whose state distribution is held fixed for ``Level.LOCAL`` (default π_θ).
     Returns:
       0-dim J.
     """
@@ -300,7 +261,7 @@ def objective_value(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[
         return (mdp.prompt_probs * per).sum()
 
 
-def objective_gradient(objective: Any, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
+def objective_gradient(objective: Objective, mdp: TreeMDP, policy: Policy, ref: Optional[Policy] = None,
                        behaviour: Optional[Policy] = None, state_policy: Optional[Policy] = None) -> Tensor:
     """∇_θ J at ``policy.theta`` (exact, autograd in float64), shaped like ``policy.theta``."""
     with threads_for(mdp):
@@ -309,26 +270,6 @@ def objective_gradient(objective: Any, mdp: TreeMDP, policy: Policy, ref: Option
             return torch.zeros_like(policy.theta)
         (g,) = torch.autograd.grad(J, policy.theta, allow_unused=True)
         return torch.zeros_like(policy.theta) if g is None else g
-
-
-def resolve_objective(method: Any, group_size: Optional[int] = None, beta: Optional[float] = None) -> ObjectiveSpec:
-    """The full objective of an ``rlkl.methods.Method``: its ``objective`` plus β, G, std, ε from the method.
-
-    Args:
-      method: a Method (or any object with ``objective``, ``beta``, ``adv_std``, ``adv_eps``), or an
-        `ObjectiveSpec` (returned unchanged, β overridden when given).
-      group_size: G for the ``finite_group`` / ``leave_in`` utilities.
-    Returns:
-      ObjectiveSpec.
-    """
-    if isinstance(method, ObjectiveSpec):
-        return method if beta is None else ObjectiveSpec(**{**method.__dict__, "beta": float(beta)})
-    obj = method.objective
-    b = float(method.beta if beta is None else beta)
-    return ObjectiveSpec(utility=obj.utility, regularizer=obj.regularizer, level=obj.level, anchor=obj.anchor,
-                         f_divergence=getattr(obj, "f_divergence", None) or "reverse_kl", beta=b,
-                         group_size=group_size, std=getattr(method, "adv_std", "population"),
-                         eps=float(getattr(method, "adv_eps", 0.0)))
 
 
 # ---------------------------------------------------------------------------------------------------- fields
