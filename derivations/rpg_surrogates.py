@@ -93,11 +93,13 @@ def _dlp(x):
 
 
 def _library():
+    """The arithmetic kernels behind rlkl.losses.rpg_weight / rpg_differentiable_surrogate and rpg_loss (the public
+    functions validate tensors first, so the sympy expressions go to the kernels they delegate to)."""
     try:
-        from rlkl.losses import rpg_differentiable_surrogate, rpg_weight
+        from rlkl import losses
     except ImportError as exc:  # pragma: no cover
         raise SkipIdentity(f"rlkl.losses not importable: {exc}")
-    return rpg_weight, rpg_differentiable_surrogate
+    return losses._rpg_weight, losses._rpg_surrogate
 
 
 def _surrogate_chain(d: Derivation, variant: str):
@@ -137,14 +139,14 @@ def _library_chain(d: Derivation, variant: str, grad_J):
     z = Z if variant.startswith("u") else sp.Integer(1)     # the library folds Z_old into its U-variant weights
 
     def lib(fn, *args):
-        return sp.nsimplify(fn(*args, variant, beta, z_old=z), rational=True)  # float literals 1.0 are exact
+        return sp.nsimplify(fn(*args, variant, beta, z), rational=True)  # the kernels' float literals 1.0 are exact
 
     w = _w(x)
     d.eq(lib(rpg_weight, w, sp.log(w), RW[x]), z * weight(variant, w, RW[x]),
-         "library: rlkl.losses.rpg_weight(w, log w, R) = Z_old·Weight (samples from π̃_old = π_old/Z_old)",
+         "library: rlkl.losses.rpg_weight's kernel (w, log w, R) = Z_old·Weight (samples from π̃_old = π_old/Z_old)",
          show_concrete=False)
     d.eq(lib(rpg_surrogate, w, sp.log(w), _lp(x), RW[x]), z * per_sample_loss(variant, w, RW[x], _lp(x)),
-         "library: rlkl.losses.rpg_differentiable_surrogate(w, log w, lp, R) = Z_old·ℓ", show_concrete=False)
+         "library: rlkl.losses.rpg_differentiable_surrogate's kernel (w, log w, lp, R) = Z_old·ℓ", show_concrete=False)
     L_lib = CAT.sum(lambda x: M[x] / z * lib(rpg_surrogate, _w(x), sp.log(_w(x)), _lp(x), RW[x]))
     d.eq(vary(L_lib, VAR), -grad_J, "library surrogate: ∇E_{π̃_old}[ℓ_lib] = −∇J", show_concrete=False)
 
@@ -226,14 +228,15 @@ def sg_prevents_leakage(d: Derivation):
          reason="π_old = (1/2, 1/4, 1/4), sample x = 1")
 
 
-@identity("rlkl.losses.rpg_loss (token level, both forms, 4 divergences, Z_old = 2) has per-token gradient "
-          "∂loss/∂log π = −Z_old·Weight (U-variants; −Weight for FKL/RKL), the derived per-sample identity",
+@identity("rlkl.losses.rpg_weight / rpg_differentiable_surrogate equal the derived Weight and ℓ, and rpg_loss (token "
+          "level, both forms, 4 divergences, Z_old = 2) has per-token gradient ∂loss/∂log π = −Z_old·Weight "
+          "(U-variants; −Weight for FKL/RKL), the derived per-sample identity",
           "RPG arXiv 2505.17508 Props. 3.2, 3.6, E.1, E.3, 4.1", numeric=True)
 def library_rpg_loss_gradient(d: Derivation):
     try:
         import torch
 
-        from rlkl.losses import rpg_loss
+        from rlkl.losses import rpg_differentiable_surrogate, rpg_loss, rpg_weight
     except ImportError as exc:  # pragma: no cover
         raise SkipIdentity(f"rlkl.losses not importable: {exc}")
     logw = (-1.5, -0.25, 0.0, 0.125, 0.75, 2.0)     # exactly representable log(π_θ/π_old)
@@ -253,6 +256,23 @@ def library_rpg_loss_gradient(d: Derivation):
                 exact = -zz * weight(variant, wexp, sp.Rational(a)).subs(beta, b)
                 ex = float(sp.N(exact, 40))
                 worst = max(worst, abs(float(logp.grad[0, t]) - ex) / max(1.0, abs(ex)))
+    worst_v = 0.0
+    lw_t = torch.tensor(logw, dtype=torch.float64)
+    lp_t = lw_t - 1.0                                    # log π_θ with log π_old = −1 (exactly representable)
+    for variant in VARIANTS:
+        zz = z if variant.startswith("u") else 1
+        args = (lw_t.exp(), lw_t, torch.tensor(adv, dtype=torch.float64))
+        got_w = rpg_weight(*args, variant, float(b), z_old=float(zz))
+        got_l = rpg_differentiable_surrogate(args[0], lw_t, lp_t, args[2], variant, float(b), z_old=float(zz))
+        for t, (lw, a) in enumerate(zip(logw, adv)):
+            wexp, lpv = sp.exp(sp.Rational(lw)), sp.Rational(lw) - 1
+            for got, ex in ((got_w, zz * weight(variant, wexp, sp.Rational(a))),
+                            (got_l, zz * per_sample_loss(variant, wexp, sp.Rational(a), lpv))):
+                exf = float(sp.N(ex.subs(beta, b), 40))
+                worst_v = max(worst_v, abs(float(got[t]) - exf) / max(1.0, abs(exf)))
+    d.eq_numeric(worst_v, 0.0, "public rpg_weight / rpg_differentiable_surrogate values = Z·Weight, Z·ℓ (4 × 6 inputs)",
+                 atol=1e-13, reason="float64 library code at exactly representable inputs against the derived "
+                                    "formulas evaluated at 40 digits")
     d.eq_numeric(worst, 0.0, "max |autograd ∂loss_t/∂log π_t + Z·Weight_t| / max(1, |·|) over 4 × 2 × 6 tokens",
                  atol=1e-13, reason="float64 autograd through rpg_loss (sg[Weight] as .detach()) at exactly "
                                     "representable inputs; the derived Weight evaluated at 40 digits")

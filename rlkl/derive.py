@@ -87,9 +87,9 @@ def _import_source_tree():
     except BaseException:
         del sys.modules[PACKAGE]
         raise
-    import rlkl
-
-    rlkl.derivations = pkg
+    parent, _, child = PACKAGE.rpartition(".")
+    if parent in sys.modules:
+        setattr(sys.modules[parent], child, pkg)
     return pkg
 
 

@@ -191,6 +191,18 @@ def test_missing_derivations_are_reported(monkeypatch, tmp_path, capsys):
     assert "source tree" in capsys.readouterr().err
 
 
+def test_source_tree_is_imported_when_the_subpackage_is_not_installed(monkeypatch):
+    name = "rlkl._derivations_from_source_tree"
+    monkeypatch.setattr(derive, "PACKAGE", name)
+    try:
+        pkg = derive.load_package()
+        assert pkg.__name__ == name and Path(pkg.__file__).resolve() == (SOURCE / "__init__.py").resolve()
+        assert "future_kl.f_divergence_gradient" in derive._framework().REGISTRY
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+
+
 def test_unknown_filter_is_an_error(capsys):
     assert cli_main(["derive", "--only", "no-such-identity-xyz"]) == 2
 
