@@ -1,7 +1,8 @@
 """pytest entry point for the derivations: one test per registered identity, plus tests of the framework itself.
 
 Every ``@identity`` in ``derivations/*.py`` becomes ``test_identity[<name>]``; a failing step fails the test with the
-residual in the message.
+residual in the message. The framework tests show that the zero test, the sum canonicalization, the directional
+derivatives and the kind bookkeeping can fail.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import math
 import pytest
 import sympy as sp
 
-from derivations import MODULES, load_all
-from derivations._framework import (Derivation, Identity, Softmax, StepFailed, generic_function, prove_zero,
-                                    run_identity, vsum)
-from derivations.kl_estimators import monte_carlo, schulman_table
+from . import MODULES, load_all
+from ._framework import (GENERAL, Categorical, Derivation, Identity, StepFailed, canonical_sums, generic_function,
+                         prove_zero, run_identity, vary, vary2)
+from .kl_estimators import monte_carlo, schulman_table
 
 REGISTRY = load_all()
 
@@ -26,53 +27,100 @@ def test_identity(name):
     if res.status == "SKIP":
         pytest.skip(res.detail)
     assert res.status == "PASS", res.detail
-    assert any(s.method != "text" for s in res.steps), "an identity must check at least one step"
+    assert any(s.category != "text" for s in res.steps), "an identity must check at least one step"
+    assert res.kind.startswith(REGISTRY[name].category)
 
 
 def test_every_module_registers_identities():
     modules = {i.module.split(".")[-1] for i in REGISTRY.values()}
     assert set(MODULES) <= modules
-    assert len(REGISTRY) >= 30
+    assert len(REGISTRY) >= 40
 
 
-def test_every_identity_has_a_claim_and_a_source():
+def test_every_identity_has_a_claim_a_paper_source_and_a_kind():
     for ident in REGISTRY.values():
         assert ident.source.strip() and ident.claim.strip(), ident.name
+        assert "spec" not in ident.source.lower() and ".md" not in ident.source, ident.name
+        if ident.category != GENERAL:
+            assert ident.declared_kind != GENERAL
+
+
+def test_the_required_claims_are_symbolic_general():
+    for name in ("k3_unnormalized.k3_forward", "k3_unnormalized.k3_reverse", "loss_side_kl.k1_loss",
+                 "loss_side_kl.k2_loss", "loss_side_kl.k3_loss", "rpg_surrogates.fkl", "rpg_surrogates.rkl",
+                 "rpg_surrogates.ufkl", "rpg_surrogates.urkl", "future_kl.f_divergence_gradient",
+                 "future_kl.sequence_kl_gradient", "finite_groups.binomial_form"):
+        assert REGISTRY[name].category == GENERAL, name
 
 
 # --- the framework must be able to fail -------------------------------------------------------------------------
 
 
+def _run(func, **kw):
+    return run_identity(Identity("t.x", "test", "test", func, "t", **kw))
+
+
 def test_wrong_identity_fails_with_residual():
     a, b = sp.symbols("a b", real=True)
-
-    def wrong(d: Derivation):
-        d.eq((a + b) ** 2, a ** 2 + b ** 2, "square without the cross term")
-
-    res = run_identity(Identity("t.wrong", "deliberately wrong", "test", wrong, "t"))
+    res = _run(lambda d: d.eq((a + b) ** 2, a ** 2 + b ** 2, "square without the cross term"))
     assert res.status == "FAIL"
     assert "residual" in res.detail and "2*a*b" in res.detail
 
 
-def test_wrong_sign_in_a_gradient_identity_fails():
-    pol = Softmax("p")
-    q = Softmax("q")
+def test_wrong_sign_in_a_general_gradient_identity_fails():
+    cat = Categorical()
+    p, dp, q = cat.base("p"), cat.base("dp", positive=False), cat.base("q")
 
     def wrong(d: Derivation):
-        d.relations.update({**pol.relations, **q.relations})
-        kl_rev = sum(pi * (sp.log(pi) - sp.log(qi)) for pi, qi in zip(pol.probs, q.probs))
-        k3_loss = vsum(pi * pol.grad(qi / pi - 1 + sp.log(pi) - sp.log(qi)) for pi, qi in zip(pol.probs, q.probs))
-        d.eq(k3_loss, pol.grad(kl_rev), "k3-as-loss gives the reverse KL (false)")
+        d.relations.update({**cat.normalized(p), **cat.normalized(q), **cat.tangent(dp)})
+        kl_rev = cat.expect(p, lambda a: sp.log(p[a]) - sp.log(q[a]))
+        k3 = cat.expect(p, lambda a: vary(q[a] / p[a] - 1 + sp.log(p[a]) - sp.log(q[a]), {p: dp}))
+        d.eq(k3, vary(kl_rev, {p: dp}), "k3-as-loss gives the reverse KL (false)")
 
-    res = run_identity(Identity("t.k3", "k3 loss = reverse KL", "test", wrong, "t"))
+    res = _run(wrong)
     assert res.status == "FAIL" and "residual" in res.detail
 
 
-def test_relations_are_needed_for_softmax_identities():
-    pol = Softmax("p")
-    expr = sum(pol.probs) - 1
-    assert prove_zero(expr)[0] is False
-    assert prove_zero(expr, pol.relations)[0] is True
+def test_sum_relations_are_needed_and_sums_do_not_cancel_wrongly():
+    cat = Categorical()
+    p, x = cat.base("p"), cat.base("x", positive=False)
+    assert prove_zero(cat.sum(lambda a: p[a]) - 1)[0] is False
+    assert prove_zero(cat.sum(lambda a: p[a]) - 1, cat.normalized(p))[0] is True
+    # Σ x² ≠ (Σ x)², Σ_a x_a ≠ n·x_1, and a dummy renaming is harmless
+    assert not prove_zero(cat.sum(lambda a: x[a] ** 2) - cat.sum(lambda a: x[a]) ** 2)[0]
+    assert not prove_zero(cat.sum(lambda a: x[a]) - cat.n * x[1])[0]
+    b = sp.Symbol("b", integer=True)
+    assert prove_zero(cat.sum(lambda a: x[a] ** 2) - sp.Sum(x[b] ** 2, (b, 1, cat.n)))[0]
+
+
+def test_sum_ranges_boundary_terms_and_shifts():
+    T = sp.Symbol("T", integer=True, positive=True)
+    t = sp.Symbol("t", integer=True)
+    c = sp.IndexedBase("c")
+    assert prove_zero(sp.Sum(c[t], (t, 1, T + 1)) - sp.Sum(c[t], (t, 2, T)) - c[1] - c[T + 1])[0]
+    assert not prove_zero(sp.Sum(c[t], (t, 1, T + 1)) - sp.Sum(c[t], (t, 2, T)) - c[1])[0]       # c_{T+1} missing
+    assert prove_zero(sp.Sum(c[t], (t, 1, T)) - sp.Sum(c[t + 1], (t, 0, T - 1)))[0]               # re-indexed
+    assert not prove_zero(sp.Sum(c[t], (t, 1, T)) - sp.Sum(c[t + 1], (t, 0, T)))[0]               # off by one
+    can = canonical_sums(sp.Sum(3 * c[t] * T, (t, 1, T)))
+    assert can == 3 * T * sp.Sum(c[sp.Symbol("_k1", integer=True)], (sp.Symbol("_k1", integer=True), 1, T))
+
+
+def test_binomial_sums_with_symbolic_group_size():
+    G, S = sp.Symbol("G", integer=True, positive=True), sp.Symbol("S", integer=True)
+    p = sp.Symbol("p", positive=True)
+    lhs = sp.Sum(sp.binomial(G - 1, S - 1) * p ** S, (S, 1, G))
+    assert prove_zero(lhs - sp.Sum(sp.binomial(G, S) * S / G * p ** S, (S, 1, G)))[0]
+    assert not prove_zero(lhs - sp.Sum(sp.binomial(G, S) * S / (G + 1) * p ** S, (S, 1, G)))[0]
+
+
+def test_vary_is_the_directional_derivative():
+    x, y, dx, dy = sp.symbols("x y dx dy", positive=True)
+    f = x ** 2 * sp.log(y)
+    assert prove_zero(vary(f, {x: dx, y: dy}) - (sp.diff(f, x) * dx + sp.diff(f, y) * dy))[0]
+    assert not prove_zero(vary(f, {x: dx, y: dy}) - sp.diff(f, x) * dx)[0]
+    u, v, w = sp.symbols("u v w")
+    second = vary2(x ** 3, {x: u}, {x: v}, {x: w})
+    assert prove_zero(second - (6 * x * u * v + 3 * x ** 2 * w))[0]
 
 
 def test_generic_function_identities_hold_for_any_f_and_wrong_ones_fail():
@@ -99,6 +147,21 @@ def test_assumption_false_fails():
     d = Derivation()
     with pytest.raises(StepFailed):
         d.assume(sp.Integer(1) < 0, "one is negative")
+
+
+def test_kinds_are_enforced():
+    x = sp.Symbol("x")
+    numeric_in_general = _run(lambda d: (d.eq(x, x, "ok"), d.eq_numeric(1.0, 1.0, "n", atol=1e-9, reason="r")))
+    assert numeric_in_general.status == "FAIL" and "kind mismatch" in numeric_in_general.detail
+    exact_in_general = _run(lambda d: d.eq_exact(x, x, "e", points=[{x: 1}], reason="r"))
+    assert exact_in_general.status == "FAIL" and "kind mismatch" in exact_in_general.detail
+    ok_instance = _run(lambda d: d.eq_exact(x, x, "e", points=[{x: 1}], reason="r"), category="symbolic-instance",
+                       sizes="x = 1")
+    assert ok_instance.status == "PASS" and ok_instance.kind == "symbolic-instance (x = 1)"
+    no_counterexample = _run(lambda d: d.eq(x, x, "ok"), category="counterexample")
+    assert no_counterexample.status == "FAIL" and "kind mismatch" in no_counterexample.detail
+    numeric = _run(lambda d: d.eq_numeric(1.0, 1.0, "n", atol=1e-9, reason="r"), category="numeric")
+    assert numeric.status == "PASS" and numeric.kind == "numeric (1e-09)"
 
 
 # --- schulman_table ----------------------------------------------------------------------------------------------
