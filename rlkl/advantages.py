@@ -8,6 +8,8 @@ equation has it (rlkl.methods does).
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 import torch
@@ -301,8 +303,8 @@ def pass_at_k_advantage(rewards: Tensor, group_size: int, normalize: bool = True
       ``[B]`` advantages (zero for all but the strict best of each group).
     """
     g = _groups(rewards, group_size)  # [K, G]
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    check_bool("normalize", normalize)
+    eps = check_real("eps", eps, low=0)
     check_choice("std", std, ("population", "bessel"))
     G = group_size
     eye = torch.eye(G, dtype=torch.bool, device=g.device)
@@ -336,6 +338,9 @@ def gpg_advantage(rewards: Tensor, group_size: int, scope: str = "batch") -> Ten
     return (alpha * centred).reshape(-1)
 
 
+_WHITEN_R_MAX = 1e15  # r² = 1e30 stays finite in float32 (max 3.4e38)
+
+
 def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, std: StdKind = "bessel",
                   group_size: int | None = None) -> Tensor:
     """Token whitening A_{i,t} = (x_{i,t} − μ)/sqrt(σ² + ε) over the valid tokens of the batch (or of each group).
@@ -344,7 +349,8 @@ def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, std: StdKind 
     global advantage normalization (Hu arXiv 2501.03262 eq. 10; verl ``masked_whiten`` inside
     ``reinforce_plus_plus`` and ``reinforce_plus_plus_baseline``). A response weighs by its number of tokens. verl's
     ``masked_mean`` also adds 1e-8 to the token count (a relative 1e-8/Σ m difference, not reproduced). All-equal
-    values give 0 (not round-off/√ε).
+    values give 0 (not round-off/√ε). Computed in float64 in a scale-free form, so no spread underflows; with ε = 0
+    the result is scale-invariant and its gradient grows as 1/spread (it overflows only below ~1e-300).
 
     Args:
       values: ``[B, T]``; mask: ``[B, T]`` bool; eps: ε inside the square root (verl: 1e-8); std: bessel |
@@ -354,17 +360,29 @@ def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, std: StdKind 
     """
     B, T = check_token_tensors(mask, values=values)
     check_choice("std", std, ("population", "bessel"))
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    eps = check_real("eps", eps, low=0)
     G = B if group_size is None else check_group_size(B, group_size)
-    x = values.reshape(B // G, G * T)
-    m = mask.reshape(B // G, G * T).to(values.dtype)
+    x = values.reshape(B // G, G * T).to(torch.float64)  # float64 inside: every float32 input's square fits
+    m = mask.reshape(B // G, G * T).to(torch.float64)
     n = m.sum(-1, keepdim=True)  # [K, 1] valid tokens per scope
     if std == "bessel" and bool((n < 2).any()):
         raise ValueError("Bessel-corrected whitening needs at least 2 valid tokens per batch (or group)")
     mu = (x * m).sum(-1, keepdim=True) / n
-    var = (m * (x - mu) ** 2).sum(-1, keepdim=True) / (n - 1 if std == "bessel" else n)
-    big = torch.where(m > 0, x, torch.full_like(x, float("-inf"))).amax(-1, keepdim=True)
-    small = torch.where(m > 0, x, torch.full_like(x, float("inf"))).amin(-1, keepdim=True)
-    out = torch.where(big == small, torch.zeros_like(x), (x - mu) / torch.sqrt(var + eps))
-    return (out * m).reshape(B, T)
+    d = (x - mu) * m  # [K, G·T] centred, 0 on padding
+    # scale-free form: y = d/max|d| has max |y| = 1, so var_y >= 1/n never underflows (subnormal spreads, ε = 0):
+    # (x − μ)/sqrt(σ² + ε) = y/sqrt(var_y + r²), r = sqrt(ε)/scale (formed in logs: no overflow in r or its
+    # gradient). When ε dominates (r > 1e15) the value is d/sqrt(ε) to a relative 1e-30, computed that way.
+    # All-equal scopes (scale 0) give exactly 0; every where's untaken side is finite, so gradients are too.
+    scale = d.abs().amax(-1, keepdim=True)
+    live = scale > 0
+    direct = (math.sqrt(eps) >= _WHITEN_R_MAX * scale.detach()) if eps > 0 else torch.zeros_like(live)
+    safe = torch.where(live & ~direct, scale, torch.ones_like(scale))  # the y branch's scale; 1 where unused
+    y = d / safe
+    var_y = (y * y).sum(-1, keepdim=True) / (n - 1 if std == "bessel" else n)
+    if eps == 0:
+        out = y / torch.sqrt(torch.where(live, var_y, torch.ones_like(var_y)))
+    else:
+        r = torch.exp(0.5 * math.log(eps) - torch.log(safe))
+        out = torch.where(direct, d / math.sqrt(eps), y / torch.sqrt(var_y + r * r))
+    out = torch.where(live, out * m, torch.zeros_like(out)).to(values.dtype)
+    return out.reshape(B, T)

@@ -515,10 +515,8 @@ def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
     """
     check_token_tensors(mask, logp=logp, logp_old=logp_old)
     _check_adv(advantages, logp)
-    if clip_low is not None and not 0 < clip_low < 1:
-        raise ValueError(f"clip_low must be in (0, 1) or None, got {clip_low}")
-    if not clip_high > 0:
-        raise ValueError(f"clip_high must be > 0, got {clip_high}")
+    clip_low = check_real("clip_low", clip_low, low=0, high=1, low_open=True, high_open=True, allow_none=True)
+    clip_high = check_real("clip_high", clip_high, low=0, low_open=True)
     A = advantages.detach()  # sg[A]
     ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     low = 0.0 if clip_low is None else 1.0 - clip_low

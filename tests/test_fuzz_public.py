@@ -265,6 +265,50 @@ for _fn_name in ("group_standardized", "group_centered", "leave_one_out"):
         return Call(getattr(advantages, name), kw, ("rewards",), bad)
 
 
+@spec("advantages.length_weighted_centered")
+def _(data):
+    r, G = data.draw(grouped(data.draw(DTYPE)))
+    lengths = torch.tensor(data.draw(st.lists(st.integers(1, 9), min_size=r.shape[0], max_size=r.shape[0])),
+                           dtype=r.dtype)
+    return Call(advantages.length_weighted_centered, {"rewards": r, "lengths": lengths, "group_size": G},
+                ("rewards",), {"rewards": (bad_tensor(r, shape_checked=False), "rewards"),
+                               "lengths": (st.one_of(bad_tensor(lengths), st.just(lengths * 0)), "lengths"),
+                               "group_size": (st.one_of(BAD_G, st.just(1)), "group_size")})
+
+
+@spec("advantages.pass_at_k_advantage")
+def _(data):
+    r, G = data.draw(grouped(data.draw(DTYPE)))
+    kw = {"rewards": r, "group_size": G, "normalize": data.draw(st.booleans()), "eps": data.draw(EPS),
+          "std": data.draw(STD)}
+    return Call(advantages.pass_at_k_advantage, kw, ("rewards",),
+                {"rewards": (bad_tensor(r, shape_checked=False), "rewards"), "group_size": (BAD_G, "group_size"),
+                 "normalize": (BAD_BOOL, "normalize"), "eps": (bad_scalar(-1e-6), "eps"), "std": (BAD_NAME, "std")})
+
+
+@spec("advantages.gpg_advantage")
+def _(data):
+    r, G = data.draw(grouped(data.draw(DTYPE)))
+    kw = {"rewards": r, "group_size": G, "scope": data.draw(st.sampled_from(["batch", "group"]))}
+    return Call(advantages.gpg_advantage, kw, ("rewards",),
+                {"rewards": (bad_tensor(r, shape_checked=False), "rewards"), "group_size": (BAD_G, "group_size"),
+                 "scope": (BAD_NAME, "scope")})
+
+
+@spec("advantages.masked_whiten")
+def _(data):
+    dtype = data.draw(DTYPE)
+    B, T = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 6))
+    v = data.draw(float_tensors((B, T), -1e3, 1e3, dtype=dtype))
+    m = data.draw(masks(B, T)).clone()
+    m[:, :2] = True  # >= 2 valid tokens per row (Bessel whitening needs two; fewer is a ValueError naming it)
+    kw = {"values": v, "mask": m, "eps": data.draw(st.sampled_from([1e-8, 0.0, 1.0])), "std": data.draw(STD),
+          "group_size": data.draw(st.sampled_from([None, 1] + ([B] if B > 1 else [])))}
+    return Call(advantages.masked_whiten, kw, ("values",),
+                {"values": (bad_tensor(v, shape_checked=False), "values"), "mask": (bad_mask(m), "mask"),
+                 "eps": (bad_scalar(-1.0), "eps"), "std": (BAD_NAME, "std")})
+
+
 @spec("advantages.batch_standardized")
 def _(data):
     r, _ = data.draw(grouped(data.draw(DTYPE)))
@@ -449,6 +493,16 @@ def _(data):
     bad = _policy_bad(logp, logp_old, adv, m)
     bad.update(clip_low=(bad_scalar(0.0, 5.0, -1.0), "clip_low"), clip_high=(bad_scalar(0.0, -3.0), "clip_high"))
     return Call(losses.gspo_loss, kw, ("logp",), bad)
+
+
+@spec("losses.cispo_loss")
+def _(data):
+    logp, logp_old, _, adv, m = data.draw(policy_inputs())
+    kw = {"logp": logp, "logp_old": logp_old, "advantages": adv, "mask": m,
+          "clip_low": data.draw(st.sampled_from([None, 0.2, 0.999])), "clip_high": data.draw(st.sampled_from([0.2, 5.0]))}
+    bad = _policy_bad(logp, logp_old, adv, m)
+    bad.update(clip_low=(bad_scalar(0.0, 1.0, 5.0, -3.0), "clip_low"), clip_high=(bad_scalar(0.0, -3.0), "clip_high"))
+    return Call(losses.cispo_loss, kw, ("logp",), bad)
 
 
 @spec("losses.kl_loss")

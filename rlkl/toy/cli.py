@@ -29,6 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--off-policy", action="store_true", help="sample from a perturbed behaviour policy π_old")
     parser.add_argument("--policy", choices=("tabular", "loglinear"), default="tabular", help="policy class")
     parser.add_argument("--json", action="store_true", help="print the records as JSON (schema: docs/audit.md)")
+    parser.add_argument("--verl", nargs="+", metavar=("CONFIG.yaml", "KEY=VALUE"), default=None,
+                        help="audit a verl config: a YAML file (verl's own ppo_trainer.yaml, composed by Hydra, or a "
+                             "plain one) and/or Hydra-style key=value overrides (docs/integrations.md)")
+    parser.add_argument("--verl-overrides", default=None, metavar='"KEY=VALUE ..."',
+                        help="verl overrides as one string, e.g. the `python3 -m verl.trainer.main_ppo ...` line of "
+                             "an example script")
+    parser.add_argument("--trl", default=None, metavar="CONFIG.yaml|JSON",
+                        help="audit TRL GRPOConfig arguments: a YAML/JSON file or a JSON object")
+    parser.add_argument("--trl-version", default=None, help="TRL version whose defaults apply (default 1.16)")
 
 
 def _format(records: list[dict]) -> str:
@@ -82,6 +91,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rlkl audit: error: {exc}", file=sys.stderr)
         return 2
+    if args.verl or args.verl_overrides or args.trl:  # a framework config instead of registered methods
+        from rlkl.integrations.explain import main_config
+
+        return main_config(args)
     names = list(REGISTRY) if args.method == "all" else [n.strip() for n in args.method.split(",") if n.strip()]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
