@@ -278,12 +278,12 @@ CORE = (_D, _A, _L, _U, _C, _M)
 
 #: test files run first for a mutant of each module (all in the default run); a pass here goes on to the full suite
 TESTS_BY_MODULE: dict[str, list[str]] = {
-    _D: ["tests/test_divergences.py", "tests/test_numerics.py", "tests/test_losses.py", "tests/test_planted.py"],
-    _A: ["tests/test_advantages.py", "tests/test_numerics.py", "tests/test_new_methods.py", "tests/test_planted.py"],
-    _L: ["tests/test_losses.py", "tests/test_numerics.py", "tests/test_new_methods.py", "tests/test_planted.py"],
-    _U: ["tests/test_utility.py", "tests/test_planted.py"],
-    _C: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", "tests/test_planted.py"],
-    _M: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", "tests/test_planted.py"],
+    _D: ["tests/test_divergences.py", "tests/test_numerics.py", "tests/test_losses.py", "tests/test_selfcheck_rules.py"],
+    _A: ["tests/test_advantages.py", "tests/test_numerics.py", "tests/test_new_methods.py", "tests/test_selfcheck_rules.py"],
+    _L: ["tests/test_losses.py", "tests/test_numerics.py", "tests/test_new_methods.py", "tests/test_selfcheck_rules.py"],
+    _U: ["tests/test_utility.py", "tests/test_selfcheck_rules.py"],
+    _C: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", "tests/test_selfcheck_rules.py"],
+    _M: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", "tests/test_selfcheck_rules.py"],
 }
 
 
