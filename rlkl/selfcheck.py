@@ -196,7 +196,8 @@ _RULES = [
     ("unclipped(): PPO, CISPO, GSPO give -A*ratio on every token", "Schulman et al. arXiv 1707.06347; "
      "docs/theory.md T17", "check_unclipped_rule"),
     ("Method: fused KL reward, k1 reward-to-go, PPO + beta*k3 loss = composition written out",
-     "FRPO arXiv 2601.10201 Prop. 3.2; Ziegler et al. arXiv 1909.08593; docs/theory.md T11", "check_method_composition_rule"),
+     "FRPO arXiv 2601.10201 Prop. 3.2; Ziegler et al. arXiv 1909.08593; docs/theory.md T11",
+     "check_method_composition_rule"),
 ]
 
 
@@ -578,7 +579,8 @@ def check_unclipped_rule(seeds) -> float:
 def check_method_composition_rule(seeds) -> float:
     """``Method.advantages`` and ``Method.loss`` of registered methods against the composition written out: fused
     k1 reward r_i − β Σ_t δ_t^old before GRPO's standardization; LOO advantage minus β Σ_{j>=t} δ_j^old
-    (reward-to-go); PPO clip plus β·k3(δ_t) as a loss, aggregated seq-mean-token-mean (δ^old = log π_old − log π_ref)."""
+    (reward-to-go); PPO clip plus β·k3(δ_t) as a loss, aggregated seq-mean-token-mean (δ^old = log π_old −
+    log π_ref)."""
     from rlkl.methods import RolloutBatch, get_method
 
     errs = []

@@ -136,14 +136,16 @@ MUTANTS: list[Mutant] = [
     Mutant("rtg-gamma-off-by-one", _A, "running = torch.where(m, token_rewards[:, t] + gamma * running, running)",
            "running = torch.where(m, gamma * (token_rewards[:, t] + running), running)",
            "discounted reward-to-go: the current reward is discounted too (off by one)"),
-    Mutant("rtg-strictly-future", _C, "return _adv.reward_to_go(kl_estimate(log_ratio_old, self.estimator.value), mask)",
+    Mutant("rtg-strictly-future", _C,
+           "return _adv.reward_to_go(kl_estimate(log_ratio_old, self.estimator.value), mask)",
            "return _adv.future_return(kl_estimate(log_ratio_old, self.estimator.value), mask, include_current=False)",
            "KLReward(reward_to_go): strictly-future sum, the token's own KL dropped (off by one)"),
     Mutant("frpo-future-inclusive", _A,
            'future = future_return(_finite_terms(est, log_ratio, mask, div, "f(u)/u"), mask, include_current=False)',
            'future = future_return(_finite_terms(est, log_ratio, mask, div, "f(u)/u"), mask, include_current=True)',
            "FRPO regularizer: inclusive future sum on top of the local term (double-counts it)"),
-    Mutant("frpo-no-local", _C, "return _adv.frpo_regularizer(log_ratio_old, mask, self.divergence, include_local=True)",
+    Mutant("frpo-no-local", _C,
+           "return _adv.frpo_regularizer(log_ratio_old, mask, self.divergence, include_local=True)",
            "return _adv.frpo_regularizer(log_ratio_old, mask, self.divergence, include_local=False)",
            "FRPO (FutureReturn): the local term f'(u_t) − f'(1) dropped"),
     Mutant("opo-unweighted", _A, "baseline = (L * g).sum(-1, keepdim=True) / L.sum(-1, keepdim=True)",
@@ -269,7 +271,8 @@ MUTANTS: list[Mutant] = [
            "return (batch.logp_ref - batch.logp_old).detach()", "rollout log-ratio log π_ref − log π_old"),
     Mutant("method-kl-loss-no-beta", _M, "per_token = per_token + self.beta * kl_tok",
            "per_token = per_token + kl_tok", "KL loss added without β"),
-    Mutant("method-rollout-ratio-current", _M, "            penalty = self.kl.token_penalty(self._rollout_log_ratio(batch), mask)",
+    Mutant("method-rollout-ratio-current", _M,
+           "            penalty = self.kl.token_penalty(self._rollout_log_ratio(batch), mask)",
            "            penalty = self.kl.token_penalty(self._rollout_log_ratio(batch) * 0.5, mask)",
            "token KL penalty computed on half the rollout log-ratio"),
 ]
@@ -277,13 +280,14 @@ MUTANTS: list[Mutant] = [
 CORE = (_D, _A, _L, _U, _C, _M)
 
 #: test files run first for a mutant of each module (all in the default run); a pass here goes on to the full suite
+_RULES_TEST = "tests/test_selfcheck_rules.py"  # the estimators section's rules, in the default run too
 TESTS_BY_MODULE: dict[str, list[str]] = {
-    _D: ["tests/test_divergences.py", "tests/test_numerics.py", "tests/test_losses.py", "tests/test_selfcheck_rules.py"],
-    _A: ["tests/test_advantages.py", "tests/test_numerics.py", "tests/test_new_methods.py", "tests/test_selfcheck_rules.py"],
-    _L: ["tests/test_losses.py", "tests/test_numerics.py", "tests/test_new_methods.py", "tests/test_selfcheck_rules.py"],
-    _U: ["tests/test_utility.py", "tests/test_selfcheck_rules.py"],
-    _C: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", "tests/test_selfcheck_rules.py"],
-    _M: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", "tests/test_selfcheck_rules.py"],
+    _D: ["tests/test_divergences.py", "tests/test_numerics.py", "tests/test_losses.py", _RULES_TEST],
+    _A: ["tests/test_advantages.py", "tests/test_numerics.py", "tests/test_new_methods.py", _RULES_TEST],
+    _L: ["tests/test_losses.py", "tests/test_numerics.py", "tests/test_new_methods.py", _RULES_TEST],
+    _U: ["tests/test_utility.py", _RULES_TEST],
+    _C: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", _RULES_TEST],
+    _M: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", _RULES_TEST],
 }
 
 
