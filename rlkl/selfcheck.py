@@ -198,6 +198,9 @@ _RULES = [
     ("Method: fused KL reward, k1 reward-to-go, PPO + beta*k3 loss = composition written out",
      "FRPO arXiv 2601.10201 Prop. 3.2; Ziegler et al. arXiv 1909.08593; docs/theory.md T11",
      "check_method_composition_rule"),
+    ("OPO, pass@k, GPG, REINFORCE++ whitening = their rules in Python",
+     "OPO arXiv 2505.23585; Chen et al. arXiv 2503.19595; GPG arXiv 2504.02546; REINFORCE++ arXiv 2501.03262; "
+     "docs/theory.md T13", "check_other_advantages_rule"),
 ]
 
 
@@ -610,4 +613,47 @@ def check_method_composition_rule(seeds) -> float:
                     + 0.5 * (math.expm1(LR[i][t] - L[i][t]) + L[i][t] - LR[i][t]) for t in range(4) if M[i][t]]
             per_seq.append(_mean(toks))
         errs.append(abs(float(m3.loss(logp, batch)[0].detach()) - _mean(per_seq)) / abs(_mean(per_seq)))
+    return max(errs)
+
+
+def _others_rows(s: int):
+    """Rewards of 3 groups of 4 (binary-ish with ties, and real) and per-row lengths 1..4."""
+    g = torch.Generator().manual_seed(300 + s)
+    r = torch.cat([torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
+                   torch.randn(8, generator=g, dtype=torch.float64)])
+    lengths = torch.randint(1, 5, (12,), generator=g).to(torch.float64)
+    return r, lengths
+
+
+def check_other_advantages_rule(seeds) -> float:
+    """verl's other estimators against their rules in Python: OPO r_i − Σ|y_j|r_j/Σ|y_j| (Hao et al. arXiv
+    2505.23585), pass@k [r_i − max_{j≠i} r_j]_+ ÷ (std + ε) (Chen et al. arXiv 2503.19595), GPG α·(r_i − mean_g r)
+    with α = B/#{r ≠ 0} over the batch (Chu et al. arXiv 2504.02546), REINFORCE++ token whitening
+    (x − μ)/√(σ² + ε) over valid tokens (Hu arXiv 2501.03262 eq. 10)."""
+    from rlkl import advantages as adv
+    from rlkl.components import LengthWeightedCentered
+
+    errs = []
+    for s in seeds:
+        r, lengths = _others_rows(s)
+        R, N = r.tolist(), lengths.tolist()
+        groups = [list(range(k, k + 4)) for k in range(0, 12, 4)]
+        opo = [R[i] - sum(N[j] * R[j] for j in gr) / sum(N[j] for j in gr) for gr in groups for i in gr]
+        for got in (adv.length_weighted_centered(r, lengths, 4), LengthWeightedCentered().compute(r, 4, lengths)):
+            errs.append(_rel(got, torch.tensor(opo, dtype=torch.float64)))
+        for std, eps in (("bessel", 1e-6), ("population", 0.2)):
+            passk = [max(R[i] - max(R[j] for j in gr if j != i), 0.0)
+                     / (_std([R[j] for j in gr], std == "bessel") + eps) for gr in groups for i in gr]
+            errs.append(_rel(adv.pass_at_k_advantage(r, 4, True, eps, std), torch.tensor(passk, dtype=torch.float64)))
+        alpha = 12 / max(1, sum(v != 0 for v in R))
+        gpg = [alpha * (R[i] - _mean([R[j] for j in gr])) for gr in groups for i in gr]
+        errs.append(_rel(adv.gpg_advantage(r, 4, "batch"), torch.tensor(gpg, dtype=torch.float64)))
+        _, _, _, mask = _batch(s)
+        x = torch.randn(mask.shape, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+        vals = [v for v, m in zip(x.flatten().tolist(), mask.flatten().tolist()) if m]
+        for std, eps in (("bessel", 1e-8), ("population", 0.05)):
+            mu, var = _mean(vals), _std(vals, std == "bessel") ** 2
+            ref = torch.tensor([[(v - mu) / math.sqrt(var + eps) if m else 0.0 for v, m in zip(row, mrow)]
+                                for row, mrow in zip(x.tolist(), mask.tolist())], dtype=torch.float64)
+            errs.append(_rel(adv.masked_whiten(x, mask, eps, std), ref))
     return max(errs)
