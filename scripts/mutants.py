@@ -282,13 +282,14 @@ CORE = (_D, _A, _L, _U, _C, _M)
 #: test files run first for a mutant of each module (all in the default run); a pass here goes on to the full suite
 _RULES_TEST = "tests/test_selfcheck_rules.py"  # the estimators section's rules, in the default run too
 _SURVIVORS_TEST = "tests/test_mutation_survivors.py"  # checks added for mutmut's survivors (docs/mutation.md)
+_ALL = [_RULES_TEST, _SURVIVORS_TEST]
 TESTS_BY_MODULE: dict[str, list[str]] = {
-    _D: ["tests/test_divergences.py", "tests/test_numerics.py", "tests/test_losses.py", _RULES_TEST, _SURVIVORS_TEST],
-    _A: ["tests/test_advantages.py", "tests/test_numerics.py", "tests/test_new_methods.py", _RULES_TEST, _SURVIVORS_TEST],
-    _L: ["tests/test_losses.py", "tests/test_numerics.py", "tests/test_new_methods.py", _RULES_TEST, _SURVIVORS_TEST],
-    _U: ["tests/test_utility.py", _RULES_TEST, _SURVIVORS_TEST],
-    _C: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", _RULES_TEST, _SURVIVORS_TEST],
-    _M: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", _RULES_TEST, _SURVIVORS_TEST],
+    _D: ["tests/test_divergences.py", "tests/test_numerics.py", "tests/test_losses.py", *_ALL],
+    _A: ["tests/test_advantages.py", "tests/test_numerics.py", "tests/test_new_methods.py", *_ALL],
+    _L: ["tests/test_losses.py", "tests/test_numerics.py", "tests/test_new_methods.py", *_ALL],
+    _U: ["tests/test_utility.py", *_ALL],
+    _C: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", *_ALL],
+    _M: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", *_ALL],
 }
 
 
