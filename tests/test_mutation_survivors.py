@@ -66,3 +66,12 @@ def test_rpg_public_weight_and_surrogate_match_the_propositions(div):
     ell = rpg_differentiable_surrogate(w_t, lp - (-lw), lp, t(a), div, b, z_old=z if div in ("ufkl", "urkl") else 1.0)
     (g,) = torch.autograd.grad(ell, lp)
     assert g.item() == pytest.approx(-want, rel=1e-12)
+
+
+def test_gpg_group_scope_alpha_in_float64():
+    # groups (1, 2, 3, 0) and (5, 0, 0, 0): α_g = 4/#nonzero = 4/3 and 4; means 1.5 and 1.25
+    from rlkl.advantages import gpg_advantage
+
+    a = gpg_advantage(t([1.0, 2.0, 3.0, 0.0, 5.0, 0.0, 0.0, 0.0]), 4, "group")
+    want = [4 / 3 * (-0.5), 4 / 3 * 0.5, 4 / 3 * 1.5, 4 / 3 * (-1.5), 4 * 3.75, 4 * -1.25, 4 * -1.25, 4 * -1.25]
+    assert a.dtype == torch.float64 and a.tolist() == pytest.approx(want, rel=1e-15)
