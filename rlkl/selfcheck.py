@@ -175,6 +175,8 @@ _RULES = [
      "check_ppo_clip_rule"),
     ("GSPO-token: s_i = exp(mean_t log rho), clipped per sequence", "Zheng et al. arXiv 2507.18071; docs/theory.md T16",
      "check_gspo_rule"),
+    ("REINFORCE: -sg[A]*log pi, gradient -A", "Williams 1992; RPG arXiv 2505.17508 eq. C.2; docs/theory.md T14",
+     "check_reinforce_rule"),
     ("CISPO: -sg[min(rho, 1+eps)]*A*log pi", "MiniMax-M1 arXiv 2506.13585 eqs. 4-5; docs/theory.md T5",
      "check_cispo_rule"),
     ("aggregation: the four verl modes = Python sums (B' < B)", "Dr. GRPO arXiv 2503.20783; docs/theory.md T19",
@@ -284,6 +286,20 @@ def check_gspo_rule(seeds) -> float:
                 val.append([-a * (bound if held else si)] * logp.shape[1])
                 grad.append([0.0 if held else -a * si] * logp.shape[1])
             errs.append(_vs(out.loss, logp, val, grad, mask))
+    return max(errs)
+
+
+def check_reinforce_rule(seeds) -> float:
+    """``reinforce_loss``: −sg[A]·log π per valid token, gradient −A (Williams 1992; RPG arXiv 2505.17508 eq. C.2)."""
+    from rlkl.losses import reinforce_loss
+
+    errs = []
+    for s in seeds:
+        logp, logp_old, adv, mask = _batch(s)
+        L, AD = logp.detach().tolist(), adv.tolist()
+        out = reinforce_loss(logp, adv, mask, logp_old=logp_old)
+        val = [[-a * v for a, v in zip(ar, lr)] for ar, lr in zip(AD, L)]
+        errs.append(_vs(out.loss, logp, val, [[-a for a in ar] for ar in AD], mask))
     return max(errs)
 
 
