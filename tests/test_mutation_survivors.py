@@ -75,3 +75,36 @@ def test_gpg_group_scope_alpha_in_float64():
     a = gpg_advantage(t([1.0, 2.0, 3.0, 0.0, 5.0, 0.0, 0.0, 0.0]), 4, "group")
     want = [4 / 3 * (-0.5), 4 / 3 * 0.5, 4 / 3 * 1.5, 4 / 3 * (-1.5), 4 * 3.75, 4 * -1.25, 4 * -1.25, 4 * -1.25]
     assert a.dtype == torch.float64 and a.tolist() == pytest.approx(want, rel=1e-15)
+
+
+@pytest.mark.parametrize("name,alpha,limit", [("jensen_shannon", None, 0.5 * math.log(2.0)),
+                                             ("total_variation", None, 0.5), ("hellinger", None, 1.0),
+                                             ("alpha", 0.5, 2.0), ("alpha", -1.0, 0.5)])
+def test_exact_f_divergence_where_q_is_zero_uses_the_limit_of_f_over_u(name, alpha, limit):
+    # P = (½, ½), Q = (1, 0): D_f = Q_1 f(P_1/Q_1) + P_2 lim_{u→∞} f(u)/u = f(½) + ½·limit; for α-divergences
+    # lim f(u)/u = 1/(1 − α) (α < 1), f(u) = (u^α − αu − (1 − α))/(α(α − 1))
+    from rlkl.divergences import get_f_divergence
+
+    div = get_f_divergence(name, alpha=alpha)
+    f_half = {"jensen_shannon": 0.5 * (0.5 * math.log(0.5) - 1.5 * math.log(0.75)),
+              "total_variation": 0.25, "hellinger": (math.sqrt(0.5) - 1) ** 2}.get(name)
+    if f_half is None:
+        f_half = (0.5 ** alpha - alpha * 0.5 - (1 - alpha)) / (alpha * (alpha - 1))
+    got = div.exact(t([0.0, 0.0]), t([0.0, -math.inf]))
+    assert got.item() == pytest.approx(f_half + 0.5 * limit, rel=1e-12)
+
+
+def test_total_variation_local_term_is_zero_at_u_equal_one():
+    # FRPO's local term f'(u) − f'(1) with the subgradient f'(1) = 0: 0 at log u = 0, ±½ elsewhere
+    from rlkl.divergences import get_f_divergence
+
+    assert get_f_divergence("total_variation").f_prime_centered(t([-1.0, 0.0, 2.0])).tolist() == [-0.5, 0.0, 0.5]
+
+
+def test_masked_whiten_defaults_and_two_tokens():
+    # values (1, 3): μ = 2, Bessel σ² = 2, ε = 1e-8 by default → ∓1/√(2 + 1e-8); two valid tokens are enough
+    from rlkl.advantages import masked_whiten
+
+    out = masked_whiten(t([[1.0, 3.0]]), torch.ones(1, 2, dtype=torch.bool))
+    want = 1 / math.sqrt(2 + 1e-8)
+    assert out[0].tolist() == pytest.approx([-want, want], rel=1e-15)
