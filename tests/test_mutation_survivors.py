@@ -1,0 +1,110 @@
+"""Checks added for mutants that survived the core tests (docs/mutation.md lists each survivor and its fate).
+
+Each test states the documented behaviour it pins, with the arithmetic in comments; none refers to a mutant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlkl.advantages import compute_advantages
+from rlkl.divergences import unnormalized_kl
+from rlkl.losses import cispo_loss, rpg_differentiable_surrogate, rpg_weight
+
+
+def t(x, **kw):
+    return torch.tensor(x, dtype=torch.float64, **kw)
+
+
+def test_unnormalized_kl_with_zero_masses_has_a_finite_gradient():
+    # p = (0, 1, 2), q = (1, 1, 1) as log-masses (−inf, 0, log 2) and 0: UKL = Σ p log(p/q) + Σ(q − p)
+    # = 0 + 0 + 2 log 2 + (1 − 0) + 0 + (1 − 2) = 2 log 2; d/d log p_3 = p_3 log(p_3/q_3) = 2 log 2
+    log_p = t([-math.inf, 0.0, math.log(2.0)], requires_grad=True)
+    log_q = t([0.0, 0.0, 0.0], requires_grad=True)
+    v = unnormalized_kl(log_p, log_q)
+    assert v.item() == pytest.approx(2 * math.log(2.0), rel=1e-14)
+    gp, gq = torch.autograd.grad(v, (log_p, log_q))
+    assert torch.isfinite(gp).all() and torch.isfinite(gq).all()
+    # d/d log q_j = q_j − p_j: (1 − 0, 1 − 1, 1 − 2); d/d log p_2 = p log(p/q) = 0
+    assert torch.allclose(gq, t([1.0, 0.0, -1.0]), rtol=0, atol=1e-14)
+    assert gp[1].item() == pytest.approx(0.0, abs=1e-15) and gp[2].item() == pytest.approx(2 * math.log(2.0))
+
+
+def test_compute_advantages_default_eps_is_verls():
+    # one group (1, 0): mean ½, Bessel std √½, ε = 1e-6 by default → ±½/(√½ + 1e-6)
+    a = compute_advantages("group_standardized", t([1.0, 0.0]), 2)
+    want = 0.5 / (math.sqrt(0.5) + 1e-6)
+    assert a.tolist() == pytest.approx([want, -want], rel=1e-14)
+
+
+def test_cispo_defaults_and_clip_fraction_dtype():
+    # default ε_high = 0.2, one-sided: ρ = e^{0.5} = 1.6487 → ŵ = 1.2, gradient −ŵ·A = −1.2 (A = 1)
+    logp = t([[0.0, 0.0]], requires_grad=True)
+    old = t([[-0.5, 0.0]])
+    out = cispo_loss(logp, old, t([[1.0, 1.0]]), torch.ones(1, 2, dtype=torch.bool))
+    (g,) = torch.autograd.grad(out.loss.sum(), logp)
+    assert g[0].tolist() == pytest.approx([-1.2, -1.0], rel=1e-14)
+    assert out.clip_fraction_high.dtype == torch.float64 and out.clip_fraction_high.item() == 0.5
+    assert out.clip_fraction_low.dtype == torch.float64 and out.clip_fraction_low.item() == 0.0
+
+
+@pytest.mark.parametrize("div", ["fkl", "rkl", "ufkl", "urkl"])
+def test_rpg_public_weight_and_surrogate_match_the_propositions(div):
+    # w = 2, A = 0.5, β = 0.3, Z_old = 1.5 (RPG Props. E.1, E.3, 3.2, 3.6; Z multiplies the unnormalized ones)
+    w, a, b, z = 2.0, 0.5, 0.3, 1.5
+    lw = math.log(w)
+    want = {"fkl": w * a + b, "rkl": w * (a - b * (lw + 1)), "ufkl": z * (w * a - b * (w - 1)),
+            "urkl": z * w * (a - b * lw)}[div]
+    got = rpg_weight(t(w), t(lw), t(a), div, b, z_old=z if div in ("ufkl", "urkl") else 1.0)
+    assert got.item() == pytest.approx(want, rel=1e-14)
+    # the differentiable surrogate's gradient in lp (w = e^{lp − lp_old}) is −Weight
+    lp = t(0.0, requires_grad=True)
+    w_t = torch.exp(lp - (-lw))
+    ell = rpg_differentiable_surrogate(w_t, lp - (-lw), lp, t(a), div, b, z_old=z if div in ("ufkl", "urkl") else 1.0)
+    (g,) = torch.autograd.grad(ell, lp)
+    assert g.item() == pytest.approx(-want, rel=1e-12)
+
+
+def test_gpg_group_scope_alpha_in_float64():
+    # groups (1, 2, 3, 0) and (5, 0, 0, 0): α_g = 4/#nonzero = 4/3 and 4; means 1.5 and 1.25
+    from rlkl.advantages import gpg_advantage
+
+    a = gpg_advantage(t([1.0, 2.0, 3.0, 0.0, 5.0, 0.0, 0.0, 0.0]), 4, "group")
+    want = [4 / 3 * (-0.5), 4 / 3 * 0.5, 4 / 3 * 1.5, 4 / 3 * (-1.5), 4 * 3.75, 4 * -1.25, 4 * -1.25, 4 * -1.25]
+    assert a.dtype == torch.float64 and a.tolist() == pytest.approx(want, rel=1e-15)
+
+
+@pytest.mark.parametrize("name,alpha,limit", [("jensen_shannon", None, 0.5 * math.log(2.0)),
+                                             ("total_variation", None, 0.5), ("hellinger", None, 1.0),
+                                             ("alpha", 0.5, 2.0), ("alpha", -1.0, 0.5)])
+def test_exact_f_divergence_where_q_is_zero_uses_the_limit_of_f_over_u(name, alpha, limit):
+    # P = (½, ½), Q = (1, 0): D_f = Q_1 f(P_1/Q_1) + P_2 lim_{u→∞} f(u)/u = f(½) + ½·limit; for α-divergences
+    # lim f(u)/u = 1/(1 − α) (α < 1), f(u) = (u^α − αu − (1 − α))/(α(α − 1))
+    from rlkl.divergences import get_f_divergence
+
+    div = get_f_divergence(name, alpha=alpha)
+    f_half = {"jensen_shannon": 0.5 * (0.5 * math.log(0.5) - 1.5 * math.log(0.75)),
+              "total_variation": 0.25, "hellinger": (math.sqrt(0.5) - 1) ** 2}.get(name)
+    if f_half is None:
+        f_half = (0.5 ** alpha - alpha * 0.5 - (1 - alpha)) / (alpha * (alpha - 1))
+    got = div.exact(t([0.0, 0.0]), t([0.0, -math.inf]))
+    assert got.item() == pytest.approx(f_half + 0.5 * limit, rel=1e-12)
+
+
+def test_total_variation_local_term_is_zero_at_u_equal_one():
+    # FRPO's local term f'(u) − f'(1) with the subgradient f'(1) = 0: 0 at log u = 0, ±½ elsewhere
+    from rlkl.divergences import get_f_divergence
+
+    assert get_f_divergence("total_variation").f_prime_centered(t([-1.0, 0.0, 2.0])).tolist() == [-0.5, 0.0, 0.5]
+
+
+def test_masked_whiten_defaults_and_two_tokens():
+    # values (1, 3): μ = 2, Bessel σ² = 2, ε = 1e-8 by default → ∓1/√(2 + 1e-8); two valid tokens are enough
+    from rlkl.advantages import masked_whiten
+
+    out = masked_whiten(t([[1.0, 3.0]]), torch.ones(1, 2, dtype=torch.bool))
+    want = 1 / math.sqrt(2 + 1e-8)
+    assert out[0].tolist() == pytest.approx([-want, want], rel=1e-15)
