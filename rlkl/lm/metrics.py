@@ -130,6 +130,17 @@ def zero_advantage_fraction(rewards: torch.Tensor, group_size: int) -> float:
     return float((g.max(dim=1).values == g.min(dim=1).values).float().mean())
 
 
+def group_std_mean(rewards: torch.Tensor, group_size: int) -> float:
+    """Mean over groups of the population std of the group's rewards, σ_g = √((1/G) Σ_i (r_i − r̄_g)²).
+
+    For binary rewards σ_g is the size of group g's GRPO update (population std; Bay & Yearick, arXiv
+    2607.00152, :func:`rlkl.utility.group_std_update_size`); silent groups have σ_g = 0.
+    """
+    if rewards.ndim != 1 or group_size < 1 or rewards.shape[0] % group_size != 0:
+        raise ValueError(f"rewards must be [B] with B a multiple of group_size {group_size}, got {tuple(rewards.shape)}")
+    return float(rewards.float().view(-1, group_size).std(dim=1, unbiased=False).mean())
+
+
 def rollout_metrics(
     logits: torch.Tensor,
     logits_ref: torch.Tensor,
@@ -151,18 +162,24 @@ def rollout_metrics(
     if logits.shape[:2] != (B, T) or logits_ref.shape != logits.shape:
         raise ValueError(f"logits {tuple(logits.shape)} / logits_ref {tuple(logits_ref.shape)} must be [B, T, V] "
                          f"with [B, T] = {(B, T)}")
+    from rlkl.divergences import monte_carlo_kl, rao_blackwell_kl
+
     ent = token_entropy(logits)  # [B, T]
-    kl_rev = token_kl(logits, logits_ref)  # [B, T]  KL(π‖π_ref)(s_t)
     kl_fwd = token_kl(logits_ref, logits)  # [B, T]  KL(π_ref‖π)(s_t)
+    rb = rao_blackwell_kl(logits.float(), logits_ref.float(), mask)  # [B] Σ_t KL(π‖π_ref)(s_t)
+    mc = monte_carlo_kl(logp, logp_ref, mask)  # [B] Σ_t log π/π_ref (y_t)
     out = {
         "reward_mean": float(rewards.float().mean()),
         "reward_std": float(rewards.float().std(unbiased=False)),
         "zero_adv_group_frac": zero_advantage_fraction(rewards, group_size),
+        "group_std_mean": group_std_mean(rewards, group_size),
         "response_len": float(mask.sum(dim=1).float().mean()),
         "entropy": float(masked_mean(ent, mask)),
-        "kl_rev_tok": float(masked_mean(kl_rev, mask)),
+        "kl_rev_tok": float(rb.sum() / mask.sum()),
         "kl_fwd_tok": float(masked_mean(kl_fwd, mask)),
-        "kl_rev_seq": float(seq_sum(kl_rev, mask).mean()),
+        "kl_rev_seq": float(rb.mean()),
+        "kl_rb_seq_var": float(rb.var(unbiased=False)),
+        "kl_mc_seq_var": float(mc.var(unbiased=False)),
     }
     out.update(kl_estimates(logp, logp_ref, mask))
     return out
