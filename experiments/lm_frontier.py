@@ -199,7 +199,7 @@ def optimum_frontier(ref: str, task_name: str) -> dict | None:
     base, task, _ = load_reference(ref, "cpu")
     ys = E.Yardstick.build(base.eval(), task, "cpu")
     out: dict = {"beta": [], "rev": {}, "fwd": {}}
-    for beta in np.logspace(-2.5, 1.5, 60):
+    for beta in np.logspace(-2.5, 1.5, 40):
         out["beta"].append(float(beta))
         for kind, opt in (("rev", E.reverse_kl_optimum(ys.logp_ref, ys.rewards, float(beta))),
                           ("fwd", E.forward_kl_optimum(ys.logp_ref, ys.rewards, float(beta)))):

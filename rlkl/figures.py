@@ -52,6 +52,8 @@ FIGURES: tuple[FigureSpec, ...] = (
                ("rlkl.toy.expected", "rlkl.toy.objectives")),
     FigureSpec("fig_lm_training", "LM training curves: reward, pass@k, entropy, KL drift per method",
                ("rlkl.lm",)),
+    FigureSpec("fig_lm_frontier", "LM frontiers: reward, entropy, odds vs exact KL(π‖π_ref) over β, and the optimum",
+               ("rlkl.lm",)),
 )
 FIGURE_NAMES: tuple[str, ...] = tuple(f.name for f in FIGURES)
 
