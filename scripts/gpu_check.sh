@@ -23,7 +23,8 @@ while [ $# -gt 0 ]; do
 done
 [ -x "$PY" ] || PY=python3
 # --quick: the same commands with tiny batches (a functional check of the path, not of the numbers)
-if [ "$QUICK" = 1 ]; then SFT_STEPS=20; RL_STEPS=5; COMPILE_STEPS=4; EVAL=8; SFT_B="--batch_size 32"; RL_B="--prompts_per_step 4"
+if [ "$QUICK" = 1 ]; then SFT_STEPS=20; RL_STEPS=5; COMPILE_STEPS=4; EVAL=8; SFT_B="--batch_size 32 --num_threads 1"
+  RL_B="--prompts_per_step 4 --num_threads 1"
 else SFT_STEPS=1500; RL_STEPS=60; COMPILE_STEPS=20; EVAL=200; SFT_B=""; RL_B=""; fi
 # torch.compile needs a C++ toolchain on CPU; the CPU dry path skips it unless asked for explicitly
 if [ "$DEVICE" = cpu ] && [ "$QUICK" = 1 ] && [ "${RLKL_GPU_CHECK_COMPILE:-0}" != 1 ]; then COMPILE=0; fi

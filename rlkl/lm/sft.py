@@ -101,8 +101,8 @@ SFT_PRESETS: dict[str, dict] = {
     # One thread: at this size intra-op parallelism costs more than it saves (and collapses when the
     # cores are shared with other processes).
     "cpu_tiny": dict(n_layer=2, n_head=4, d_model=64, steps=1000, batch_size=128, lr=3e-3, num_threads=1),
-    # ~1.3M parameters, 3-digit addition, two threads: SFT + one RL run within ~10 minutes on 2 quiet cores
-    "cpu_small": dict(n_layer=4, n_head=5, d_model=160, steps=1000, batch_size=128, lr=2e-3, difficulty=3,
+    # ~1.0M parameters, 3-digit addition, two threads: SFT + one RL run within ~10 minutes on 2 quiet cores
+    "cpu_small": dict(n_layer=4, n_head=4, d_model=144, steps=800, batch_size=128, lr=2e-3, difficulty=3,
                       num_threads=2),
     "gpu_small": dict(n_layer=4, n_head=4, d_model=128, steps=5000, batch_size=512, lr=1e-3, difficulty=3),
     "gpu_medium": dict(n_layer=6, n_head=8, d_model=256, steps=10000, batch_size=512, lr=6e-4, difficulty=5),

@@ -193,7 +193,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # (one thread: at this size intra-op parallelism costs more than it saves)
     "cpu_tiny": dict(steps=150, prompts_per_step=16, group_size=8, lr=3e-4, warmup_steps=10, eval_every=25,
                      eval_prompts=200, eval_samples=8, checkpoint_every=50, num_threads=1),
-    # ~1.3M parameters (the cpu_small SFT preset), 3-digit addition, 2 threads: about a minute per run on 2 cores
+    # ~1.0M parameters (the cpu_small SFT preset), 3-digit addition, 2 threads: about a minute per run on 2 cores
     "cpu_small": dict(steps=150, prompts_per_step=16, group_size=8, lr=2e-4, warmup_steps=10, eval_every=50,
                       eval_prompts=200, eval_samples=8, checkpoint_every=50, num_threads=2),
     "gpu_small": dict(steps=500, prompts_per_step=64, group_size=8, lr=1e-4, warmup_steps=20, eval_every=50,
