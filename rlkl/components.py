@@ -1,8 +1,11 @@
 """The typed components a :class:`rlkl.methods.Method` is made of — one per orthogonal choice.
 
 * :class:`Advantage` — the sequence-level advantage of the task reward: :class:`GroupStandardized`,
-  :class:`GroupCentered`, :class:`LeaveOneOut`, :class:`BatchStandardized`, :class:`Raw`.
-* :class:`PolicyLoss` — the per-token surrogate: :class:`Reinforce`, :class:`PPOClip`, :class:`GSPO`, :class:`RPG`.
+  :class:`GroupCentered`, :class:`LeaveOneOut`, :class:`BatchStandardized`, :class:`Raw`; and verl's other
+  estimators: :class:`LengthWeightedCentered` (OPO), :class:`PassAtK` (grpo_passk), :class:`GPGAdvantage`,
+  :class:`TokenWhitened` (REINFORCE++ and its baseline variant).
+* :class:`PolicyLoss` — the per-token surrogate: :class:`Reinforce`, :class:`PPOClip`, :class:`GSPO` (the
+  GSPO-token form), :class:`RPG`, :class:`CISPO`.
 * :class:`KLTerm` — where a KL to π_ref enters: :class:`NoKL`, :class:`KLLoss` (a per-token loss),
   :class:`KLReward` (a detached reward, fused before the advantage or as a reward-to-go), :class:`FutureReturn`
   (FRPO's future return of an f-divergence estimate).
@@ -32,7 +35,7 @@ from rlkl import advantages as _adv
 from rlkl import losses as _loss
 from rlkl._checks import check_float, check_int, check_real
 from rlkl.divergences import get_f_divergence, kl_estimate
-from rlkl.options import (AggMode, Estimator, RewardForm, RPGDivergence, RPGForm, RPGLevel, Std,  # noqa: F401
+from rlkl.options import (AggMode, Estimator, RewardForm, RPGDivergence, RPGForm, RPGLevel, Scope, Std,  # noqa: F401
                           set_enum)
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "PolicyLoss", "Reinforce", "PPOClip", "GSPO", "RPG", "RPGClip",
     "KLTerm", "NoKL", "KLLoss", "KLReward", "FutureReturn", "Aggregation",
     "component_to_dict", "component_from_dict",
+    "Scope", "LengthWeightedCentered", "PassAtK", "GPGAdvantage", "TokenWhitened", "CISPO",
 ]
 
 RPGClip = _loss.RPGClip
@@ -68,6 +72,26 @@ class Advantage:
     @property
     def min_group_size(self) -> int:
         return 2 if self.couples_group else 1
+
+    # -- hooks for the advantages of other frameworks (defaults: the sequence-level rule above, nothing more) --
+    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor) -> Tensor:
+        """``[B]`` sequence advantages given the ``[B]`` response lengths (what :class:`rlkl.methods.Method`
+        calls); the default ignores the lengths."""
+        return self(rewards, group_size)
+
+    def token_step(self, advantages: Tensor, mask: Tensor, group_size: int) -> Tensor:
+        """``[B, T]`` → ``[B, T]``: a step on the token advantages after the KL token penalty (identity, except
+        for REINFORCE++'s token whitening)."""
+        return advantages
+
+    def couples_beyond_rewards(self, fixed_length: bool, token_penalty: bool) -> bool:
+        """True when A_i reads the other rows' lengths or token values, not only their rewards (the exact
+        engine then enumerates groups by response, not by reward)."""
+        return False
+
+    def per_group(self) -> "Advantage":
+        """The same rule with batch statistics taken per group: equal to ``self`` on a batch of one group."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -448,6 +472,174 @@ class Aggregation:
         if self.mode is AggMode.SEQ_MEAN_TOKEN_SUM_NORM:
             return 1.0 / float(self.horizon or horizon)
         return 1.0 / float(horizon)
+
+
+# ================================================================================================== other frameworks
+# Advantages and a policy loss of verl 0.9.1's estimators rlkl had no component for (restated from verl's rules and
+# the papers; the pure functions live in rlkl.advantages / rlkl.losses).
+
+
+@dataclass(frozen=True)
+class LengthWeightedCentered(Advantage):
+    """OPO: A_i = r_i − Σ_j |y_j| r_j / Σ_j |y_j| over the group (``rlkl.advantages.length_weighted_centered``).
+
+    Hao et al. arXiv 2505.23585 (OPO); verl ``adv_estimator=opo``. With equal lengths it is Dr. GRPO's group
+    mean (the baseline includes the sample: a (1 − 1/G) shrink of the update); with EOS the lengths also enter.
+    Called without lengths (``advantage(rewards, G)``) it is the equal-length rule.
+    """
+
+    def __call__(self, rewards: Tensor, group_size: int) -> Tensor:
+        return _adv.group_centered(rewards, group_size)
+
+    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor) -> Tensor:
+        return _adv.length_weighted_centered(rewards, lengths.to(rewards.dtype), group_size)
+
+    def couples_beyond_rewards(self, fixed_length: bool, token_penalty: bool) -> bool:
+        return not fixed_length  # the other rows' lengths enter the baseline
+
+
+@dataclass(frozen=True)
+class PassAtK(Advantage):
+    """grpo_passk: A_i = [r_i − max_{j≠i} r_j]_+, ÷ (std_g r + ε) when ``normalize`` (``rlkl.advantages.pass_at_k_advantage``).
+
+    Only the strict best response of a group learns (verl ``adv_estimator=grpo_passk``, after Chen et al. arXiv
+    2503.19595). Unnormalized and on-policy it ascends E[max of G rewards]/G — pass@G/G for binary rewards
+    (``Utility.PASS_AT_K``); the std multiplies that by κ_G = 1/(σ_G + ε) for binary rewards.
+
+    Attributes:
+      normalize: verl's ``norm_adv_by_std_in_grpo`` (default True); std: bessel (torch, verl) | population;
+      eps: ε (verl 1e-6).
+    """
+
+    normalize: bool = True
+    std: Std = Std.BESSEL
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if not isinstance(self.normalize, bool):
+            raise ValueError(f"PassAtK.normalize must be a bool, got {self.normalize!r}")
+        set_enum(self, "std", Std)
+        _set_real(self, "eps", low=0)
+
+    def __call__(self, rewards: Tensor, group_size: int) -> Tensor:
+        return _adv.pass_at_k_advantage(rewards, group_size, self.normalize, self.eps, self.std.value)
+
+
+@dataclass(frozen=True)
+class GPGAdvantage(Advantage):
+    """GPG: A_i = α·(r_i − mean_g r), α = n/max(1, #{r_j ≠ 0}) over the n rows of the scope (``rlkl.advantages.gpg_advantage``).
+
+    Chu et al. arXiv 2504.02546 (GPG); verl ``adv_estimator=gpg`` (α over the whole batch: ``scope=batch``). α ≥ 1
+    rescales every group by a batch statistic of the rewards.
+
+    Attributes:
+      scope: :class:`Scope` of the count behind α (verl: batch).
+    """
+
+    scope: Scope = Scope.BATCH
+
+    def __post_init__(self):
+        set_enum(self, "scope", Scope)
+
+    @property
+    def couples_batch(self) -> bool:  # type: ignore[override]
+        return self.scope is Scope.BATCH
+
+    def __call__(self, rewards: Tensor, group_size: int) -> Tensor:
+        return _adv.gpg_advantage(rewards, group_size, self.scope.value)
+
+    def per_group(self) -> "GPGAdvantage":
+        return GPGAdvantage(Scope.GROUP)
+
+
+@dataclass(frozen=True)
+class TokenWhitened(Advantage):
+    """REINFORCE++: token advantages whitened over the batch's valid tokens, A_{i,t} = (x_{i,t} − μ)/sqrt(σ² + ε).
+
+    x_{i,t} = r_i (``group_mean=False``, verl ``reinforce_plus_plus``: the γ = 1 return of an outcome reward, with
+    a KL reward-to-go subtracted first when ``kl=KLReward(form=reward_to_go)``) or r_i − mean_g r
+    (``group_mean=True``, ``reinforce_plus_plus_baseline``; a fused KL enters r). Hu arXiv 2501.03262 eqs. 8–10
+    (v2) and its group-baseline variant; ``rlkl.advantages.masked_whiten`` (token-weighted μ, Bessel σ² over
+    tokens, ε = 1e-8 inside the root). The whitening runs in :meth:`token_step`; the sequence part in
+    :meth:`compute` (``advantage(rewards, G)`` alone raises: the rule needs the token layout).
+
+    Attributes:
+      group_mean: subtract the group mean first; std: bessel | population (over tokens); eps: ε inside the root;
+      scope: :class:`Scope` of the statistics (verl: batch).
+    """
+
+    group_mean: bool = False
+    std: Std = Std.BESSEL
+    eps: float = 1e-8
+    scope: Scope = Scope.BATCH
+
+    def __post_init__(self):
+        if not isinstance(self.group_mean, bool):
+            raise ValueError(f"TokenWhitened.group_mean must be a bool, got {self.group_mean!r}")
+        set_enum(self, "std", Std)
+        _set_real(self, "eps", low=0)
+        set_enum(self, "scope", Scope)
+
+    @property
+    def couples_group(self) -> bool:  # type: ignore[override]
+        return self.group_mean or self.scope is Scope.GROUP
+
+    @property
+    def couples_batch(self) -> bool:  # type: ignore[override]
+        return self.scope is Scope.BATCH
+
+    @property
+    def min_group_size(self) -> int:
+        return 2 if self.group_mean else 1
+
+    def __call__(self, rewards: Tensor, group_size: int) -> Tensor:
+        raise ValueError("TokenWhitened is a token-level advantage: it needs the mask (Method.advantages(batch)); "
+                         "compute() gives its sequence part, token_step() the whitening")
+
+    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor) -> Tensor:
+        return _adv.group_centered(rewards, group_size) if self.group_mean else check_float("rewards", rewards, ndim=1)
+
+    def token_step(self, advantages: Tensor, mask: Tensor, group_size: int) -> Tensor:
+        G = None if self.scope is Scope.BATCH else group_size
+        return _adv.masked_whiten(advantages, mask, self.eps, self.std.value, G)
+
+    def couples_beyond_rewards(self, fixed_length: bool, token_penalty: bool) -> bool:
+        return (not fixed_length) or token_penalty  # token-weighted statistics of the others' lengths / penalties
+
+    def per_group(self) -> "TokenWhitened":
+        return dataclasses.replace(self, scope=Scope.GROUP)
+
+
+@dataclass(frozen=True)
+class CISPO(PolicyLoss):
+    """CISPO: l_t = −sg[clip(ρ_t, 1 − ε_low, 1 + ε_high)]·A_t·log π_θ(a_t|s_t) (``rlkl.losses.cispo_loss``).
+
+    MiniMax-M1 arXiv 2506.13585 eqs. 4–5 (one-sided: ``low=None``); verl ``policy_loss.loss_mode=cispo`` (both
+    sides, ``clip_ratio_low`` / ``clip_ratio_high``). Every token keeps a gradient −ŵ_t A_t ∇log π_θ; the cap
+    changes its weight (``clips``: True; ``unclipped()``: weight ρ_t, the per-token importance-weighted gradient).
+
+    Attributes:
+      low: ε_low in (0, 1), or None (no lower bound, the paper); high: ε_high > 0 (the paper leaves it unstated;
+      0.2 is verl's ``clip_ratio_high`` default).
+    """
+
+    low: float | None = None
+    high: float = 0.2
+
+    def __post_init__(self):
+        _set_real(self, "low", low=0, high=1, low_open=True, high_open=True, allow_none=True)
+        _set_real(self, "high", low=0, low_open=True)
+
+    def __call__(self, logp, logp_old, advantages, mask, beta):
+        return _loss.cispo_loss(logp, logp_old, advantages, mask, self.low, self.high)
+
+    @property
+    def clips(self) -> bool:
+        return (self.low, self.high) != (None, _NO_CLIP_HIGH)
+
+    def unclipped(self) -> "CISPO":
+        """Weight ρ_t on every token (ε_high beyond the guarded ratio's range)."""
+        return CISPO(None, _NO_CLIP_HIGH)
 
 
 # ================================================================================================== serialization

@@ -13,7 +13,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from rlkl._checks import check_choice, check_float, check_mask, check_same_dtype, check_token_tensors
+from rlkl._checks import (check_bool, check_choice, check_float, check_int, check_mask, check_real, check_same_dtype,
+                          check_token_tensors)
 from rlkl.divergences import KLEstimator, kl_estimate
 
 AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
@@ -24,7 +25,7 @@ RPG_DIVERGENCES: tuple[str, ...] = ("fkl", "rkl", "ufkl", "urkl")
 RPGForm = Literal["differentiable", "reinforce"]
 RPGLevel = Literal["token", "sequence"]
 
-LOG_RATIO_CLAMP = 20.0  # verl/OpenRLHF guard: log ρ clamped to ±20 before exp
+LOG_RATIO_CLAMP = 20.0  # verl/OpenRLHF guard: log ρ clamped to ±20 before exp (rlkl also guards RPG's sequence ratio)
 
 
 class PolicyLossOutput(NamedTuple):
@@ -48,18 +49,35 @@ class PolicyLossOutput(NamedTuple):
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Σ m x / Σ m over all entries."""
-    return (x * mask).sum() / mask.sum()
+    """Σ m x / Σ m over all entries; an all-False mask gives 0 (defined, not nan: a diagnostic over no token).
+
+    Args:
+      x: float tensor; mask: bool tensor of the same shape. No host sync (shapes and dtypes are checked, values
+        are not: callers validate them once at their own boundary).
+    Returns:
+      0-dim mean in x's dtype.
+    """
+    check_float("x", x, finite=False)
+    check_mask("mask", mask, x.shape, require_nonempty=False)
+    return _masked_mean(x, mask)
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(x.dtype)
+    n = m.sum().clamp_min(1.0)
+    return (torch.where(mask, x, torch.zeros_like(x)) * (m / n)).sum()  # scaled before summing: no overflow
 
 
 def _ratio_stats(ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r = ratio.detach()
-    return masked_mean(r, mask), r[mask].min(), r[mask].max()
+    inf = torch.full_like(r, float("inf"))
+    # masked reductions, no boolean indexing (no host sync)
+    return _masked_mean(r, mask), torch.where(mask, r, inf).amin(), torch.where(mask, r, -inf).amax()
 
 
 def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
     """Fraction of valid tokens where ``cond`` holds, in the loss dtype."""
-    return masked_mean(cond.to(dtype), mask)
+    return _masked_mean(cond.to(dtype), mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,7 +85,7 @@ def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | None = None) -> Tensor:
-    """Reduce a ``[B, T]`` per-token loss to a scalar (verl ``agg_loss``; spec/peers.md §1.5).
+    """Reduce a ``[B, T]`` per-token loss to a scalar (verl ``agg_loss``; docs/integrations.md).
 
     - ``token-mean``: Σ_{i,t} m l / Σ m (DAPO; verl default; TRL ``dapo``/``bnpo``).
     - ``seq-mean-token-mean``: (1/B') Σ_i (Σ_t m l / |y_i|) (original GRPO; TRL ``grpo``): the 1/|y_i| factor
@@ -89,20 +107,23 @@ def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | 
     check_choice("aggregation", mode, AGGREGATION_MODES)
     check_float("loss", loss, ndim=2)
     check_mask("mask", mask, loss.shape)
+    horizon = check_int("horizon", horizon, low=1, allow_none=True)
+    # Overflow-safe: every reduction divides before it sums (Σ l·(m/N), not (Σ l·m)/N), so per-token losses that
+    # are finite give a finite token-mean / seq-mean-token-mean even when Σ l·m exceeds the dtype; only a value
+    # that itself exceeds the dtype (a token *sum* beyond float32's 3.4e38) overflows. No boolean indexing.
     m = mask.to(loss.dtype)
+    lx = torch.where(mask, loss, torch.zeros_like(loss))
     if mode == "token-mean":
-        return (loss * m).sum() / m.sum()
-    lengths = m.sum(-1)  # [B]
-    has_tokens = lengths > 0
-    per_seq_sum = (loss * m).sum(-1)  # [B]
+        return (lx * (m / m.sum())).sum()
+    lengths = m.sum(-1, keepdim=True)  # [B, 1]
+    n_seq = (lengths > 0).to(loss.dtype).sum()  # B': sequences with a valid token (>= 1: mask is non-empty)
     if mode == "seq-mean-token-mean":
-        return (per_seq_sum[has_tokens] / lengths[has_tokens]).mean()
+        per_seq = (lx * (m / lengths.clamp_min(1.0))).sum(-1)  # [B] Σ_t m l / |y_i|
+        return (per_seq / n_seq).sum()
     if mode == "seq-mean-token-sum":
-        return per_seq_sum[has_tokens].mean()
+        return (lx / n_seq).sum()
     C = loss.shape[1] if horizon is None else horizon
-    if not isinstance(C, int) or C < 1:
-        raise ValueError(f"horizon must be a positive int, got {horizon!r}")
-    return per_seq_sum.sum() / (loss.shape[0] * C)
+    return (lx / (loss.shape[0] * C)).sum()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,7 +171,7 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
     l_t = max(−ρ_t A_t, −clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t), and for A_t < 0 with dual clip c > 1:
     l_t = min(l_t, −c A_t). ρ_t = exp(clamp(log π_θ − log π_old, ±20)) (verl's guard).
     Schulman et al. (arXiv 1707.06347) eq. 7; clip-higher: DAPO (arXiv 2503.14476); dual clip: Ye et al. (2020),
-    RPG eq. Sec. 3.3; verl ``vanilla`` loss (spec/peers.md §1.4).
+    RPG eq. Sec. 3.3; verl ``vanilla`` loss (docs/integrations.md).
 
     Gradient: −A_t ρ_t ∇log π_θ on unclipped tokens and 0 on clipped ones; at ρ ≡ 1 (first step after sampling,
     samples from π_old = π_θ) it equals REINFORCE's −A_t∇log π_θ.
@@ -164,10 +185,8 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
     """
     check_token_tensors(mask, logp=logp, logp_old=logp_old)
     _check_adv(advantages, logp)
-    if not (0 < clip_low < 1 and clip_high > 0):
-        raise ValueError(f"need 0 < clip_low < 1 and clip_high > 0, got {clip_low}, {clip_high}")
-    if dual_clip is not None and dual_clip <= 1:
-        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    clip_low, clip_high = _check_clip(clip_low, clip_high)
+    dual_clip = check_real("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
     A = advantages.detach()  # sg[A]
     log_ratio = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
@@ -185,6 +204,12 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
                             _frac(dual, mask, logp.dtype), *_ratio_stats(ratio, mask))
 
 
+def _check_clip(clip_low, clip_high) -> tuple[float, float]:
+    """ε_low in (0, 1) (1 − ε_low must stay a positive ratio), ε_high > 0."""
+    return (check_real("clip_low", clip_low, low=0.0, high=1.0, low_open=True, high_open=True),
+            check_real("clip_high", clip_high, low=0.0, low_open=True))
+
+
 def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 3e-4,
               clip_high: float = 4e-4) -> PolicyLossOutput:
     """GSPO with the sequence-level ratio s_i = exp(mean_t log(π_θ/π_old)) (GSPO-token form).
@@ -195,12 +220,14 @@ def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     ``seq-mean-token-mean`` aggregation, as verl forces).
 
     Args:
-      logp, logp_old, advantages: ``[B, T]``; mask: ``[B, T]`` bool; clip_low, clip_high: ε's (GSPO: 3e-4, 4e-4).
+      logp, logp_old, advantages: ``[B, T]``; mask: ``[B, T]`` bool; clip_low, clip_high: ε's (GSPO: 3e-4, 4e-4),
+        0 < ε_low < 1 and ε_high > 0.
     Returns:
       PolicyLossOutput (ratio statistics are of s_i per token).
     """
     shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
     _check_adv(advantages, logp)
+    clip_low, clip_high = _check_clip(clip_low, clip_high)
     check_mask("mask", mask, shape, require_nonempty_rows=True)
     A = advantages.detach()  # sg[A]
     m = mask.to(logp.dtype)
@@ -227,7 +254,7 @@ def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator
     """Per-token KL penalty used *as a loss*: k(log π_θ − log π_ref), optionally × ρ = π_θ/π_old.
 
     Expected gradients, tokens sampled from π_old (RPG arXiv 2505.17508 §2.3; Tang & Munos arXiv 2506.09477;
-    spec frpo.md §4.5), per state s with the state distribution held fixed ("local"):
+    FRPO arXiv 2601.10201 Prop. 4.3), per state s with the state distribution held fixed ("local"):
       - k1: on-policy E[∇k1] = 0 — no regularization at all.
       - k2 (and any ``straight_through`` k+): on-policy ∇KL(π_θ(·|s)‖π_ref(·|s)), the local reverse-KL gradient.
       - k3 (GRPO default, verl ``low_var_kl``): on-policy ∇KL(π_ref(·|s)‖π_θ(·|s)), the local *forward* KL.
@@ -244,6 +271,8 @@ def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator
       ``[B, T]`` per-token penalty (multiply by β and aggregate like the policy loss).
     """
     shape = check_token_tensors(mask, logp=logp, logp_ref=logp_ref)
+    check_bool("straight_through", straight_through)
+    check_bool("importance_weight", importance_weight)
     value = kl_estimate(logp - logp_ref.detach(), estimator, straight_through)
     if importance_weight:
         if logp_old is None:
@@ -252,7 +281,7 @@ def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator
         check_same_dtype(logp=logp, logp_old=logp_old)
         ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
         value = ratio * value
-    return value * mask
+    return torch.where(mask, value, torch.zeros_like(value))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,17 +304,28 @@ class RPGClip:
     c: float = 10.0
 
     def __post_init__(self):
-        if not (0 < self.eps_low < 1 and self.eps_high > 0 and self.c > 1):
-            raise ValueError(f"RPGClip needs 0 < eps_low < 1, eps_high > 0, c > 1; got {self}")
+        check_real("RPGClip.eps_low", self.eps_low, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_real("RPGClip.eps_high", self.eps_high, low=0.0, low_open=True)
+        check_real("RPGClip.c", self.c, low=1.0, low_open=True)
 
 
 def rpg_weight(w: Tensor, log_w: Tensor, adv: Tensor, divergence: RPGDivergence, beta: float,
                z_old: float = 1.0) -> Tensor:
-    """Weight(x) with ∇J = E_samp[Weight·∇lp] (RPG arXiv 2505.17508, spec rpg.md §1.6, with R → R − b).
+    """Weight(x) with ∇J = E_samp[Weight·∇lp] (RPG arXiv 2505.17508, with R → R − b).
 
     fkl: wA + β (Prop. E.1); rkl: w(A − β(log w + 1)) (Prop. E.3); ufkl: Z(wA − β(w − 1)) (Prop. 3.2);
     urkl: Z·w(A − β log w) (Prop. 3.6).
+
+    Args:
+      w, log_w, adv: broadcastable float tensors (w = e^{log_w} = π_θ/π_old, adv = R − b), one dtype.
+      divergence: ``"fkl" | "rkl" | "ufkl" | "urkl"``; beta: β >= 0; z_old: Z_old > 0.
     """
+    _check_rpg_tensors(w=w, log_w=log_w, adv=adv)
+    _check_rpg_scalars(divergence, beta, z_old)
+    return _rpg_weight(w, log_w, adv, divergence, float(beta), float(z_old))
+
+
+def _rpg_weight(w: Tensor, log_w: Tensor, adv: Tensor, divergence: str, beta: float, z_old: float) -> Tensor:
     if divergence == "fkl":
         return w * adv + beta
     if divergence == "rkl":
@@ -297,11 +337,22 @@ def rpg_weight(w: Tensor, log_w: Tensor, adv: Tensor, divergence: RPGDivergence,
 
 def rpg_differentiable_surrogate(w: Tensor, log_w: Tensor, lp: Tensor, adv: Tensor, divergence: RPGDivergence,
                                  beta: float, z_old: float = 1.0) -> Tensor:
-    """Fully differentiable per-sample surrogate ℓ(x; θ) (RPG Tables 1 and 4, spec rpg.md §1.6).
+    """Fully differentiable per-sample surrogate ℓ(x; θ) (RPG arXiv 2505.17508, Tables 1 and 4).
 
     fkl: −wA − β lp; rkl: w(−A + β log w); ufkl: Z(−wA + β(w − log w − 1)); urkl: Z(−wA + β(w log w − w)).
-    Per sample, ∇ℓ = −Weight·∇lp (spec rpg.md §1.6 per-sample identity).
+    Per sample, ∇ℓ = −Weight·∇lp (RPG §3, the per-sample gradient identity; :func:`rpg_weight`).
+
+    Args:
+      w, log_w, lp, adv: broadcastable float tensors of one dtype (lp = log π_θ(x)); divergence, beta, z_old: as
+        in :func:`rpg_weight`.
     """
+    _check_rpg_tensors(w=w, log_w=log_w, lp=lp, adv=adv)
+    _check_rpg_scalars(divergence, beta, z_old)
+    return _rpg_surrogate(w, log_w, lp, adv, divergence, float(beta), float(z_old))
+
+
+def _rpg_surrogate(w: Tensor, log_w: Tensor, lp: Tensor, adv: Tensor, divergence: str, beta: float,
+                   z_old: float) -> Tensor:
     if divergence == "fkl":
         return -w * adv - beta * lp
     if divergence == "rkl":
@@ -309,6 +360,18 @@ def rpg_differentiable_surrogate(w: Tensor, log_w: Tensor, lp: Tensor, adv: Tens
     if divergence == "ufkl":
         return z_old * (-w * adv + beta * (w - log_w - 1.0))
     return z_old * (-w * adv + beta * (w * log_w - w))
+
+
+def _check_rpg_tensors(**tensors: Tensor) -> None:
+    for k, v in tensors.items():
+        check_float(k, v)
+    check_same_dtype(**tensors)
+
+
+def _check_rpg_scalars(divergence: str, beta: float, z_old: float) -> None:
+    check_choice("divergence", divergence, RPG_DIVERGENCES)
+    check_real("beta", beta, low=0.0)
+    check_real("z_old", z_old, low=0.0, low_open=True)
 
 
 def _dual_clip(w: Tensor, adv_hat: Tensor, clip: RPGClip) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -332,7 +395,8 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     Both give, per sample, ∇ℓ = −Weight·∇lp, so E_{π_old}[∇ℓ] = −∇J for J = E_{π_θ}[R] − β·D with D the
     forward/reverse, normalized/unnormalized KL to π_old (Z_old = ``z_old``) — exactly at ``level="sequence"``
     (x = a whole response). ``level="token"`` (the released code) treats each token as a sample with its own w_t,
-    lp_t: exact for the forward directions (chain rule under π_old), not for the reverse ones (spec rpg.md §1.8(5)).
+    lp_t: exact for the forward directions (chain rule under π_old), not for the reverse ones (their identities need
+    the sequence ratio, not the token ratios w_t).
 
     With ``clip``:
       - ``form="differentiable"``: Alg. 1 / App. G.1 dual clip on w with the θ-dependent regularized advantage
@@ -344,6 +408,13 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
 
     Sequence-level losses are spread as ℓ_i/|y_i| over the response's tokens, so ``seq-mean-token-sum``
     aggregation gives (1/N) Σ_i ℓ_i.
+
+    Guard (a deliberate difference from the paper, which uses the raw ratio): log w is clamped to ±20
+    (``LOG_RATIO_CLAMP``, verl's per-token guard) at both levels. At sequence level log w = Σ_t log ρ_t grows with
+    the length — 100 float32 tokens at log ρ = 1, or 16 float64 tokens at 50, overflow exp — so without the clamp
+    valid inputs would give inf/nan rows. Inside |log w| <= 20 (w in [2e-9, 4.9e8]) nothing changes; beyond it the
+    weight is held at e^{±20} and the differentiable forms get no gradient through w (clamp), as verl's token
+    guard does. The exact-engine checks run well inside the clamp.
 
     Args:
       logp, logp_old: ``[B, T]``; advantages: ``[B, T]`` baselined reward R − b (detached; constant along a
@@ -358,8 +429,10 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     check_choice("divergence", divergence, RPG_DIVERGENCES)
     check_choice("form", form, ("differentiable", "reinforce"))
     check_choice("level", level, ("token", "sequence"))
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    _check_rpg_scalars(divergence, beta, z_old)
+    beta, z_old = float(beta), float(z_old)
+    if clip is not None and not isinstance(clip, RPGClip):
+        raise ValueError(f"clip must be an RPGClip or None, got {type(clip).__name__}")
     A = advantages.detach()  # A = R − b is data (sg)
     m = mask.to(logp.dtype)
     if level == "token":
@@ -369,7 +442,9 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
         sample_mask = mask
     else:
         check_mask("mask", mask, shape, require_nonempty_rows=True)
-        log_w = ((logp - logp_old.detach()) * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)/π_old(y)
+        # [B, 1] log π_θ(y)/π_old(y), guarded like the token ratio (deliberate difference, see the docstring)
+        log_w = torch.clamp(((logp - logp_old.detach()) * m).sum(-1, keepdim=True), -LOG_RATIO_CLAMP,
+                            LOG_RATIO_CLAMP)
         lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)
         first = mask.to(torch.int64).argmax(-1, keepdim=True)
         adv = torch.gather(A, 1, first)  # [B, 1]
@@ -379,9 +454,9 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     low = high = dual = torch.zeros_like(w, dtype=torch.bool)
 
     if form == "differentiable" and clip is None:
-        per_sample = rpg_differentiable_surrogate(w, log_w, lp, adv, divergence, beta, z_old)
+        per_sample = _rpg_surrogate(w, log_w, lp, adv, divergence, beta, z_old)
     elif form == "reinforce" and clip is None:
-        weight = rpg_weight(w, log_w, adv, divergence, beta, z_old)
+        weight = _rpg_weight(w, log_w, adv, divergence, beta, z_old)
         per_sample = -weight.detach() * lp  # −sg[Weight]·lp: SG stops the weight's own θ-dependence (eq. F.1)
     elif form == "differentiable":
         adv_hat = {  # Â(x; θ), gradient flows through log w (Alg. 1)
@@ -392,7 +467,7 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
         }[divergence]()
         per_sample, low, high, dual = _dual_clip(w, z_old * adv_hat, clip)
     else:
-        weight = rpg_weight(w, log_w, adv, divergence, beta, z_old).detach()  # sg[Weight]
+        weight = _rpg_weight(w, log_w, adv, divergence, beta, z_old).detach()  # sg[Weight]
         w_sg = w.detach()  # sg[w]
         c_kl = weight - z_old * w_sg * adv  # C_KL = Weight − w(R − b)
         adv_eff = z_old * adv + c_kl / w_sg  # A' = A_R + sg(C_KL)/sg(w)
@@ -420,3 +495,35 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     if clip is None:
         return PolicyLossOutput(loss, zero, zero, zero, *ratio_stats)
     return PolicyLossOutput(loss, frac(low), frac(high), frac(dual), *ratio_stats)
+
+
+def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | None = None,
+               clip_high: float = 0.2) -> PolicyLossOutput:
+    """CISPO: l_t = −sg[ŵ_t]·A_t·log π_θ(a_t|s_t), ŵ_t = clip(ρ_t, 1 − ε_low, 1 + ε_high) (one-sided: min(ρ_t, 1 + ε_high)).
+
+    MiniMax-M1 arXiv 2506.13585 eqs. 4–5: the importance weight is clipped and held constant, so no token loses
+    its gradient — each gets −ŵ_t A_t ∇log π_θ (a REINFORCE term weighted by the capped ratio); the paper bounds
+    only the top (``clip_low=None``), verl ``compute_policy_loss_cispo`` clamps both sides. ρ_t =
+    exp(clamp(log π_θ − log π_old, ±20)) (verl's guard). Unclipped, the gradient is −ρ_t A_t ∇log π_θ, the
+    per-token importance-weighted policy gradient.
+
+    Args:
+      logp: ``[B, T]`` log π_θ (differentiable); logp_old: ``[B, T]`` (data); advantages: ``[B, T]`` (detached
+        inside); mask: ``[B, T]`` bool; clip_low: ε_low in (0, 1) or None; clip_high: ε_high > 0.
+    Returns:
+      PolicyLossOutput (``clip_fraction_high``: ρ > 1 + ε_high, ``clip_fraction_low``: ρ < 1 − ε_low, any A).
+    """
+    check_token_tensors(mask, logp=logp, logp_old=logp_old)
+    _check_adv(advantages, logp)
+    clip_low = check_real("clip_low", clip_low, low=0, high=1, low_open=True, high_open=True, allow_none=True)
+    clip_high = check_real("clip_high", clip_high, low=0, low_open=True)
+    A = advantages.detach()  # sg[A]
+    ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    low = 0.0 if clip_low is None else 1.0 - clip_low
+    weight = torch.clamp(ratio, min=low, max=1.0 + clip_high)
+    loss = -weight.detach() * A * logp  # sg[ŵ]: the capped IS weight is a constant; the gradient flows via log π
+    high_c = ratio > 1.0 + clip_high
+    low_c = ratio < low
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    return PolicyLossOutput(loss * mask, _frac(low_c, mask, logp.dtype), _frac(high_c, mask, logp.dtype), zero,
+                            *_ratio_stats(ratio, mask))

@@ -20,7 +20,7 @@ from rlkl._checks import check_int, check_real
 from rlkl.options import Anchor, Level, Regularizer, Std, StrEnum, Utility, coerce, set_enum  # noqa: F401 (re-exported)
 
 
-_BINARY_UTILITIES = (Utility.ARCSIN, Utility.FINITE_GROUP)
+_BINARY_UTILITIES = (Utility.ARCSIN, Utility.FINITE_GROUP, Utility.PASS_AT_K)
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Objective:
       utility: :class:`Utility`; regularizer: :class:`Regularizer`; level: :class:`Level`; anchor: :class:`Anchor`.
       f_divergence: the f of ``TOKEN_F_DIVERGENCE`` (an ``rlkl.divergences`` name), else None.
       beta: β >= 0, or None while unbound (a Method's claim: β comes from the Method).
-      group_size: G for ``LEAVE_IN`` / ``FINITE_GROUP``, or None while unbound.
+      group_size: G for ``LEAVE_IN`` / ``FINITE_GROUP`` / ``PASS_AT_K``, or None while unbound.
       std, eps: the standardization of ``FINITE_GROUP`` (from the Method's advantage when bound by it).
       utility_scale: c of ``LINEAR``.
     """
@@ -95,7 +95,8 @@ class Objective:
         G = "G" if self.group_size is None else str(self.group_size)
         u = {Utility.EXPECTED_REWARD: "E[R]", Utility.LEAVE_IN: f"(1-1/{G})E[R]",
              Utility.LINEAR: f"{self.utility_scale:g}E[R]", Utility.ARCSIN: "E 2asin(sqrt p)",
-             Utility.FINITE_GROUP: f"E U_{G}(p)", Utility.NONE: "0"}[self.utility]
+             Utility.FINITE_GROUP: f"E U_{G}(p)", Utility.PASS_AT_K: f"E pass@{G}/{G}",
+             Utility.NONE: "0"}[self.utility]
         if self.regularizer is Regularizer.NONE or self.beta == 0:
             return u
         a = "pi_ref" if self.anchor is Anchor.REF else "pi_old"

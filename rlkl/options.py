@@ -27,7 +27,9 @@ class Utility(StrEnum):
     EXPECTED_REWARD: U = p (E[R]). LEAVE_IN: U = (1 − 1/G)·p (a group mean that includes the sample as baseline;
     docs/audit.md ``leave_in_shrink``). LINEAR: U = c·p (``utility_scale`` c). ARCSIN: U = 2·arcsin√p (GRPO's G → ∞
     utility, FRPO arXiv 2601.10201 Prop. 3.1; binary rewards). FINITE_GROUP: U_G(p) = ∫_0^p w_G (the exact
-    finite-group utility of ``rlkl.utility``; binary rewards). NONE: U = 0.
+    finite-group utility of ``rlkl.utility``; binary rewards). PASS_AT_K: U = (1 − (1 − p)^G)/G, pass@G per
+    sample of the group (what a best-of-group advantage ascends, verl ``grpo_passk``; arXiv 2503.19595; binary
+    rewards). NONE: U = 0.
     """
 
     EXPECTED_REWARD = "expected_reward"
@@ -35,6 +37,7 @@ class Utility(StrEnum):
     LINEAR = "linear"
     ARCSIN = "arcsin"
     FINITE_GROUP = "finite_group"
+    PASS_AT_K = "pass_at_k"
     NONE = "none"
 
 
@@ -142,3 +145,12 @@ class RewardForm(StrEnum):
 
     FUSED = "fused"
     REWARD_TO_GO = "reward_to_go"
+
+
+class Scope(StrEnum):
+    """Which rows a batch statistic of an advantage spans: BATCH (the whole rollout batch, as verl computes
+    REINFORCE++'s whitening and GPG's α) or GROUP (the G rows of one prompt). On a batch of one group the two are
+    equal, which is how the exact engine evaluates batch statistics (its unit is one group)."""
+
+    BATCH = "batch"
+    GROUP = "group"

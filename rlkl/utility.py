@@ -19,22 +19,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlkl._checks import check_choice
+from rlkl._checks import check_choice, check_int, check_real
 from rlkl.advantages import group_standardized
 
 StdKind = Literal["population", "bessel"]
 
 
 def _as_tensor(p) -> tuple[Tensor, bool]:
+    """``p`` (float, array or real tensor) as a float64 tensor of probabilities in [0, 1]; computed in float64."""
     is_tensor = isinstance(p, Tensor)
-    t = p.to(torch.float64) if is_tensor else torch.as_tensor(p, dtype=torch.float64)
+    if isinstance(p, bool) or (is_tensor and (p.dtype == torch.bool or p.is_complex())):
+        raise ValueError(f"p must be a probability in [0, 1] (a real number, array or tensor), got {p!r}")
+    if is_tensor and p.device.type == "meta":
+        raise ValueError("p is a meta tensor (shape only, no data); pass a tensor with values")
+    try:
+        t = p.to(torch.float64) if is_tensor else torch.as_tensor(p, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"p must be a probability in [0, 1] (a real number, array or tensor), got {p!r}") from None
     if bool(((t < 0) | (t > 1)).any()) or not bool(torch.isfinite(t).all()):
-        raise ValueError("p must be a probability in [0, 1]")
+        raise ValueError("p must be a probability in [0, 1] (finite, no nan)")
     return t, is_tensor
 
 
 def _out(t: Tensor, is_tensor: bool):
-    return t if is_tensor else (float(t) if t.dim() == 0 else t.numpy())
+    return t if is_tensor else (float(t) if t.dim() == 0 else t.cpu().numpy())
 
 
 def grpo_utility(p):
@@ -56,14 +64,23 @@ def grpo_utility_grad(p):
 
 
 def _binom_pmf(n: int, p: Tensor) -> Tensor:
-    """[..., n+1] Binomial(n, p) pmf, float64, stable for n up to thousands."""
+    """[..., n+1] Binomial(n, p) pmf, float64, stable for n up to thousands, differentiable on all of [0, 1].
+
+    Interior p: exp(log C(n, k) + k log p + (n − k) log(1 − p)). At p ∈ {0, 1}, where log p or log(1 − p) is −inf
+    and autograd would meet 0·inf, the polynomial C(n, k) p^k (1 − p)^{n−k} itself (torch.pow has the exact
+    derivative at 0), restricted to the only terms that are non-zero or have a non-zero derivative there
+    (k <= 1 at p = 0, k >= n − 1 at p = 1), so C(n, k) never overflows.
+    """
     k = torch.arange(n + 1, dtype=torch.float64)
     log_c = torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
     p = p.unsqueeze(-1)
-    # 0·log 0 = 0 conventions at p ∈ {0, 1}
-    log_p = torch.where(k == 0, torch.zeros_like(p), k * torch.log(p))
-    log_q = torch.where(k == n, torch.zeros_like(p), (n - k) * torch.log1p(-p))
-    return torch.exp(log_c + log_p + log_q)
+    edge = (p == 0) | (p == 1)
+    p_in = torch.where(edge, torch.full_like(p, 0.5), p)  # safe interior value where p is on the edge
+    interior = torch.exp(log_c + k * torch.log(p_in) + (n - k) * torch.log1p(-p_in))
+    p_edge = torch.where(edge, p, torch.zeros_like(p))
+    c_edge = torch.where((k <= 1) | (k >= n - 1), torch.exp(log_c).round(), torch.zeros_like(k))  # n, 1 are exact
+    at_edge = c_edge * torch.pow(p_edge, k) * torch.pow(1.0 - p_edge, n - k)
+    return torch.where(edge, at_edge, interior)
 
 
 def conditional_advantage_means(p, group_size: int, advantage_fn: Callable[[Tensor], Tensor]):
@@ -80,8 +97,9 @@ def conditional_advantage_means(p, group_size: int, advantage_fn: Callable[[Tens
     Returns:
       (mean_given_success, mean_given_failure), each shaped like ``p``.
     """
-    if not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2, got {group_size!r}")
+    check_int("group_size", group_size, low=2)
+    if not callable(advantage_fn):
+        raise ValueError(f"advantage_fn must be callable, got {type(advantage_fn).__name__}")
     t, is_tensor = _as_tensor(p)
     G = group_size
     others = torch.arange(G, dtype=torch.float64)  # k = 0..G-1 successes among the others
@@ -102,7 +120,7 @@ def finite_group_weight(p, group_size: int, std: StdKind = "population", eps: fl
     """w_G(p): GRPO's exact expected update per unit ∇p for binary rewards and group size G.
 
     w_G(p) = E[A_1 | r_1 = 1] − E[A_1 | r_1 = 0] with A_i = (r_i − mean)/(std + ε), all-equal groups giving 0
-    (spec frpo.md §0: equivalently E_{S~Bin(G,p)}[σ̂_S²/(s_S + ε)]/(p(1−p)), σ̂_S² = S(G−S)/G²). Closed forms with
+    (equivalently E_{S~Bin(G,p)}[σ̂_S²/(s_S + ε)]/(p(1−p)), σ̂_S² = S(G−S)/G²). Closed forms with
     the population std, ε = 0: w_2 = 1, w_3 = √2, w_4 = √3 + (3 − 2√3)p(1−p); w_G(0⁺) = √(G−1);
     w_G → 1/√(p(1−p)) as G → ∞.
 
@@ -114,9 +132,10 @@ def finite_group_weight(p, group_size: int, std: StdKind = "population", eps: fl
     Returns:
       w_G(p), same kind as ``p``.
     """
+    check_int("group_size", group_size, low=2)
     check_choice("std", std, ("population", "bessel"))
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    check_real("eps", eps, low=0.0)
+
     def advantage_fn(rewards: Tensor) -> Tensor:  # [N, G] -> [N, G], the library's own GRPO advantage
         return group_standardized(rewards.reshape(-1), group_size, eps, std).view_as(rewards)
 
@@ -135,6 +154,7 @@ def finite_group_utility(p, group_size: int, std: StdKind = "population", eps: f
     Returns:
       U_G(p), same kind as ``p``.
     """
+    check_int("group_size", group_size, low=2)
     t, is_tensor = _as_tensor(p)
     n_nodes = group_size // 2 + 2
     x, w = np.polynomial.legendre.leggauss(n_nodes)
@@ -151,6 +171,7 @@ def effective_weight(p, group_size: int | None, std: StdKind = "population", eps
 
     ``group_size=None`` gives the limit itself (1 for 0 < p < 1).
     """
+    check_int("group_size", group_size, low=2, allow_none=True)
     t, is_tensor = _as_tensor(p)
     if group_size is None:
         return _out(torch.ones_like(t), is_tensor)

@@ -21,7 +21,8 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 #: the library's public modules, in reading order (a module that does not exist in this version is skipped)
 MODULES = (
     "rlkl.divergences", "rlkl.utility", "rlkl.advantages", "rlkl.losses", "rlkl.components", "rlkl.objective",
-    "rlkl.methods", "rlkl.toy", "rlkl.lm.train", "rlkl.lm.sft", "rlkl.lm.metrics", "rlkl.plot", "rlkl.plotting",
+    "rlkl.methods", "rlkl.options", "rlkl.toy", "rlkl.testing", "rlkl.integrations.flags", "rlkl.integrations.translate",
+    "rlkl.integrations.microbatch", "rlkl.lm.train", "rlkl.lm.sft", "rlkl.lm.metrics", "rlkl.plot", "rlkl.plotting",
 )
 
 

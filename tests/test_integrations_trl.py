@@ -379,3 +379,89 @@ def test_trl_does_not_mutate_callers_config(trl_env, tmp_path):
     tr = RLKLGRPOTrainer(model=_load(model_dir), reward_funcs=reward_fraction_good, args=args,
                          train_dataset=dataset, processing_class=tokenizer, method="grpo_is_k3")
     assert args.beta == 0.0 and tr.args.beta == get_method("grpo_is_k3").beta and tr.ref_model is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TRL's own GRPOConfig (from the installed package) and the recorded peer fixtures
+
+def _grpo_config(**kw):
+    from trl import GRPOConfig
+
+    return GRPOConfig(output_dir="/tmp/rlkl-trl-config", use_cpu=True, bf16=False, report_to=[], **kw)
+
+
+@pytest.mark.integration
+def test_from_trl_grpo_config_objects():
+    pytest.importorskip("trl", reason="TRL not installed: run scripts/test_integrations.sh trl")
+    """GRPOConfig objects (not only dicts): defaults, β > 0, every loss_type, the sequence level."""
+    import trl
+
+    from rlkl.components import GSPO, AggMode, KLLoss, NoKL
+    from rlkl.integrations.flags import from_trl
+    from rlkl.integrations.keys import Kind
+    from rlkl.integrations.translate import translate_trl
+
+    assert trl.__version__ == "1.16.0"
+    t = translate_trl(_grpo_config())
+    assert t.version == "1.16" and not t.unsupported, [k.line() for k in t.unsupported][:5]
+    assert {k.kind for k in t.keys} == {Kind.TRANSLATED, Kind.LAYOUT, Kind.IGNORED} and len(t.keys) > 180
+    m = t.require_method()
+    assert m.kl == NoKL() and m.aggregation.mode is AggMode.TOKEN_MEAN and t.group_size == 8
+    assert from_trl(_grpo_config()) == from_trl(_grpo_config().to_dict())
+    assert from_trl(_grpo_config(beta=0.04)).kl == KLLoss("k3", importance_weight=True)  # the 1.16 default
+    for lt in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
+        assert from_trl(_grpo_config(loss_type=lt, beta=0.04, use_bias_correction_kl=False)).beta == 0.04
+    for lt in ("sapo", "vespo"):
+        refused = translate_trl(_grpo_config(loss_type=lt))
+        assert refused.method is None and "not translatable" in refused.unsupported[0].reason
+    assert from_trl(_grpo_config(loss_type="cispo", epsilon_high=5.0)).policy_loss.high == 4.0
+    assert isinstance(from_trl(_grpo_config(importance_sampling_level="sequence")).policy_loss, GSPO)
+
+
+@pytest.mark.integration
+def test_trl_training_argument_fields_are_all_classified():
+    pytest.importorskip("trl", reason="TRL not installed: run scripts/test_integrations.sh trl")
+    """Every field of this transformers' TrainingArguments and of TRL's GRPOConfig / ModelConfig /
+    GRPOScriptArguments has a rule (a new field would show up as unsupported 'not a field')."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+    from trl import GRPOConfig, ModelConfig
+    from trl.scripts.grpo import GRPOScriptArguments
+
+    from rlkl.integrations.keys import TRL_RULES, classify
+
+    names = set()
+    for cls in (TrainingArguments, GRPOConfig, ModelConfig, GRPOScriptArguments):
+        names |= {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(n for n in names if classify(n, None, TRL_RULES, "?")[2] == "?")
+    assert not unknown
+
+
+def _recorder():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("record_peer_fixtures",
+                                                  Path(__file__).parents[1] / "scripts" / "record_peer_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.integration
+def test_recorded_trl_fixtures_are_current():
+    pytest.importorskip("trl", reason="TRL not installed: run scripts/test_integrations.sh trl")
+    """Re-record in memory: TRL's _compute_loss still gives the stored losses and gradients (else rerun
+    scripts/record_peer_fixtures.py trl and read the diff)."""
+    import json
+    from pathlib import Path
+
+    peers = Path(__file__).parent / "fixtures" / "peers"
+    live = _recorder().record_trl()
+    assert set(live) == {p.stem for p in peers.glob("trl_*.json")}
+    for name, fx in live.items():
+        stored = json.loads((peers / f"{name}.json").read_text())
+        assert stored["config"] == fx["config"] and stored["batch"] == fx["batch"]
+        assert fx["loss"] == pytest.approx(stored["loss"], rel=1e-13, abs=1e-15), name
+        torch.testing.assert_close(torch.tensor(fx["grad"]), torch.tensor(stored["grad"]), rtol=1e-12, atol=1e-15)

@@ -412,3 +412,88 @@ def test_verl_low_var_kl_clamp_is_a_known_difference():
     keep = torch.ones(2, 2, dtype=torch.bool)
     keep[1, 0] = False
     torch.testing.assert_close(gv[keep], gr[keep], rtol=1e-13, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# verl's own shipped config (read from the installed wheel, never copied) and the recorded peer fixtures
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import verl  # noqa: E402
+
+from rlkl.integrations.keys import Kind  # noqa: E402
+from rlkl.integrations.translate import translate_verl  # noqa: E402
+
+VERL_CONFIG_DIR = Path(os.path.dirname(verl.__file__)) / "trainer" / "config"
+PEERS = Path(__file__).parent / "fixtures" / "peers"
+
+
+def test_verl_version_is_the_one_rlkl_states():
+    assert verl.__version__ == "0.9.1"
+
+
+def test_verls_own_ppo_trainer_yaml_every_key_classified():
+    """verl's ppo_trainer.yaml (Hydra defaults list, composed by Hydra) + the issue's overrides: all ~900 keys are
+    translated, layout or ignored — none unknown, none unsupported — and the Method is rlkl's grpo components."""
+    path = VERL_CONFIG_DIR / "ppo_trainer.yaml"
+    t = translate_verl(str(path), ["algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.use_kl_loss=True",
+                                   "actor_rollout_ref.rollout.n=4"])
+    assert len(t.keys) > 800 and not t.unsupported, [k.line() for k in t.unsupported][:5]
+    kinds = {k.kind for k in t.keys}
+    assert kinds == {Kind.TRANSLATED, Kind.LAYOUT, Kind.IGNORED}
+    m = t.require_method()
+    g = get_method("grpo")
+    assert (m.advantage, m.policy_loss, m.kl) == (g.advantage, g.policy_loss, g.kl) and m.beta == 0.001
+    assert m.aggregation.mode.value == "token-mean" and t.steps_per_rollout == 4  # 1024 / 256 prompts
+    # the composed values equal the stated verl 0.9.1 defaults for every key rlkl reads
+    from rlkl.integrations.translate import VERL_DEFAULTS
+
+    given = {k.key: k.value for k in t.keys}
+    for key, default in VERL_DEFAULTS.items():
+        if key not in ("algorithm.adv_estimator", "actor_rollout_ref.actor.use_kl_loss", "actor_rollout_ref.rollout.n"):
+            assert given[key] == default, key
+    # the plain generated file (no Hydra) classifies the same way
+    plain = translate_verl(str(VERL_CONFIG_DIR / "_generated_ppo_trainer.yaml"),
+                           ["algorithm.adv_estimator=grpo", "actor_rollout_ref.rollout.n=4"])
+    assert not plain.unsupported, [k.line() for k in plain.unsupported][:5]
+
+
+def test_rlkl_audit_of_verls_own_config_prints_a_verdict(capsys):
+    from rlkl.cli import main
+
+    # the issue's command: verl's own config, two overrides (rollout.n stays verl's default 1: noted, G from the audit)
+    rc = main(["audit", "--verl", str(VERL_CONFIG_DIR / "ppo_trainer.yaml"), "algorithm.adv_estimator=grpo",
+               "actor_rollout_ref.actor.use_kl_loss=True", "--horizon", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "BIASED" in out and "forward_direction" in out and "smallest change to exact" in out
+    assert "rollout.n is not set (verl's default 1" in out and "(G=4;" in out
+
+
+def test_hydra_errors_are_reported():
+    with pytest.raises(ValueError, match="Could not override 'algorithm.bogus'"):
+        translate_verl(str(VERL_CONFIG_DIR / "ppo_trainer.yaml"), ["algorithm.bogus=1"])
+
+
+def _recorder():
+    spec = importlib.util.spec_from_file_location("record_peer_fixtures",
+                                                  Path(__file__).parents[1] / "scripts" / "record_peer_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recorded_verl_fixtures_are_current():
+    """Re-record in memory: verl's functions still give the stored losses, gradients and advantages (else rerun
+    scripts/record_peer_fixtures.py verl and read the diff)."""
+    live = _recorder().record_verl()
+    assert set(live) == {p.stem for p in PEERS.glob("verl_*.json")}
+    for name, fx in live.items():
+        stored = json.loads((PEERS / f"{name}.json").read_text())
+        assert stored["config"] == fx["config"] and stored["batch"] == fx["batch"]
+        assert fx["loss"] == pytest.approx(stored["loss"], rel=1e-13, abs=1e-15), name
+        torch.testing.assert_close(torch.tensor(fx["grad"]), torch.tensor(stored["grad"]), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(torch.tensor(fx["advantages"]), torch.tensor(stored["advantages"]), rtol=1e-12,
+                                   atol=1e-15)

@@ -621,14 +621,15 @@ def test_logp_old_dtype_is_checked_where_it_is_optional():
 
 def test_clip_parameter_errors():
     lp, lo, a, m = _std_inputs()
-    for lo_, hi_ in ((0.0, 0.2), (1.0, 0.2), (0.2, 0.0), (-0.1, 0.2)):
-        with pytest.raises(ValueError, match="clip_low"):
+    for lo_, hi_, bad in ((0.0, 0.2, "clip_low"), (1.0, 0.2, "clip_low"), (0.2, 0.0, "clip_high"),
+                          (-0.1, 0.2, "clip_low")):
+        with pytest.raises(ValueError, match=rf"{bad} must be in \("):
             ppo_clip_loss(lp, lo, a, m, lo_, hi_)
     for c in (1.0, 0.5):
-        with pytest.raises(ValueError, match="dual_clip must be > 1"):
+        with pytest.raises(ValueError, match=r"dual_clip must be in \(1, inf\)"):
             ppo_clip_loss(lp, lo, a, m, dual_clip=c)
     for kw in (dict(eps_low=0.0), dict(eps_low=1.0), dict(eps_high=0.0), dict(c=1.0)):
-        with pytest.raises(ValueError, match="RPGClip needs"):
+        with pytest.raises(ValueError, match=f"RPGClip.{next(iter(kw))} must be in"):
             RPGClip(**kw)
 
 
@@ -640,7 +641,7 @@ def test_rpg_and_gspo_errors():
         rpg_loss(lp, lo, a, m, "fkl", "clipped", 0.1)
     with pytest.raises(ValueError, match="level='batch'"):
         rpg_loss(lp, lo, a, m, "fkl", "reinforce", 0.1, level="batch")
-    with pytest.raises(ValueError, match="beta must be >= 0"):
+    with pytest.raises(ValueError, match=r"beta must be in \[0, inf\), got -0.1"):
         rpg_loss(lp, lo, a, m, "fkl", "reinforce", -0.1)
     empty_row = torch.tensor([[True, True], [False, False]])
     with pytest.raises(ValueError, match="rows with no token"):
@@ -666,7 +667,7 @@ def test_aggregate_errors():
     with pytest.raises(ValueError, match="aggregation='seq-mean'"):
         aggregate(loss, m, "seq-mean")
     for h in (0, -3, 2.5):
-        with pytest.raises(ValueError, match="horizon must be a positive int"):
+        with pytest.raises(ValueError, match="horizon must be"):
             aggregate(loss, m, "seq-mean-token-sum-norm", horizon=h)
     with pytest.raises(ValueError, match="loss must have 2 dimensions"):
         aggregate(loss[0], m[0], "token-mean")

@@ -10,6 +10,7 @@ rtol 1e-4 / atol 1e-5 (a scalar loss aggregated from O(10) tokens).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -19,10 +20,10 @@ from hypothesis import strategies as st
 
 from rlkl.advantages import frpo_advantages, future_return, group_centered, group_standardized, leave_one_out
 from rlkl.losses import RPGClip, aggregate, kl_loss, ppo_clip_loss
-from rlkl._predict import BIAS_TERMS
+from rlkl.toy.terms import TERMS
 from rlkl.components import (GSPO, RPG, AggMode, Aggregation, Estimator, FutureReturn, GroupCentered,
                              GroupStandardized, KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, Raw, Reinforce,
-                             RewardForm, RPGLevel, Std)
+                             PassAtK, RewardForm, RPGLevel, Std)
 from rlkl.integrations.flags import from_trl, from_verl
 from rlkl.methods import REGISTRY, Method, Objective, RolloutBatch, get_method, list_methods
 from strategies import token_batches
@@ -77,7 +78,7 @@ def test_registry_has_the_required_methods():
         assert isinstance(REGISTRY[f"rpg_reinforce_{d}"].policy_loss.clip, RPGClip)
     for name, m in REGISTRY.items():
         assert m.name == name and m.citation and isinstance(m.objective, Objective)
-        assert set(m.predicted_bias_terms(True, True)) <= set(BIAS_TERMS)
+        assert set(m.predicted_bias_terms(True, True)) <= set(TERMS)
     with pytest.raises(ValueError, match="unknown method 'grpo2'"):
         get_method("grpo2")
     assert get_method("grpo") is REGISTRY["grpo"]
@@ -101,6 +102,8 @@ def test_every_method_runs_in_float64_and_float32(name):
     results = {}
     for dtype in (F64, torch.float32):
         logp, batch = make_batch(dtype)
+        if isinstance(method.advantage, PassAtK):  # pass@k learns only from a group's unique best (here 3 of 4 win)
+            batch = dataclasses.replace(batch, rewards=torch.eye(1, batch.batch_size, dtype=dtype)[0])
         loss, g, diag = loss_and_grad(method, logp, batch)
         assert loss.dim() == 0 and loss.dtype == dtype and math.isfinite(loss.item())
         assert g.dtype == dtype and bool(torch.isfinite(g).all())
@@ -267,7 +270,8 @@ def test_from_verl_other_translations():
     g = from_verl({"algorithm.adv_estimator": "grpo", "actor.policy_loss.loss_mode": "gspo",
                    "actor.clip_ratio_low": 3e-4, "actor.clip_ratio_high": 4e-4})
     assert g.policy_loss == GSPO(3e-4, 4e-4)
-    assert g.aggregation.mode is AggMode.SEQ_MEAN_TOKEN_MEAN  # verl forces it for GSPO
+    # verl 0.9.1's ppo_loss passes config.loss_agg_mode to every loss, GSPO included (default token-mean)
+    assert g.aggregation.mode is AggMode.TOKEN_MEAN
     d = from_verl({"algorithm.adv_estimator": "grpo", "actor.loss_agg_mode": "seq-mean-token-sum-norm",
                    "actor.loss_scale_factor": 4096})
     assert d.aggregation == Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM_NORM, 4096)
@@ -276,7 +280,7 @@ def test_from_verl_other_translations():
 
 
 def test_from_verl_errors():
-    with pytest.raises(ValueError, match=r"from_verl does not know the keys \['actor.bogus'\]"):
+    with pytest.raises(ValueError, match=r"actor_rollout_ref.actor.bogus=1: unknown to verl 0.9.1"):
         from_verl({"algorithm.adv_estimator": "grpo", "actor.bogus": 1})
     with pytest.raises(ValueError, match="no critic"):
         from_verl({"actor.use_kl_loss": True})  # verl's default estimator is GAE (needs a critic)
@@ -294,18 +298,21 @@ def test_from_verl_errors():
         from_verl({"algorithm.adv_estimator": "grpo", "actor.loss_agg_mode": "token-sum"})
     with pytest.raises(ValueError, match="loss_mode='sapo' is not translatable"):
         from_verl({"algorithm.adv_estimator": "grpo", "actor.policy_loss.loss_mode": "sapo"})
-    for bad in ([], None, "grpo", 3):
+    for bad in ([], 3):
         with pytest.raises(ValueError, match="needs a mapping of flags"):
             from_verl(bad)
+    with pytest.raises(ValueError, match="config file 'grpo' does not exist"):
+        from_verl("grpo")  # a string is a YAML path
 
 
 def test_from_trl_defaults_and_options():
     m = from_trl({"beta": 0.04})
-    # TRL >= 1.11 defaults use_bias_correction_kl=True (PR #6503)
+    # TRL >= 1.10 defaults use_bias_correction_kl=True (False in the 1.9.2 wheel, True in 1.10.0 and 1.16.0)
     assert m.kl == KLLoss(Estimator.K3, importance_weight=True) and m.beta == 0.04
-    old = from_trl({"beta": 0.04}, trl_version="1.10")
+    assert from_trl({"beta": 0.04}, trl_version="1.10").kl.importance_weight is True
+    old = from_trl({"beta": 0.04}, trl_version="1.9")
     assert old.kl.importance_weight is False
-    assert from_trl({"beta": 0.04}, trl_version="1.10.2").kl.importance_weight is False
+    assert from_trl({"beta": 0.04}, trl_version="1.9.2").kl.importance_weight is False
     assert from_trl({"beta": 0.04, "use_bias_correction_kl": False}).kl.importance_weight is False
     assert m.aggregation.mode is AggMode.TOKEN_MEAN  # loss_type="dapo" (TRL default)
     assert m.advantage == GroupStandardized(Std.BESSEL, 1e-4)
@@ -321,13 +328,13 @@ def test_from_trl_defaults_and_options():
     assert from_trl({"scale_rewards": True}).advantage == GroupStandardized(Std.BESSEL, 1e-4)
     assert isinstance(from_trl({"importance_sampling_level": "sequence"}).policy_loss, GSPO)
     assert from_trl({"epsilon_high": 0.28}).policy_loss.high == 0.28
-    for bad in ("1", "x.y", "", None):
+    for bad in ("1", "x.y", ""):
         with pytest.raises(ValueError, match="trl_version must look like"):
             from_trl({}, trl_version=bad)
 
 
 def test_from_trl_errors():
-    with pytest.raises(ValueError, match=r"from_trl does not know the keys \['kl_coef'\]"):
+    with pytest.raises(ValueError, match=r"kl_coef=0.1: not a field of TRL's GRPOConfig"):
         from_trl({"kl_coef": 0.1})
     with pytest.raises(ValueError, match="delta"):
         from_trl({"delta": 2.0})
@@ -420,6 +427,11 @@ def test_predicted_bias_terms_of_key_methods():
     assert "token_level_reverse" not in REGISTRY["rpg_fkl"].predicted_bias_terms(off_policy=True)
     assert "length_normalization" in REGISTRY["grpo"].predicted_bias_terms(variable_length=True)
     assert "length_normalization" not in REGISTRY["dr_grpo"].predicted_bias_terms(variable_length=True)
+    off = {n: set(m.predicted_bias_terms(off_policy=True)) for n, m in REGISTRY.items()}
+    assert off["gspo"] == {"finite_group_utility", "clipping", "geometric_mean_ratio"}  # not token_level_ratio
+    assert {"stale_kl_reward", "token_level_ratio", "clipping"} <= off["ppo_k1_rtg"]
+    assert {"state_distribution_shift", "future_kl_missing"} <= off["grpo_k2_loss"]
+    assert "state_distribution_shift" not in off["grpo_k1_loss"]  # k1's local field is 0 at any states
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 
 from rlkl.objective import Objective
 from rlkl.losses import aggregate, reinforce_loss
-from rlkl.methods import get_method
+from rlkl.methods import AWAITING_AUDIT, REGISTRY, get_method
 from rlkl.toy import cli
 from rlkl.toy.audit import audit, audit_one, default_mdps, make_setup, verify_rows
 from rlkl.toy.expected import LossSpec
@@ -97,6 +97,24 @@ def test_cli_table_json_and_errors(capsys):
     assert "enumeration too large" in capsys.readouterr().err
 
 
+def test_cli_real_rewards_skip_binary_only_claims_and_print_the_rest(capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--method", "all", "--reward", "real", "--vocab", "2", "--horizon", "2", "--prompts",
+                              "1", "--group-size", "3", "--off-policy", "--json"])
+    assert cli.main(args) == 0
+    out = capsys.readouterr()
+    recs = json.loads(out.out)  # stdout is one JSON document; the skip notes go to stderr
+    binary_only = {n for n, m in REGISTRY.items() if m.objective.needs_binary_rewards}
+    assert binary_only and {r["method"] for r in recs} == set(REGISTRY) - binary_only
+    assert all(r["as_predicted"] and r["unexplained"] <= 1e-10 for r in recs)
+    assert out.err.count("skipped") == len(binary_only) and "binary rewards" in out.err
+    assert cli.main(parser.parse_args(["--method", "frpo,rloo", "--reward", "real", "--vocab", "2", "--horizon",
+                                       "2", "--prompts", "1", "--group-size", "3"])) == 0
+    table = capsys.readouterr().out
+    assert "skipped: frpo" in table and "1/1 records as predicted, 1 skipped" in table
+
+
 def test_default_mdps_are_seeded():
     a, b = default_mdps(seeds=(0, 1))
     assert a.name != b.name and torch.equal(default_mdps(seeds=(0,))[0].rewards, a.rewards)
@@ -105,17 +123,22 @@ def test_default_mdps_are_seeded():
 @pytest.mark.slow
 def test_verify_rows_full_grid():
     rows = verify_rows(quick=False)
-    assert all(r.status in ("EXACT", "BIASED") for r in rows)
-    assert all(r.expected for r in rows if "off-policy" not in r.detail)
+    assert all(r.status in ("EXACT", "BIASED") and r.expected for r in rows), [r.detail for r in rows if not r.expected]
 
 
-def test_verify_rows_quick():
+def test_verify_rows_run_every_method_on_the_whole_grid():
+    """One row per registered method, each audited on {on, off} × {fixed, EOS} × {binary, real} × {tabular,
+    log-linear}: every setting as predicted, binary-reward claims skipped on real rewards, citations whole."""
     rows = verify_rows(quick=True)
-    assert rows and all(r.section == "audit" and r.status in ("EXACT", "BIASED") for r in rows)
-    by = {(r.claim.split(":")[0], "off-policy" in r.detail, "eos" in r.detail): r for r in rows}
-    assert by[("frpo", False, False)].status == "EXACT"
-    assert by[("grpo", False, False)].status == "BIASED" and by[("grpo", False, False)].expected
-    assert by[("rpg_reinforce_urkl_seq", True, False)].status == "EXACT"
-    assert by[("dr_grpo", False, True)].expected
-    # every on-policy verdict is what the spec predicts
-    assert all(r.expected for r in rows if "off-policy" not in r.detail), [r for r in rows if not r.expected]
+    by = {r.claim.split(":")[0]: r for r in rows}
+    methods = {**REGISTRY, **AWAITING_AUDIT}
+    assert set(methods) <= set(by)
+    assert all(r.section == "audit" and r.status in ("EXACT", "BIASED") and r.expected for r in rows), \
+        [r.detail for r in rows if not r.expected]
+    assert by["frpo"].status == "EXACT" and "8/8 settings" in by["frpo"].detail and "8 skipped" in by["frpo"].detail
+    assert by["grpo"].status == "BIASED" and by["grpo"].detail.startswith("16/16 settings as predicted")
+    seq = by["rpg_reinforce_urkl_seq"]
+    assert seq.status == "EXACT" and "off-policy adds" not in seq.detail
+    assert "geometric_mean_ratio" in by["gspo"].detail and "length_normalization" not in by["dr_grpo"].detail
+    assert all(by[n].source == m.citation for n, m in methods.items())
+    assert "batch_normalization" in by["reinforce_pp"].detail

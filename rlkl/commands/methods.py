@@ -55,7 +55,8 @@ def _loss_text(pl, wide: bool = True) -> str:
 
 
 _ADV_SHORT = {"GroupStandardized": "group_std", "GroupCentered": "group_mean", "LeaveOneOut": "leave_one_out",
-              "BatchStandardized": "batch_std", "Raw": "raw"}
+              "BatchStandardized": "batch_std", "Raw": "raw", "LengthWeightedCentered": "length_weighted_mean",
+              "PassAtK": "pass_at_k", "GPGAdvantage": "gpg_alpha_mean", "TokenWhitened": "token_whitened"}
 
 
 def _advantage_text(adv) -> str:

@@ -1,5 +1,9 @@
 """Optional plug-ins: rlkl's Methods inside TRL's ``GRPOTrainer`` and verl's loss / advantage registries.
 
+Reading the frameworks' configs needs neither framework: ``rlkl.integrations.flags`` (``from_verl`` / ``from_trl``),
+``translate`` (every key classified), ``microbatch`` (the batch layout's per-token weights and bias term),
+``explain`` (``rlkl audit --verl / --trl``).
+
 Importing this package imports neither TRL nor verl; only ``rlkl.integrations.trl`` and
 ``rlkl.integrations.verl`` do (install the ``trl`` / ``verl`` extras). Both plug-ins run the *same* functions as
 the rest of rlkl: advantages from :meth:`rlkl.methods.Method.advantages` and the loss from

@@ -191,6 +191,10 @@ class RLKLGRPOTrainer(GRPOTrainer):
         logp, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, inputs["completion_ids"].size(1), compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled, **fwd)
+        # rlkl's losses take float32/float64 only: a bf16/fp16 model's log-probs are upcast before the loss, as
+        # TRL's own loss computes in float32 (the gradient flows back through the cast)
+        if logp.dtype not in (torch.float32, torch.float64):
+            logp = logp.float()
         advantages = inputs["advantages"]
         if advantages.dim() != 2:
             raise ValueError("RLKLGRPOTrainer: inputs['advantages'] is not [B, T]; the rlkl generation step did "

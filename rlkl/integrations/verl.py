@@ -235,6 +235,8 @@ def make_policy_loss(name: str):
                     rollout_is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
         method = loss_method(name, config, loss_agg_mode)
         mask = response_mask.bool()
+        if log_prob.dtype not in (torch.float32, torch.float64):
+            log_prob = log_prob.float()  # rlkl's losses take float32/float64; the cast keeps the gradient path
         loss, diag = loss_from_advantages(method, log_prob, old_log_prob.to(log_prob.dtype), None, mask,
                                           advantages.to(log_prob.dtype),
                                           None if rollout_is_weights is None else rollout_is_weights.to(log_prob.dtype))

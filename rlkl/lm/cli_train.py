@@ -4,6 +4,9 @@
     rlkl train --task addition --method frpo --preset cpu_tiny --beta 0.01 --seed 0 --out runs/frpo-s0
     rlkl train --resume runs/frpo-s0                             # continue after Ctrl-C
     rlkl train --method rpg_reinforce_urkl --updates_per_batch 4 --ref_refresh_every 10
+    rlkl train --method-file method.json                         # any Method (Method.to_dict(), e.g. a run's)
+    rlkl train --verl ppo.yaml algorithm.adv_estimator=grpo      # the Method a verl config translates to
+    rlkl train --trl grpo.yaml                                   # ... or a TRL GRPOConfig (YAML/JSON)
 
 Any TrainConfig field can be given as ``--field value`` (or ``--field-name value``); the preset fills the
 rest. Outputs in the run directory: config.json, method.json, metrics.jsonl (docs/metrics.md),
@@ -37,17 +40,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log every metric to RUN_DIR/tensorboard (pip install 'rlkl[tensorboard]')")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    src = parser.add_argument_group("train a Method that is not a registered name (instead of --method)")
+    src.add_argument("--method-file", default=None, metavar="METHOD.json",
+                     help="a Method as JSON (Method.to_dict(): `rlkl methods --json` records, a run's method.json)")
+    src.add_argument("--verl", nargs="+", default=None, metavar=("CONFIG.yaml", "KEY=VALUE"),
+                     help="the Method of a verl config and/or Hydra-style overrides (as `rlkl audit --verl`)")
+    src.add_argument("--verl-overrides", default=None, metavar='"KEY=VALUE ..."', help="verl overrides as one string")
+    src.add_argument("--trl", default=None, metavar="CONFIG.yaml|JSON", help="the Method of TRL GRPOConfig arguments")
+    src.add_argument("--trl-version", default=None, help="TRL version whose defaults apply (default 1.16)")
     add_config_arguments(parser, TrainConfig, "train config fields")
+
+
+def _method_source(args: argparse.Namespace, overrides: dict) -> None:
+    """Put the Method of --method-file / --verl / --trl into ``overrides`` (method_json, and G from the config)."""
+    given = [o for o in ("method_file", "verl", "verl_overrides", "trl") if getattr(args, o, None)]
+    if not given:
+        return
+    if "method" in overrides or (len(given) > 1 and given != ["verl", "verl_overrides"]):
+        raise ValueError("give one of --method, --method-file, --verl/--verl-overrides, --trl")
+    if args.method_file:
+        from rlkl.methods import Method
+
+        with open(args.method_file, encoding="utf-8") as fh:
+            try:
+                method = Method.from_dict(json.load(fh))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{args.method_file}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    else:
+        from rlkl.integrations.explain import translation_from_args
+
+        t = translation_from_args(args)
+        method = t.require_method("rlkl train")
+        if t.group_size and "group_size" not in overrides:
+            overrides["group_size"] = t.group_size  # G is part of the objective
+    overrides["method_json"] = json.dumps(method.to_dict())
 
 
 def _run(args: argparse.Namespace, overrides: dict) -> tuple[list[dict], str]:
     if args.resume:
+        if any(getattr(args, o, None) for o in ("method_file", "verl", "verl_overrides", "trl")):
+            raise ValueError("--resume continues the saved Method; --method-file/--verl/--trl do not apply")
         allowed = {"steps", "num_threads", "compile"}
         extra = sorted(set(overrides) - allowed)
         if extra:
             raise ValueError(f"--resume continues the saved config; cannot change {extra} (only {sorted(allowed)})")
         return (resume(args.resume, progress=not args.quiet, tensorboard=args.tensorboard, graceful=True, **overrides),
                 args.resume)
+    _method_source(args, overrides)
     cfg = config_from_preset(args.preset, **overrides)
     out = args.out or os.path.join("runs", "train", f"{cfg.task}-d{cfg.difficulty}-{cfg.method}-s{cfg.seed}")
     return train(cfg, out, progress=not args.quiet, tensorboard=args.tensorboard, graceful=True), out
@@ -59,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     out = args.resume or args.out or "the run directory"
     try:
         rows, out = _run(args, overrides)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"rlkl train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

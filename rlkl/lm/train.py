@@ -85,7 +85,10 @@ class TrainConfig:
     """Everything that defines an RL run; saved as ``config.json`` in the run directory."""
 
     method: str = "grpo"
-    """Registered method name (``rlkl methods`` lists them)."""
+    """Registered method name (``rlkl methods`` lists them); with ``method_json``, that Method's name."""
+    method_json: str = ""
+    """A Method that is not a registered name, as JSON (``Method.to_dict()``): what ``rlkl train --method-file /
+    --verl / --trl`` and ``train(cfg, method=...)`` record; empty = the registered ``method``."""
     beta: float | None = None
     """KL coefficient β; None = the method's registered default, which the config then holds (config.json
     records the β the run used)."""
@@ -145,7 +148,10 @@ class TrainConfig:
         from rlkl._checks import check_int, check_real
         from rlkl.methods import get_method
 
-        method = get_method(self.method)  # ValueError listing the registered names
+        if not isinstance(self.method_json, str):
+            raise ValueError(f"method_json must be a JSON string (Method.to_dict()), got {type(self.method_json).__name__}")
+        method = _method_from_json(self.method_json) if self.method_json else get_method(self.method)
+        object.__setattr__(self, "method", method.name)  # ValueError above lists the registered names
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known tasks: {', '.join(sorted(TASKS))}")
         for name in ("steps", "prompts_per_step", "eval_every", "eval_prompts", "eval_samples",
@@ -223,11 +229,23 @@ def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _method_from_json(text: str):
+    """The Method of ``TrainConfig.method_json`` (ValueError naming what is wrong)."""
+    from rlkl.methods import Method
+
+    try:
+        return Method.from_dict(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"method_json is not JSON: {exc}") from None
+    except TypeError as exc:
+        raise ValueError(f"method_json is not a Method (Method.to_dict()): {exc}") from None
+
+
 def build_method(cfg: TrainConfig):
-    """The registered Method with the config's β and clipping applied."""
+    """The config's Method (registered, or ``method_json``) with the config's β and clipping applied."""
     from rlkl.methods import get_method
 
-    method = get_method(cfg.method)
+    method = _method_from_json(cfg.method_json) if cfg.method_json else get_method(cfg.method)
     if cfg.beta is not None:
         method = dataclasses.replace(method, beta=float(cfg.beta))
     if cfg.unclipped:
@@ -554,6 +572,7 @@ def train(
     stop_after: int | None = None,
     tensorboard: bool = False,
     graceful: bool = False,
+    method: Any = None,
 ) -> list[dict]:
     """Run (or resume) RL training; returns the metric rows written to ``metrics.jsonl``.
 
@@ -570,7 +589,17 @@ def train(
         tensorboard: also log every metric to ``out_dir/tensorboard`` (needs ``pip install 'rlkl[tensorboard]'``).
         graceful: the first Ctrl-C finishes the step, checkpoints and returns (what ``rlkl train`` does);
             otherwise Ctrl-C raises KeyboardInterrupt at once and the last checkpoint is the saved state.
+        method: train this ``rlkl.methods.Method`` (any, e.g. ``get_method("grpo").replace(...)`` or a translated
+            verl/TRL config) instead of ``cfg.method``: the config then holds its name, its β and the Method itself
+            (``method_json``), and a resume refuses any other Method.
     """
+    if method is not None:
+        from rlkl.methods import Method
+
+        if not isinstance(method, Method):
+            raise ValueError(f"method must be an rlkl Method, got {type(method).__name__}")
+        cfg = dataclasses.replace(cfg, method=method.name, method_json=json.dumps(method.to_dict()),
+                                  beta=float(method.beta))
     threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -629,6 +658,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
     st, task = _build_state(cfg, device)
     ref_sha256 = sha256_file(cfg.ref)
     rows = _open_run(cfg, out, resume, st, ref_sha256, threads, device)
+    if resume and (out / "method.json").exists() and json.loads((out / "method.json").read_text()) != method.to_dict():
+        raise ValueError(f"cannot resume {out}: its method.json is not the Method this config builds ({method!r}); "
+                         "the run trained another Method (registry changed?)")
     atomic_write_json(out / "config.json", cfg.to_dict())
     atomic_write_json(out / "method.json", method.to_dict())
     atomic_write_json(out / "run.json", {"ref": cfg.ref, "ref_sha256": ref_sha256, "num_threads": threads,

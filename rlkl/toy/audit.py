@@ -1,163 +1,85 @@
 """Audit: does a loss's exact expected gradient equal −∇(the objective it claims)? If not, which known terms
 make up the gap?
 
-For a method M with intended objective J (``M.objective`` with β, G, std, ε of M; `Method.bound_objective`) the audit
-computes on each MDP, in float64:
+For a method M with intended objective J (``M.objective`` with M's β, G, std, ε: `Method.bound_objective`) the
+audit computes on each tree, in float64:
 
-    g      = E[∇_θ L_M]                             (`rlkl.toy.expected.expected_gradient`, the method's own loss)
-    target = −c·∇_θ J                                (c = aggregation constant, see `aggregation_scale`)
+    g      = E[∇_θ L_M]            (`rlkl.toy.expected.expected_gradient`: the method's own loss, judged)
+    target = −c·∇_θ J               (c: the aggregation constant, `aggregation_scale`)
     g      = target + Σ_k term_k + residual
 
-with each named bias term computed *independently of the method's code* from exact quantities of the tree
-(`rlkl.toy.objectives` fields) — or, where a term is defined as "what changes when one choice is undone"
-(clipping, length normalization), from the same engine on the method with that choice replaced:
-
-* ``finite_group_utility`` / ``leave_in_shrink`` / ``utility_mismatch``: −c(∇_θ Σ π_θ·h(r) − ∇U_intended), with
-  h(r) = E[A_1 | r_1 = r] the shaped reward of the advantage (others from π_old; FRPO spec I3/I4). Binary
-  rewards + GRPO: ∇U_G − ∇U; Dr. GRPO: −(1/G)∇p.
-* ``no_kl_gradient`` (k1 as a loss: nothing), ``forward_direction`` (k3 as a loss: PG_fwd − PG_rev),
-  ``future_kl_missing`` (PG_rev − ∇KL_seq), ``missing_importance_weight`` (states and tokens from π_old without
-  ρ) — local fields `local_score_field` (spec frpo.md §4.5, rpg.md §2.3), all × c·β.
-* ``k_in_reward``: cβ(S_k − ∇D) with S_k the score-function gradient of E_π Σ_t k (zero for k1);
-  ``fusion_before_normalization``: KL fused into the reward before standardization (FRPO Prop. 3.2).
-* ``token_level_reverse``: token-level RKL/URKL RPG surrogate vs the sequence KL to π_old (rpg.md §1.8(5)).
-* ``token_level_ratio``: off-policy reward part with per-token ratios w_t instead of the sequence ratio
-  (rpg.md §8.32), ``clipping``: the change when clipping is switched off (off-policy only).
-* ``length_normalization``: token-mean / 1/|y| aggregation with variable lengths vs c × the per-sequence sum
-  (Dr. GRPO, arXiv 2503.20783).
-
-A method is **EXACT** when ``rel_error`` = ‖g − target‖/‖target‖ ≤ ``tol``; otherwise **BIASED**, and the audit
-says whether the named terms explain the whole gap (``unexplained`` ≤ tol) and whether they are the ones the
-spec predicts (``Method.predicted_bias_terms``). The JSON record schema is in docs/audit.md.
+Each bias term is a `rlkl.toy.terms.BiasTerm` measured from exact quantities of the tree with the formulas of
+`rlkl.toy.reference`, written independently of the method's code (group statistics, clip rules, RPG weights, KL
+estimators); the finite-group utility of the target is an independent binomial sum too. So a bug in the method —
+or in the explanation — leaves a residual. A verdict is **as predicted** when ``unexplained`` ≤ 1e-10 and the
+terms present (> ``tol``·‖target‖) are exactly those the theory predicts (`rlkl.toy.terms.predicted_terms`,
+``Method.predicted_bias_terms``). Record schema and the terms' formulas: docs/audit.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
+from rlkl.objective import Objective, Regularizer, Std, Utility
+from rlkl.toy import reference as ref_
+from rlkl.toy.context import AuditContext
 from rlkl.toy.expected import expected_gradient, loss_spec, threads_for
 from rlkl.toy.mdp import TreeMDP
-from rlkl.components import (GSPO, RPG, BatchStandardized, Estimator, FutureReturn, GroupCentered, GroupStandardized,
-                             KLLoss, KLReward, LeaveOneOut, PPOClip, Raw, Reinforce, RewardForm, RPGDivergence,
-                             RPGLevel)
-from rlkl.objective import Objective, Regularizer, Std
-from rlkl.toy.objectives import (local_score_field, objective_gradient, ratio_score_field, regularizer_value,
-                                 score_gradient)
 from rlkl.toy.policies import LogLinearPolicy, Policy, TabularPolicy
+from rlkl.toy.terms import Setting, measure_terms, predicted_terms
 
 Tensor = torch.Tensor
 
+#: relative tolerance of EXACT, and the size above which a bias term counts as present
 DEFAULT_TOL = 1e-8
-
-#: terms the audit can compute, with a one-line meaning (superset of rlkl.methods.BIAS_TERMS where it applies)
-TERM_DOCS = {
-    "finite_group_utility": "std-normalized group advantage ascends Σπ·h(r) (U_G(p) for binary rewards), not the intended utility",
-    "leave_in_shrink": "group mean including the sample: update × (1 − 1/G) (reward and fused KL)",
-    "utility_mismatch": "advantage's shaped reward differs from the intended utility",
-    "no_kl_gradient": "k1 as a loss: zero expected KL gradient",
-    "forward_direction": "k3 as a loss follows the local forward KL(π_ref‖π)",
-    "future_kl_missing": "local (frozen-prefix) KL gradient instead of the sequence KL: the future-KL score term is missing",
-    "missing_importance_weight": "KL loss under π_old tokens without ρ = π/π_old",
-    "k_in_reward": "k2/k3 in the reward: score-function gradient of E Σk, not of the KL",
-    "fusion_before_normalization": "KL fused into the reward before group standardization",
-    "token_level_reverse": "token-level reverse-KL RPG surrogate (states from π_old) vs sequence KL(π‖π_old)",
-    "token_level_ratio": "off-policy reward part with per-token ratios instead of the sequence ratio",
-    "clipping": "clipped samples lose their gradient (off-policy)",
-    "length_normalization": "1/|y| or token-mean weighting with variable lengths",
-    "stale_kl_reward": "off-policy: the KL in the reward uses π_old's log-ratios (score of KL at π_old's values)",
-    "regularizer_mismatch": "the future-return f-divergence differs from the intended regularizer",
-}
+#: the largest residual (relative to ‖target‖) an "as predicted" verdict allows
+EXPLAINED_TOL = 1e-10
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 def aggregation_scale(method: Any, mdp: TreeMDP) -> float:
     """c such that the exact method's expected gradient is −c·∇J: 1 for ``seq-mean-token-sum``, 1/C for
-    ``seq-mean-token-sum-norm`` (C = ``method.horizon`` or T), 1/T for ``token-mean`` and ``seq-mean-token-mean``
-    (exact only for fixed length T; with EOS the difference is the ``length_normalization`` term)."""
-    return method.aggregation.scale(mdp.horizon)
+    ``seq-mean-token-sum-norm`` (C = the aggregation's horizon or T), 1/T for ``token-mean`` and
+    ``seq-mean-token-mean`` (exact only for fixed length T; with EOS the difference is ``length_normalization``)."""
+    return ref_.aggregation_constant(method.aggregation, mdp.horizon)
 
 
 def shaped_reward(mdp: TreeMDP, behaviour: Policy, values: Tensor, group_size: int, advantage) -> Tensor:
-    """h_x(v) = E[A_1 | v_1 = v] for every response: ``[P, N]``.
-
-    The other G−1 rows' values are i.i.d. from the behaviour distribution of v; the advantage is the library's
-    ``compute_advantages(advantage, ·)`` evaluated on every multiset of the others' values (exact for any G;
-    FRPO spec I4). ``raw`` gives h = v.
+    """h_x(v) = E[A_1 | v_1 = v] for every response: ``[P, N]``, the other G − 1 rows i.i.d. from the behaviour
+    policy, as a multinomial sum over their value classes (`rlkl.toy.reference.group_law`; FRPO arXiv
+    2601.10201 Prop. 3.1 for binary rewards).
 
     Args:
-      values: ``[P, N]`` per-response sequence reward (possibly KL-shaped).
+      values: ``[P, N]`` per-response sequence reward (possibly KL-shaped); advantage: an Advantage component.
     """
-    if isinstance(advantage, Raw):
-        return values.clone()
-    if isinstance(advantage, BatchStandardized):
-        raise ValueError("batch_standardized advantages have no per-prompt shaped reward")
-    G = group_size
     q = behaviour.probs().detach()
-    P, N = values.shape
-    out = torch.zeros(P, N, dtype=torch.float64)
-    for x in range(P):
-        uniq, inv = torch.unique(values[x], return_inverse=True)
-        K = uniq.shape[0]
-        cq = torch.zeros(K, dtype=torch.float64).index_add_(0, inv, q[x])
-        ms = torch.tensor(list(itertools.combinations_with_replacement(range(K), G - 1)), dtype=torch.long)
-        counts = torch.zeros(ms.shape[0], K, dtype=torch.float64)
-        counts.scatter_add_(1, ms, torch.ones_like(ms, dtype=torch.float64))
-        logp = math.lgamma(G) - torch.lgamma(counts + 1).sum(-1) + torch.where(
-            counts > 0, counts * torch.log(cq).unsqueeze(0), torch.zeros_like(counts)).sum(-1)
-        pm = torch.where(torch.isfinite(logp), logp.exp(), torch.zeros_like(logp))  # [M]
-        own = uniq.repeat_interleave(ms.shape[0])  # [K·M]
-        rest = uniq[ms].repeat(K, 1)  # [K·M, G−1]
-        groups = torch.cat([own.unsqueeze(1), rest], 1)  # [K·M, G]
-        adv = advantage(groups.reshape(-1), G).view(-1, G)[:, 0]
-        h_val = (adv.view(K, -1) * pm.unsqueeze(0)).sum(-1)  # [K]
-        out[x] = h_val[inv]
-    return out
+    out = []
+    for x in range(mdp.num_prompts):
+        law = ref_.group_law(values[x], q[x], group_size)
+        out.append(ref_.group_advantage(advantage, values[x], law, group_size) @ law.probs)
+    return torch.stack(out)
 
 
-def rollout_kl_values(mdp: TreeMDP, behaviour: Policy, ref: Policy, estimator: str) -> Tensor:
-    """K(y) = Σ_t k(log π_old(a_t|s_t) − log π_ref(a_t|s_t)) per response: ``[P, N]`` (verl's in-reward KL)."""
-    from rlkl.divergences import kl_estimate
-
-    P = mdp.num_prompts
-    with torch.no_grad():
-        lr = behaviour.token_logp() - ref.token_logp()
-        mask = mdp.enumerate().mask.repeat(P, 1)
-        val = torch.where(mask, kl_estimate(lr, estimator), torch.zeros_like(lr))
-    return val.sum(-1).reshape(P, -1)
-
-
-def _k_grad_coef(method) -> Callable[[Tensor], Tensor]:
-    """Per-token gradient coefficient c(δ) of the KL loss (∇k = c(δ)·∇log π), with ρ·k when IS-weighted."""
-    from rlkl.divergences import kl_estimate
-
-    kl = method.kl
-    est = kl.estimator
-    if kl.straight_through or est is Estimator.K2:
-        base = lambda d: d
-    elif est is Estimator.K1:
-        base = lambda d: torch.ones_like(d)
-    else:
-        base = lambda d: -torch.expm1(-d)
-    if not kl.importance_weight:
-        return base
-    # ∇(ρ·k) = ρ (k + c(δ)) ∇log π: the token weight ρ turns π_old-expectations into π-expectations
-    return lambda d: kl_estimate(d, est.value) + base(d)
-
-
-def _unclipped(method):
-    if not method.policy_loss.clips:
-        return None
-    return method.replace(policy_loss=method.policy_loss.unclipped())
+def skip_reason(method: Any, mdp: TreeMDP) -> Optional[str]:
+    """Why ``method`` cannot be audited on ``mdp`` (its claim needs binary rewards), or None."""
+    objective = getattr(method, "objective", None)
+    if isinstance(objective, Objective) and objective.needs_binary_rewards and not mdp.is_binary:
+        return (f"its objective {objective.describe()} is defined for binary rewards (a success probability); "
+                f"{mdp.name} has real rewards")
+    return None
 
 
 def _norm(x: Tensor) -> float:
     return float(x.norm())
+
+
+def _cos(a: Tensor, b: Tensor) -> float:
+    na, nb = a.norm(), b.norm()
+    return float((a * b).sum() / (na * nb)) if na > 0 and nb > 0 else float("nan")
 
 
 # ------------------------------------------------------------------------------------------------ one audit
@@ -176,24 +98,24 @@ def audit_one(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Optional[Pol
               ref: Optional[Policy] = None, group_size: int = 4, objective: Any = None, scale: Optional[float] = None,
               tol: float = DEFAULT_TOL, decompose: bool = True, setup: Optional[dict] = None,
               predicted: Optional[Sequence[str]] = None) -> AuditResult:
-    """Audit one method on one MDP / policy configuration.
+    """Audit one method on one tree / policy configuration.
 
     Args:
-      method: Method or `LossSpec`/callable (then ``objective`` — an ``rlkl.objective.Objective`` — is required).
-      mdp, policy: the tree and π_θ; behaviour: π_old (default π_θ: on-policy); ref: π_ref.
+      method: a Method, or a `LossSpec`/callable (then ``objective`` — an ``rlkl.objective.Objective`` — is
+        required and no bias terms are measured).
+      mdp, policy: the tree and π_θ; behaviour: π_old (default π_θ: on-policy); ref: π_ref (default π_old).
       group_size: G; objective: override the intended objective; scale: override c.
-      tol: relative tolerance of EXACT.
-      predicted: the bias terms the spec predicts (default ``method.predicted_bias_terms(...)``).
+      tol: relative tolerance of EXACT and of a term's presence; decompose: measure the bias terms.
+      predicted: the terms the theory predicts (default `rlkl.toy.terms.predicted_terms`).
     Returns:
-      `AuditResult`; ``record`` has method, objective, mdp, rel_error, cosine, exact, bias_terms, ….
+      `AuditResult`; ``record`` has method, objective, mdp, rel_error, exact, bias_terms, unexplained, ….
     """
     with threads_for(mdp):
         return _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale, tol, decompose, setup,
                           predicted)
 
 
-def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale, tol, decompose, setup, predicted):
-    t0 = time.perf_counter()
+def _prepare(method, mdp, policy, behaviour, ref, group_size, objective, scale):
     from rlkl.methods import Method
 
     is_method = isinstance(method, Method)
@@ -209,189 +131,63 @@ def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale
     elif objective.beta is None:
         objective = objective.bind(beta=method.beta if is_method else 0.0)
     c = scale if scale is not None else (aggregation_scale(method, mdp) if is_method else 1.0)
-    eg = expected_gradient(spec, mdp, policy, beh, ref, G)
-    g = eg.grad
-    u_spec = objective.bind(beta=0.0)
-    grad_u = objective_gradient(u_spec, mdp, policy, ref, beh)
-    beta = float(objective.beta)
-    if beta > 0 and objective.has_regularizer:
-        reg = regularizer_value(objective, mdp, policy, ref, beh, beh)
-        grad_d = torch.autograd.grad((mdp.prompt_probs * reg).sum(), policy.theta)[0]
-    else:
-        grad_d = torch.zeros_like(g)
-    grad_j = grad_u - beta * grad_d
-    target = -c * grad_j
+    ctx = AuditContext(method if is_method else None, mdp, policy, beh, ref if ref is not None else beh, G, c,
+                       objective, off_policy)
+    return spec, ctx, is_method
+
+
+def _decompose(ctx: AuditContext, notes: list) -> dict:
+    if not (ctx.policy.normalized and ctx.behaviour.normalized):
+        notes.append("bias terms are defined for normalized policies: not decomposed")
+        return {}
+    try:
+        return measure_terms(ctx)
+    except ValueError as exc:  # a component the reference formulas do not know
+        notes.append(f"not decomposed: {exc}")
+        return {}
+
+
+def _audit_one(method, mdp, policy, behaviour, ref, group_size, objective, scale, tol, decompose, setup, predicted):
+    t0 = time.perf_counter()
+    spec, ctx, is_method = _prepare(method, mdp, policy, behaviour, ref, group_size, objective, scale)
+    eg = expected_gradient(spec, mdp, policy, ctx.behaviour, ref, ctx.G)
+    g, target = eg.grad, ctx.target
+    notes: list[str] = []
+    terms = _decompose(ctx, notes) if decompose and is_method else {}
+    residual = g - target - sum(terms.values(), torch.zeros_like(g))
     tnorm = _norm(target)
     denom = tnorm if tnorm > 1e-300 else 1.0
-    rel_error = _norm(g - target) / denom
-    cosine = float((g * target).sum() / (g.norm() * target.norm())) if g.norm() > 0 and tnorm > 0 else float("nan")
-    fitted = float((g * -grad_j).sum() / (grad_j * grad_j).sum()) if _norm(grad_j) > 0 else float("nan")
-    terms: dict[str, Tensor] = {}
-    notes: list[str] = []
-    if decompose and is_method and rel_error > tol:
-        terms, notes = _bias_terms(method, mdp, policy, beh, ref, G, c, objective, grad_u, grad_d, off_policy,
-                                   spec, g)
-    residual = g - target - sum(terms.values(), torch.zeros_like(g))
     present = {k: v for k, v in terms.items() if _norm(v) / denom > tol}
-    unexplained = _norm(residual) / denom
-    if predicted is not None:
-        predicted = list(predicted)
-    elif is_method and hasattr(method, "predicted_bias_terms"):
-        predicted = list(method.predicted_bias_terms(off_policy=off_policy, variable_length=not mdp.fixed_length))
-    exact = rel_error <= tol
+    setting = Setting(off_policy=ctx.off_policy, variable_length=not mdp.fixed_length)
+    if predicted is None and is_method:
+        predicted = predicted_terms(method, setting)
+    descent = target / ctx.c if ctx.c else target  # −∇J
     record = {
         "method": spec.name,
-        "objective": objective.describe(),
-        "mdp": {**mdp.describe(), **(setup or {}), "off_policy": off_policy},
-        "group_size": G,
-        "beta": beta,
-        "scale": c,
-        "fitted_scale": fitted,
-        "rel_error": rel_error,
-        "cosine": cosine,
-        "exact": exact,
-        "bias_terms": {k: {"rel_norm": _norm(v) / denom,
-                           "cosine_with_bias": _cos(v, g - target)} for k, v in present.items()},
-        "unexplained": unexplained if not exact else 0.0,
-        "predicted_terms": predicted,
+        "objective": ctx.objective.describe(),
+        "mdp": {**mdp.describe(), **(setup or {}), "off_policy": ctx.off_policy},
+        "group_size": ctx.G,
+        "beta": float(ctx.objective.beta or 0.0),
+        "scale": ctx.c,
+        "fitted_scale": float((g * descent).sum() / (descent * descent).sum()) if _norm(descent) > 0 else float("nan"),
+        "rel_error": _norm(g - target) / denom,
+        "cosine": _cos(g, target),
+        "exact": _norm(g - target) / denom <= tol,
+        "bias_terms": {k: {"rel_norm": _norm(v) / denom, "cosine_with_bias": _cos(v, g - target)}
+                       for k, v in present.items()},
+        "unexplained": _norm(residual) / denom,
+        "predicted_terms": None if predicted is None else list(predicted),
         "as_predicted": None,
         "route": eg.route,
-        "seconds": time.perf_counter() - t0,
+        "seconds": 0.0,
         "notes": notes,
     }
     if predicted is not None:
-        if exact:
-            record["as_predicted"] = len(predicted) == 0
-        else:
-            record["as_predicted"] = bool(unexplained <= max(tol, 1e-7) and set(present) == set(predicted))
         record["unpredicted_terms"] = sorted(set(present) - set(predicted))
         record["missing_terms"] = sorted(set(predicted) - set(present))
+        record["as_predicted"] = bool(record["unexplained"] <= EXPLAINED_TOL and set(present) == set(predicted))
+    record["seconds"] = time.perf_counter() - t0
     return AuditResult(record, g, target, terms, residual)
-
-
-def _cos(a: Tensor, b: Tensor) -> float:
-    na, nb = a.norm(), b.norm()
-    return float((a * b).sum() / (na * nb)) if na > 0 and nb > 0 else float("nan")
-
-
-def _bias_terms(method, mdp, policy, beh, ref, G, c, objective, grad_u, grad_d, off_policy, spec, g):
-    """Named terms (dict name → θ-vector) with g ≈ −c∇J + Σ terms; see the module docstring."""
-    terms: dict[str, Tensor] = {}
-    notes: list[str] = []
-    beta = float(method.beta)
-    # --- length normalization: undo the per-token normalization, keep everything else
-    base_method, g_rest, mult = method, g, 1.0
-    if not mdp.fixed_length and method.aggregation.normalizes_by_length:
-        try:
-            from rlkl.components import AggMode, Aggregation
-
-            summed = method.replace(aggregation=Aggregation(AggMode.SEQ_MEAN_TOKEN_SUM))
-        except ValueError as exc:  # e.g. sequence-level RPG forces its aggregation
-            notes.append(f"length_normalization not separable: {exc}")
-        else:
-            g_sum = expected_gradient(summed, mdp, policy, beh, ref, G).grad
-            terms["length_normalization"] = g - c * g_sum
-            base_method, g_rest, mult = summed, c * g_sum, c
-    # --- clipping (off-policy): the change when clipping is switched off
-    if off_policy:
-        unc = _unclipped(base_method)
-        if unc is not None:
-            terms["clipping"] = g_rest - mult * expected_gradient(unc, mdp, policy, beh, ref, G).grad
-    # --- reward part: shaped reward of the advantage vs the intended utility
-    rewards = mdp.rewards
-    adv = method.advantage
-    fused = method.kl_active and isinstance(method.kl, KLReward) and method.kl.form is RewardForm.FUSED
-    if isinstance(adv, BatchStandardized):
-        notes.append("batch_standardized: no per-prompt theory; the gap stays unexplained")
-        return terms, notes
-    try:
-        h = shaped_reward(mdp, beh, rewards, G, adv)
-    except ValueError as exc:
-        notes.append(str(exc))
-        return terms, notes
-    H = score_gradient(mdp, policy, h)
-    name = ("finite_group_utility" if isinstance(adv, GroupStandardized) else
-            "leave_in_shrink" if isinstance(adv, GroupCentered) else "utility_mismatch")
-    terms[name] = -c * (H - grad_u)
-    pl = method.policy_loss
-    token_ratio = off_policy and (isinstance(pl, (PPOClip, Reinforce)) or (
-        isinstance(pl, RPG) and pl.level is RPGLevel.TOKEN))
-    ratio = "none" if isinstance(pl, Reinforce) else "token"
-    if token_ratio and not fused:
-        terms["token_level_ratio"] = -c * (ratio_score_field(mdp, policy, beh, h, ratio) - H)
-    if token_ratio and method.kl_active and method.kl.reads_rollout_logprobs and not fused:
-        notes.append("off-policy per-token ratios on the KL part of the advantage are not decomposed")
-    # --- KL part
-    if isinstance(pl, RPG):
-        if pl.level is RPGLevel.TOKEN and pl.divergence.is_reverse and beta > 0:
-            coef = (lambda d: d + 1.0) if pl.divergence is RPGDivergence.RKL else (lambda d: d)
-            F = local_score_field(mdp, policy, beh, coef, state_policy=beh, action_policy=policy)
-            terms["token_level_reverse"] = c * beta * (F - grad_d)
-        return terms, notes
-    if not method.kl_active:
-        return terms, notes
-    if ref is None:
-        notes.append("no reference policy given: KL terms skipped")
-        return terms, notes
-    kl = method.kl
-    if isinstance(kl, KLLoss):
-        kcoef = _k_grad_coef(method)
-        if off_policy and not kl.importance_weight:
-            F_old = local_score_field(mdp, policy, ref, kcoef, state_policy=beh, action_policy=beh)
-            F_pi = local_score_field(mdp, policy, ref, kcoef, state_policy=beh, action_policy=policy)
-            terms["missing_importance_weight"] = c * beta * (F_old - F_pi)
-        else:
-            F_pi = local_score_field(mdp, policy, ref, kcoef, state_policy=beh, action_policy=policy)
-        plain = not (kl.importance_weight or kl.straight_through)
-        plain_k1 = kl.estimator is Estimator.K1 and plain
-        if plain_k1:
-            terms["no_kl_gradient"] = c * beta * (F_pi - grad_d)
-            return terms, notes
-        pg_rev = local_score_field(mdp, policy, ref, lambda d: d, state_policy=beh, action_policy=policy)
-        if kl.estimator is Estimator.K3 and plain:
-            terms["forward_direction"] = c * beta * (F_pi - pg_rev)
-            base = pg_rev
-        else:
-            base = F_pi  # k2, k3+, ρ·k3 (= PG_rev), ρ·k1 (= PG_rev + 0)
-            if not torch.allclose(base, pg_rev, rtol=1e-10, atol=1e-14):
-                notes.append("KL loss gradient is neither PG_rev nor PG_fwd; its difference stays in the residual")
-                base = pg_rev
-        if objective.level == "sequence":
-            terms["future_kl_missing"] = c * beta * (base - grad_d)
-        return terms, notes
-    if isinstance(kl, KLReward):
-        K = rollout_kl_values(mdp, beh, ref, kl.estimator.value)
-        S = score_gradient(mdp, policy, K)
-        if kl.estimator is not Estimator.K1:
-            terms["k_in_reward"] = c * beta * (S - grad_d)
-        elif off_policy:
-            # k1: S = ∇KL_seq exactly on-policy; off-policy the reward holds π_old's log-ratios
-            terms["stale_kl_reward"] = c * beta * (S - grad_d)
-        if fused:
-            h_f = shaped_reward(mdp, beh, rewards - beta * K, G, adv)
-            H_f = score_gradient(mdp, policy, h_f)
-            if token_ratio:
-                terms["token_level_ratio"] = -c * (ratio_score_field(mdp, policy, beh, h_f, ratio) - H_f)
-            extra = -c * (H_f - H + beta * S)
-            if isinstance(adv, GroupCentered):
-                terms[name] = terms[name] + extra
-            elif isinstance(adv, (GroupStandardized, BatchStandardized)):
-                terms["fusion_before_normalization"] = extra
-            else:
-                if _norm(extra) > 1e-12 * max(1.0, _norm(H)):
-                    terms["utility_mismatch"] = terms.get("utility_mismatch", 0) + extra
-        return terms, notes
-    if isinstance(kl, FutureReturn):
-        # FRPO follows ∇ Σ_t E D_f (token-wise f-divergence) exactly on-policy
-        from rlkl.toy.objectives import token_f_divergence
-
-        if not (objective.regularizer is Regularizer.TOKEN_F_DIVERGENCE and objective.f_divergence == kl.divergence) \
-                and kl.divergence not in ("reverse_kl", "reverse_kl_k3"):
-            tf = (mdp.prompt_probs * token_f_divergence(mdp, policy, ref, kl.divergence)).sum()
-            grad_tf = torch.autograd.grad(tf, policy.theta)[0]
-            terms["regularizer_mismatch"] = c * beta * (grad_tf - grad_d)
-        return terms, notes
-    return terms, notes
 
 
 # ------------------------------------------------------------------------------------------------ public audit
@@ -413,7 +209,7 @@ def _as_method(obj: Any, framework: Optional[str] = None):
 
 def default_mdps(vocab: int = 3, horizon: int = 3, prompts: int = 2, eos: bool = False, seeds: Sequence[int] = (0,),
                  reward: str = "binary") -> list[TreeMDP]:
-    """The audit's default MDPs: one random tree per seed."""
+    """The audit's default trees: one random tree per seed."""
     return [TreeMDP.random(vocab, horizon, prompts, eos=eos, reward=reward, seed=s) for s in seeds]
 
 
@@ -435,13 +231,13 @@ def make_setup(mdp: TreeMDP, seed: int = 0, off_policy: bool = False, policy: st
 def audit(method: Any, mdps: Optional[Iterable[TreeMDP]] = None, group_size: int = 4, seeds: Sequence[int] = (0,),
           off_policy: bool = False, beta: Optional[float] = None, objective: Any = None, policy: str = "tabular",
           framework: Optional[str] = None, tol: float = DEFAULT_TOL) -> list[dict]:
-    """Audit a method on MDPs: for each MDP and seed, exact expected gradient vs −c·∇(intended objective).
+    """Audit a method on trees: for each tree and seed, exact expected gradient vs −c·∇(intended objective).
 
     Args:
       method: a Method, a registry name, a verl/TRL flag dict (``framework`` "verl"/"trl", guessed from the keys),
         or a callable ``loss_fn(logp, batch)`` (then ``objective`` is required; c = 1).
-      mdps: TreeMDPs (default: `default_mdps`).
-      group_size: G; seeds: policy seeds per MDP; off_policy: sample from a perturbed π_old.
+      mdps: TreeMDPs (default: `default_mdps`); a tree whose rewards the claim cannot take raises (`skip_reason`).
+      group_size: G; seeds: policy seeds per tree; off_policy: sample from a perturbed π_old.
       beta: override the method's β (``method.replace(beta=...)``).
       policy: ``"tabular"`` or ``"loglinear"``.
     Returns:
@@ -455,6 +251,9 @@ def audit(method: Any, mdps: Optional[Iterable[TreeMDP]] = None, group_size: int
     mdps = list(mdps) if mdps is not None else default_mdps()
     records = []
     for mdp in mdps:
+        reason = skip_reason(m, mdp) if objective is None else None
+        if reason is not None:
+            raise ValueError(f"cannot audit {getattr(m, 'name', m)!r} on {mdp.name}: {reason}")
         for s in seeds:
             pi, old, ref = make_setup(mdp, s, off_policy, policy)
             res = audit_one(m, mdp, pi, old if off_policy else None, ref, group_size, objective, tol=tol,
@@ -464,88 +263,107 @@ def audit(method: Any, mdps: Optional[Iterable[TreeMDP]] = None, group_size: int
 
 
 # ------------------------------------------------------------------------------------------------ verify rows
-def _grid(quick: bool):
-    """Fixed grid of (label, mdp, G, off_policy, policy) for `rlkl verify`."""
-    if quick:
-        fixed = TreeMDP.random(2, 3, 2, reward="binary", seed=11)
-        eos = TreeMDP.random(3, 3, 1, eos=True, reward="binary", seed=12)
-        real = TreeMDP.random(2, 2, 2, reward="real", seed=13)
-        G = 3
-    else:
-        fixed = TreeMDP.random(3, 3, 2, reward="binary", seed=11)
-        eos = TreeMDP.random(3, 3, 2, eos=True, reward="binary", seed=12)
-        real = TreeMDP.random(3, 2, 2, reward="real", seed=13)
-        G = 4
-    return fixed, eos, real, G
+#: the settings of `rlkl verify`: (off_policy, eos, reward, policy)
+GRID = [(off, eos, reward, pol) for off in (False, True) for eos in (False, True) for reward in ("binary", "real")
+        for pol in ("tabular", "loglinear")]
 
 
-def verify_rows(quick: bool = True) -> list:
-    """Verdict rows for ``rlkl verify``: every registered method × objective on a fixed grid of MDPs.
-
-    On-policy on a fixed-length binary tree (all methods), off-policy (π_old = π_θ + 0.3·noise) for the methods
-    with off-policy claims, the EOS tree for the aggregation modes (Dr. GRPO's length bias), real rewards for the
-    linear advantages. Status EXACT/BIASED with the bias size; ``expected`` says whether the finding is what the
-    spec predicts (``Method.predicted_bias_terms``, all of the gap explained by the named terms).
-    """
-    from rlkl.methods import REGISTRY
-
-    fixed, eos, real, G = _grid(quick)
-    rows = []
-    plan = []
-    for name, m in REGISTRY.items():
-        plan.append((name, m, fixed, False))
-    off_names = ["grpo", "grpo_is_k3", "grpo_k2_loss", "dapo", "rpg_fkl", "rpg_urkl", "rpg_reinforce_ufkl",
-                 "rpg_reinforce_rkl", "rpg_reinforce_fkl_seq", "rpg_reinforce_urkl_seq"]
-    for name in off_names:
-        if name in REGISTRY:
-            plan.append((name, REGISTRY[name], fixed, True))
-    for name in ["grpo", "dr_grpo", "dapo", "frpo"]:
-        if name in REGISTRY:
-            plan.append((name, REGISTRY[name], eos, False))
-    for name in ["reinforce", "rloo", "ppo_k1_rtg"]:
-        if name in REGISTRY:
-            plan.append((name, REGISTRY[name], real, False))
-    for name, m, mdp, off in plan:
-        rows.append(_verify_one(name, m, mdp, off, G))
-    # FRPO Prop. 3.1: GRPO's utility is 2·arcsin√p only as G → ∞; at finite G it is U_G (frpo.md §0, I3)
-    if "no_kl" in REGISTRY:
-        m = REGISTRY["no_kl"].replace(advantage=GroupStandardized(Std.POPULATION, 0.0))
-        arcsin = Objective("arcsin", "none", group_size=G, std="population", beta=0.0)
-        rows.append(_verify_one("no_kl (population std)", m, fixed, False, G, objective=arcsin,
-                                predicted=("finite_group_utility",), source="FRPO arXiv 2601.10201 Prop. 3.1"))
-    return rows
+def _grid_trees(quick: bool) -> tuple[dict, int]:
+    """One tree per (eos, reward), G = 4 (w_G is not constant in p for G >= 4). Default: V2 T2 P2 (fixed length),
+    V3 T2 P2 (EOS); ``--full``: V3 T3 P2, real fixed-length rewards on V3 T2 P2 (with 27 distinct rewards the
+    exact group law alone has 3654 multisets per response)."""
+    sizes = ({(False, "binary"): (2, 2, 2), (False, "real"): (2, 2, 2), (True, "binary"): (3, 2, 2),
+              (True, "real"): (3, 2, 2)} if quick else
+             {(False, "binary"): (3, 3, 2), (False, "real"): (3, 2, 2), (True, "binary"): (3, 3, 2),
+              (True, "real"): (3, 3, 2)})
+    trees = {key: TreeMDP.random(*sizes[key], eos=key[0], reward=key[1], seed=11 + i) for i, key in enumerate(sizes)}
+    return trees, 4
 
 
-def _verify_one(name, m, mdp, off, G, objective=None, predicted=None, source=None):
-    """One verdict row: audit ``m`` on ``mdp`` (β raised to ≥ 0.1 so the KL terms are visible)."""
+def _label(off, eos, reward, pol) -> str:
+    return "/".join(["off" if off else "on", "eos" if eos else "fixed", reward, pol])
+
+
+def _method_row(name: str, m: Any, trees: dict, G: int):
+    """One verdict row: ``m`` on every setting of `GRID` (β raised to ≥ 0.1 so the KL terms are visible)."""
     from rlkl.report import Verdict
 
     t0 = time.perf_counter()
     if m.beta > 0:
-        m = m.replace(beta=max(m.beta, 0.1))  # a visible KL term (registry β's are tiny)
-    label = f"{name}: {objective.utility if objective is not None else m.objective.describe()}"
-    where = f"{mdp.name}{' off-policy' if off else ''} G={G}"
-    try:
-        pi, old, ref = make_setup(mdp, 0, off)
-        res = audit_one(m, mdp, pi, old if off else None, ref, G, objective=objective, predicted=predicted,
-                        setup={"seed": 0, "policy": "tabular"}).record
-    except Exception as exc:  # a broken audit is a FAIL row, not a crash of `rlkl verify`
-        return Verdict("audit", label, where, "FAIL", f"{type(exc).__name__}: {exc}"[:200],
-                       time.perf_counter() - t0, False)
-    if res["exact"]:
-        status = "EXACT"
-        detail = f"{where}: rel_error {res['rel_error']:.1e}"
-    else:
-        status = "BIASED"
-        tl = ", ".join(f"{k} {v['rel_norm']:.2g}" for k, v in res["bias_terms"].items())
-        surprise = ""
-        if res.get("unpredicted_terms"):
-            surprise += f"UNPREDICTED {','.join(res['unpredicted_terms'])}; "
-        if res.get("missing_terms"):
-            surprise += f"PREDICTED BUT ABSENT {','.join(res['missing_terms'])}; "
-        if res["unexplained"] > 1e-7:
-            surprise += f"UNEXPLAINED {res['unexplained']:.2g}; "
-        detail = (f"{surprise}{where}: rel_error {res['rel_error']:.3g} cos {res['cosine']:.3f}; terms [{tl}]; "
-                  f"unexplained {res['unexplained']:.1e}")
-    return Verdict("audit", label, source or m.citation[:60] or "rlkl.methods", status, detail,
-                   time.perf_counter() - t0, bool(res["as_predicted"]))
+        m = m.replace(beta=max(m.beta, 0.1))
+    results, skipped = {}, []
+    for off, eos, reward, pol in GRID:
+        mdp = trees[(eos, reward)]
+        if skip_reason(m, mdp):
+            skipped.append(_label(off, eos, reward, pol))
+            continue
+        pi, old, ref = make_setup(mdp, 0, off, pol)
+        try:
+            res = audit_one(m, mdp, pi, old if off else None, ref, G, setup={"seed": 0, "policy": pol}).record
+        except Exception as exc:  # a broken audit is a FAIL row, not a crash of `rlkl verify`
+            return Verdict("audit", f"{name}: {m.objective.describe()}", m.citation or "rlkl.methods", "FAIL",
+                           f"{_label(off, eos, reward, pol)}: {type(exc).__name__}: {exc}"[:300],
+                           time.perf_counter() - t0, False)
+        results[(off, eos, reward, pol)] = res
+    return _summarize(name, m, results, skipped, time.perf_counter() - t0)
+
+
+def _summarize(name, m, results: dict, skipped: list, seconds: float):
+    from rlkl.report import Verdict
+
+    base = results[(False, False, "binary", "tabular")]
+    bad = [(k, r) for k, r in results.items() if not r["as_predicted"]]
+    terms = ", ".join(f"{k} {v['rel_norm']:.2g}" for k, v in base["bias_terms"].items())
+    seen = set(base["bias_terms"])
+    extra = {}
+    for key, tag in (((True, False, "binary", "tabular"), "off-policy"), ((False, True, "binary", "tabular"), "EOS")):
+        if key in results:
+            extra[tag] = sorted(set(results[key]["bias_terms"]) - seen)
+    parts = [f"{len(results) - len(bad)}/{len(results)} settings as predicted"
+             + (f" ({len(skipped)} skipped: binary-reward claim)" if skipped else "")
+             + f", max unexplained {max(r['unexplained'] for r in results.values()):.1e}"]
+    for k, r in bad[:2]:
+        parts.append(f"NOT AS PREDICTED {_label(*k)}: unpredicted {r['unpredicted_terms']}, missing "
+                     f"{r['missing_terms']}, unexplained {r['unexplained']:.2g}")
+    parts.append(f"on-policy: rel_error {base['rel_error']:.2g}" + (f", terms [{terms}]" if terms else ""))
+    parts += [f"{tag} adds [{', '.join(t)}]" for tag, t in extra.items() if t]
+    status = "EXACT" if base["exact"] else "BIASED"
+    return Verdict("audit", f"{name}: {m.objective.describe()}", m.citation or "rlkl.methods", status,
+                   "; ".join(parts), seconds, not bad)
+
+
+def _arcsin_row(trees: dict, G: int):
+    """FRPO Prop. 3.1: GRPO's utility is 2·arcsin√p only as G → ∞; at finite G the gap is finite_group_utility."""
+    from rlkl.methods import get_method
+    from rlkl.report import Verdict
+    from rlkl.components import GroupStandardized
+
+    t0 = time.perf_counter()
+    mdp = trees[(False, "binary")]
+    m = get_method("no_kl").replace(advantage=GroupStandardized(Std.POPULATION, 0.0))
+    arcsin = Objective(Utility.ARCSIN, Regularizer.NONE, group_size=G, std=Std.POPULATION, beta=0.0)
+    pi, _, ref = make_setup(mdp, 0)
+    r = audit_one(m, mdp, pi, None, ref, G, objective=arcsin, predicted=("finite_group_utility",)).record
+    detail = (f"{mdp.name} G={G}: rel_error {r['rel_error']:.3g}, finite_group_utility "
+              f"{r['bias_terms'].get('finite_group_utility', {}).get('rel_norm', 0.0):.3g}, unexplained "
+              f"{r['unexplained']:.1e}")
+    return Verdict("audit", "no_kl (population std): E 2asin(sqrt p) only as G -> inf",
+                   "FRPO arXiv 2601.10201 Prop. 3.1", "EXACT" if r["exact"] else "BIASED", detail,
+                   time.perf_counter() - t0, bool(r["as_predicted"]))
+
+
+def verify_rows(quick: bool = True) -> list:
+    """Verdict rows for ``rlkl verify``: every registered method (and those of ``AWAITING_AUDIT``) on every setting
+    of `GRID`.
+
+    {on-, off-policy (π_old = π_θ + 0.3·noise)} × {fixed length, EOS} × {binary, real rewards} × {tabular,
+    log-linear}; one row per method (status: its on-policy verdict on the fixed-length binary tree), ``expected``
+    when every setting is as predicted. Small trees by default; ``quick=False`` (``rlkl verify --full``) uses the
+    `rlkl audit` defaults (V = 3, T = 3, P = 2, G = 4).
+    """
+    from rlkl.methods import AWAITING_AUDIT, REGISTRY
+
+    trees, G = _grid_trees(quick)
+    rows = [_method_row(name, m, trees, G) for name, m in {**REGISTRY, **AWAITING_AUDIT}.items()]
+    rows.append(_arcsin_row(trees, G))
+    return rows

@@ -20,7 +20,7 @@ Routes (``route=``):
   responses and the other G−1 rows over *multisets* of classes with multinomial probabilities. With
   ``class_by="reward"`` a class is a reward value: exact when row 1's gradient depends on the others only through
   their rewards (group advantages), and for binary rewards this is the binomial count of successes among the
-  other G−1 samples — exact for any G (FRPO spec I3/I4). ``class_by="response"`` is exact for any
+  other G−1 samples — exact for any G (FRPO arXiv 2601.10201 Prop. 3.1). ``class_by="response"`` is exact for any
   permutation-symmetric group loss (e.g. ``token-mean`` with variable lengths, KL fused into the reward).
 * ``"loop"`` — one call per ordered G-tuple (for losses whose aggregation is unknown or couple rows through batch
   statistics). Slow; small problems only.
@@ -91,15 +91,37 @@ def coupling(method: Any, mdp: TreeMDP) -> str:
     * an aggregation whose row weights depend on the other rows' lengths (token-mean) with variable lengths, or
       a KL fused into the reward of a group-coupled advantage (the others' log-ratios enter the baseline)
       → ``"full"``;
+    * an advantage that reads the other rows' lengths or token values (``Advantage.couples_beyond_rewards``)
+      → ``"full"``;
     * other group-coupled advantages → ``"rewards"``; otherwise ``"none"``.
+
+    Pass `toy_equivalent(method)` for batch statistics that have a per-group form.
     """
-    if method.advantage.couples_batch:
+    adv = method.advantage
+    if adv.couples_batch:
         return "batch"
     if not mdp.fixed_length and method.aggregation.couples_rows:
         return "full"
     if method.is_group_based:
-        return "full" if _kl_enters_group_baseline(method) else "rewards"
+        beyond = adv.couples_beyond_rewards(mdp.fixed_length, _kl_token_penalty(method))
+        return "full" if _kl_enters_group_baseline(method) or beyond else "rewards"
     return "none"
+
+
+def _kl_token_penalty(method: Any) -> bool:
+    """True when a per-token KL penalty is subtracted from the token advantages (reward-to-go, FRPO)."""
+    return method.kl_active and method.kl.reads_rollout_logprobs and not _kl_enters_group_baseline(method)
+
+
+def toy_equivalent(method: Any) -> Any:
+    """``method`` with batch statistics of its advantage taken per group (``Advantage.per_group``).
+
+    The engine's unit of expectation is one group of G responses to one prompt, evaluated as its own batch; on
+    such a batch the two are equal, and the per-group form lets the engine batch many groups into one call."""
+    adv = method.advantage
+    if adv.couples_batch and not adv.per_group().couples_batch:
+        return method.replace(advantage=adv.per_group())
+    return method
 
 
 def _kl_enters_group_baseline(method: Any) -> bool:
@@ -131,7 +153,8 @@ def loss_spec(method_or_fn: Any, mdp: TreeMDP, group_size: Optional[int] = None,
         if G < m.advantage.min_group_size:
             raise ValueError(f"method {m.name!r} is group-based ({type(m.advantage).__name__}); group_size must be "
                              f">= {m.advantage.min_group_size}, got {G}")
-        return LossSpec(m.loss, int(G), m.aggregation.mode, coupling_ or coupling(m, mdp), name or m.name, m)
+        toy = toy_equivalent(m)  # a batch statistic taken per group: the same on the engine's one-group unit
+        return LossSpec(toy.loss, int(G), m.aggregation.mode, coupling_ or coupling(toy, mdp), name or m.name, m)
     if callable(method_or_fn):
         if group_size is None:
             raise ValueError("a callable loss_fn needs group_size=")

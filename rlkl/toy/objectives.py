@@ -4,7 +4,7 @@
   unnormalized measure π_θ it is E_{π_θ}[R] in RPG's sense (Σ_y π_θ(y) R(y), arXiv 2505.17508 §0).
 * Utilities U: ``expected_reward`` (U = p), ``linear`` (U = c·p with a stated constant c),
   ``arcsin`` (U = 2·arcsin√p, GRPO's G → ∞ utility, FRPO arXiv 2601.10201 Prop. 3.1) and ``finite_group``
-  (the exact finite-G utility U_G of `rlkl.utility`, FRPO spec I3).
+  (the exact finite-G utility U_G of `rlkl.utility`, FRPO arXiv 2601.10201 Prop. 3.1).
 * Regularizers D_x, anchored to π_ref (``anchor="ref"``) or to the behaviour policy π_old (``"old"``, RPG):
   - sequence level: ``reverse_kl`` KL(π‖π_a), ``forward_kl`` KL(π_a‖π) (normalized measures),
     ``unnormalized_reverse_kl`` UKL(π‖π_a) and ``unnormalized_forward_kl`` UKL(π_a‖π) (RPG Defs. 3.4, 3.1);
@@ -12,7 +12,7 @@
     (d_π(s) = probability that a response passes through node s);
   - ``level="local"``: Σ_s sg[d_μ(s)] D(π(·|s), π_a(·|s)) with the state distribution d_μ of a fixed policy μ
     (default: π_θ itself at the evaluation point, held fixed): the objective whose gradient loss-side KL
-    penalties follow (spec frpo.md §4.5 PG_rev / PG_fwd).
+    penalties follow (PG_rev / PG_fwd, docs/audit.md; FRPO arXiv 2601.10201 Prop. 4.3).
 
 All values are differentiable float64 functions of ``policy.theta``; `objective_gradient` uses autograd.
 The utilities' derivatives are the library's closed forms (``grpo_utility_grad``, ``finite_group_weight``).
@@ -42,7 +42,7 @@ class _Utility(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, kind, group_size, std, eps):
         pd = p.detach().clamp(0.0, 1.0)
-        if kind == "arcsin":
+        if kind is Utility.ARCSIN:
             val = grpo_utility(pd)
             with torch.no_grad():
                 interior = (pd > 0) & (pd < 1)
@@ -68,7 +68,8 @@ def utility(p: Tensor, kind: str, group_size: Optional[int] = None, std: str = "
 
     ``expected_reward``: U = p; ``leave_in``: U = (1 − 1/G)·p (leave-in group-mean baseline; docs/audit.md, leave_in_shrink);
     ``linear``: U = scale·p; ``none``: U = 0; ``arcsin``: U = 2 arcsin√p (FRPO Prop. 3.1);
-    ``finite_group``: U_G(p) = ∫_0^p w_G (``rlkl.utility``; ``group_size``, ``std``, ``eps`` as in GRPO).
+    ``finite_group``: U_G(p) = ∫_0^p w_G (``rlkl.utility``; ``group_size``, ``std``, ``eps`` as in GRPO);
+    ``pass_at_k``: U = (1 − (1 − p)^G)/G (pass@G per sample; ``group_size`` = G).
 
     Args:
       p: ``[P]`` success probabilities (in [0, 1] for arcsin / finite_group).
@@ -87,11 +88,15 @@ def utility(p: Tensor, kind: str, group_size: Optional[int] = None, std: str = "
         if group_size is None or group_size < 1:
             raise ValueError(f"the leave_in utility needs group_size, got {group_size!r}")
         return (1.0 - 1.0 / group_size) * p
+    if kind is Utility.PASS_AT_K:
+        if group_size is None or group_size < 1:
+            raise ValueError(f"the pass_at_k utility needs group_size, got {group_size!r}")
+        return (1.0 - (1.0 - p) ** group_size) / group_size  # pass@G = 1 − (1 − p)^G, per sample of the group
     if kind is Utility.ARCSIN:
-        return _Utility.apply(p, "arcsin", None, std, eps)
+        return _Utility.apply(p, Utility.ARCSIN, None, std, eps)
     if group_size is None or group_size < 2:
         raise ValueError(f"the finite_group utility needs group_size >= 2, got {group_size!r}")
-    return _Utility.apply(p, "finite_group", int(group_size), std, float(eps))
+    return _Utility.apply(p, Utility.FINITE_GROUP, int(group_size), std, float(eps))
 
 
 def success_prob(mdp: TreeMDP, policy: Policy, theta: Optional[Tensor] = None) -> Tensor:
@@ -129,21 +134,22 @@ def sequence_divergence(mdp: TreeMDP, policy: Policy, anchor: Policy, kind: str,
       policy: the optimized policy (differentiable at ``theta``); anchor: π_ref or π_old (detached).
     """
     P = mdp.num_prompts
+    kind = coerce(Regularizer, "kind", kind)
     lp = policy.sequence_logp(theta).reshape(P, -1)
     la = anchor.sequence_logp().detach().reshape(P, -1)
-    if kind == "reverse_kl":
+    if kind is Regularizer.REVERSE_KL:
         _require_normalized("reverse_kl", policy, theta)
         _require_normalized("reverse_kl (anchor)", anchor)
         return _xlogx_ratio(lp, la).sum(-1)
-    if kind == "forward_kl":
+    if kind is Regularizer.FORWARD_KL:
         _require_normalized("forward_kl", policy, theta)
         _require_normalized("forward_kl (anchor)", anchor)
         return _xlogx_ratio(la, lp).sum(-1)
-    if kind == "unnormalized_reverse_kl":
+    if kind is Regularizer.UNNORMALIZED_REVERSE_KL:
         return _xlogx_ratio(lp, la).sum(-1) + (la.exp() - lp.exp()).sum(-1)
-    if kind == "unnormalized_forward_kl":
+    if kind is Regularizer.UNNORMALIZED_FORWARD_KL:
         return _xlogx_ratio(la, lp).sum(-1) + (lp.exp() - la.exp()).sum(-1)
-    raise ValueError(f"unknown sequence divergence {kind!r}")
+    raise ValueError(f"no sequence-level divergence for {kind.value!r}")
 
 
 def node_divergences(policy: Policy, anchor: Policy, f_divergence: str = "reverse_kl",
@@ -167,7 +173,7 @@ def token_f_divergence(mdp: TreeMDP, policy: Policy, anchor: Policy, f_divergenc
                        theta: Optional[Tensor] = None) -> Tensor:
     """FRPO's token-wise regularizer R(x) = E_{y∼π(·|x)} Σ_t D_f(π(·|s_t)‖π_a(·|s_t)) = Σ_s d_π(s) D_f(s): ``[P]``.
 
-    FRPO arXiv 2601.10201 Thm 4.1 (standard convention, spec frpo.md §3). For ``reverse_kl`` this equals the
+    FRPO arXiv 2601.10201 Thm 4.1 (standard convention). For ``reverse_kl`` this equals the
     sequence-level KL(π(y)‖π_a(y)) (chain rule, prefixes from π), also with EOS.
     """
     d = policy.state_log_visitation(theta).exp()
@@ -179,7 +185,7 @@ def local_divergence(mdp: TreeMDP, policy: Policy, anchor: Policy, f_divergence:
     """Local (frozen-state) divergence Σ_s sg[d_μ(s)] D_f(π(·|s)‖π_a(·|s)): ``[P]``.
 
     Its gradient is the "partial" gradient that loss-side KL penalties follow: PG_rev (``reverse_kl``) or
-    PG_fwd (``forward_kl``) of spec frpo.md §4.5 when μ = π_θ (the default: ``policy`` at the evaluation point,
+    PG_fwd (``forward_kl``) of docs/audit.md when μ = π_θ (the default: ``policy`` at the evaluation point,
     detached). Pass ``state_policy`` = the behaviour policy for off-policy state distributions.
     """
     mu = state_policy if state_policy is not None else policy
@@ -283,7 +289,7 @@ def local_score_field(mdp: TreeMDP, policy: Policy, anchor: Policy, coef, state_
     """F = Σ_x ρ(x) Σ_s d_μ(s) Σ_a ν(a|s)·c(δ(a|s))·∇_θ log π_θ(a|s), δ = log π_θ(a|s) − log π_a(a|s).
 
     What a per-token loss with per-token gradient c(δ_t)·∇log π_t follows in expectation when states come from μ
-    and tokens from ν (spec frpo.md §4.5; rpg.md §2.3). Examples with μ = ν = π_θ: c = δ → PG_rev (local
+    and tokens from ν (docs/audit.md; RPG arXiv 2505.17508 §2.3). Examples with μ = ν = π_θ: c = δ → PG_rev (local
     reverse-KL gradient, k2 as a loss); c = 1 − e^{−δ} → PG_fwd (local forward KL, k3 as a loss); c = 1 → 0.
 
     Args:
@@ -307,38 +313,12 @@ def local_score_field(mdp: TreeMDP, policy: Policy, anchor: Policy, coef, state_
 def score_gradient(mdp: TreeMDP, policy: Policy, values: Tensor) -> Tensor:
     """∇_θ Σ_x ρ(x) Σ_y π_θ(y|x)·sg[v(x, y)]: the policy gradient of a fixed per-response value ``values [P, N]``.
 
-    With v = a shaped reward h(r) this is what an advantage A with E[A | y] = h(r(y)) follows (FRPO I4); with
-    v = Σ_t k(δ_t) it is the score-function part of E_π Σ_t k (a KL estimate placed in the reward).
+    With v = a shaped reward h(r) this is what an advantage A with E[A | y] = h(r(y)) follows (FRPO arXiv
+    2601.10201 Prop. 3.1); with v = Σ_t k(δ_t) it is the score-function part of E_π Σ_t k (a KL estimate placed in
+    the reward).
     """
     if tuple(values.shape) != (mdp.num_prompts, mdp.num_responses):
         raise ValueError(f"values must have shape [P, N] = {[mdp.num_prompts, mdp.num_responses]}, "
                          f"got {list(values.shape)}")
     meas = policy.measure()
     return _grad((mdp.prompt_probs[:, None] * meas * values.detach()).sum(), policy)
-
-
-def ratio_score_field(mdp: TreeMDP, policy: Policy, behaviour: Policy, values: Tensor, ratio: str = "token") -> Tensor:
-    """Σ_x ρ Σ_y π̃_old(y|x)·v(x, y)·Σ_t c_t(y)·∇_θ log π_θ(a_t|s_t) with c_t = w_t (``"token"``: per-token ratio
-    π_θ/π_old), w(y) (``"sequence"``) or 1 (``"none"``).
-
-    The unclipped off-policy reward field of token-level PPO / RPG (``token``), of sequence-level IS
-    (``sequence``, = `score_gradient` for normalized π_old) and of REINFORCE without IS (``none``); rpg.md §8.32.
-    """
-    P, N = mdp.num_prompts, mdp.num_responses
-    tl = policy.token_logp()
-    with torch.no_grad():
-        lo = behaviour.token_logp()
-        q = behaviour.probs().reshape(-1)  # [P·N]
-        mask = mdp.enumerate().mask.repeat(P, 1)
-        if ratio == "token":
-            c = torch.where(mask, (tl.detach() - lo).exp(), torch.zeros_like(tl))
-        elif ratio == "sequence":
-            c = ((tl.detach() - lo) * mask).sum(-1, keepdim=True).exp() * mask
-        elif ratio == "none":
-            c = mask.to(tl.dtype)
-        else:
-            raise ValueError(f"ratio must be 'token', 'sequence' or 'none', got {ratio!r}")
-        rho = mdp.prompt_probs.repeat_interleave(N)
-        coef = (rho * q * values.reshape(-1))[:, None] * c
-        coef = torch.where(q[:, None] > 0, coef, torch.zeros_like(coef))
-    return _grad((coef * torch.where(coef != 0, tl, torch.zeros_like(tl))).sum(), policy)
