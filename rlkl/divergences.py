@@ -586,3 +586,49 @@ def unnormalized_kl(log_p: Tensor, log_q: Tensor, dim: int = -1) -> Tensor:
                        log_q.exp() * _u_k3(torch.where(ge, torch.zeros_like(lr), lr)))
     term = torch.where(p0, log_q.exp(), torch.where(q0, torch.full_like(term, math.inf), term))
     return term.sum(dim=dim)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sequence-level KL from sampled sequences: Monte Carlo and Rao-Blackwellized
+
+
+def rao_blackwell_kl(logits: Tensor, logits_ref: Tensor, mask: Tensor) -> Tensor:
+    """Rao-Blackwellized estimate of the sequence KL(π‖π_ref), one per sampled sequence.
+
+    KL_RB(y) = Σ_t m_t · KL(π(·|s_t) ‖ π_ref(·|s_t)),  s_t = (x, y_<t),  y ~ π
+    (Amini, Vieira & Cotterell, arXiv 2504.10637, the Rao-Blackwellized estimator): the conditional expectation,
+    given the prefixes, of the Monte Carlo estimator KL_MC(y) = Σ_t m_t log(π(y_t|s_t)/π_ref(y_t|s_t)). So
+    E_π[KL_RB] = E_π[KL_MC] = KL(π‖π_ref) over sequences (chain rule) and Var_π[KL_RB] ≤ Var_π[KL_MC]
+    (Rao-Blackwell); unlike KL_MC it is never negative.
+
+    Args:
+      logits, logits_ref: ``[B, T, V]`` next-token logits of π and π_ref at the visited states.
+      mask: ``[B, T]`` bool, True on the response tokens.
+    Returns:
+      ``[B]`` per-sequence estimates. A value estimator: differentiating it gives the gradient of the per-state
+      KLs along fixed prefixes only (no score-function term for the prefixes).
+    """
+    check_float("logits", logits, ndim=3)
+    check_float("logits_ref", logits_ref, shape=logits.shape)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(logits.shape[:2])}, got "
+                         f"{getattr(mask, 'dtype', type(mask))} {tuple(getattr(mask, 'shape', ()))}")
+    per_state = exact_kl(logits, logits_ref, dim=-1)  # [B, T] KL(π(·|s_t)‖π_ref(·|s_t))
+    return (per_state * mask).sum(dim=-1)  # [B]
+
+
+def monte_carlo_kl(logp: Tensor, logp_ref: Tensor, mask: Tensor) -> Tensor:
+    """Monte Carlo estimate of the sequence KL(π‖π_ref): KL_MC(y) = Σ_t m_t (log π(y_t|s_t) − log π_ref(y_t|s_t)).
+
+    Unbiased under y ~ π, can be negative (Amini, Vieira & Cotterell, arXiv 2504.10637, the MC estimator).
+
+    Args:
+      logp, logp_ref: ``[B, T]`` log-probs of the sampled tokens; mask ``[B, T]`` bool.
+    Returns:
+      ``[B]`` per-sequence estimates (the sampled sequence log ratio).
+    """
+    check_float("logp", logp, ndim=2)
+    check_float("logp_ref", logp_ref, shape=logp.shape)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(logp.shape):
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(logp.shape)}")
+    return torch.where(mask, logp - logp_ref, torch.zeros_like(logp)).sum(dim=-1)  # [B]

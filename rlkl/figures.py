@@ -54,6 +54,8 @@ FIGURES: tuple[FigureSpec, ...] = (
                ("rlkl.lm",)),
     FigureSpec("fig_top_p_bias", "rollout corrections behind a sampler: exact bias (full / deployed) and variance "
                "against top-p and the engine's precision", ("rlkl.toy.mismatch",)),
+    FigureSpec("fig_lm_frontier", "LM frontiers: reward, entropy, odds vs exact KL(π‖π_ref) over β, and the optimum",
+               ("rlkl.lm",)),
 )
 FIGURE_NAMES: tuple[str, ...] = tuple(f.name for f in FIGURES)
 

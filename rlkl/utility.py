@@ -183,3 +183,80 @@ __all__ = [
     "grpo_utility", "grpo_utility_grad", "finite_group_weight", "finite_group_utility",
     "conditional_advantage_means", "effective_weight",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GRPO's success-rate recursion with a KL to π_ref (Mroueh) and the group-std update size (Bay & Yearick)
+
+
+def mroueh_success_map(p_prev, p_ref: float, beta: float, eps: float = 0.0):
+    """h(p) = 1 / (1 + ((1 − p_ref)/p_ref) · exp(−1/(β·√(p(1−p) + ε)))): one step of GRPO's success recursion.
+
+    Mroueh, arXiv 2503.06639 (Thm. "probability of success" recursion): with binary rewards, the optimal policy
+    of max_π E_π[A] − β·KL(π‖π_ref), A = (r − p_{n−1})/√(p_{n−1}(1 − p_{n−1}) + ε) the whitened reward under
+    π_{n−1}, is π_n ∝ π_ref·exp(A/β), whose success probability is p_n = h(p_{n−1}).
+
+    Args:
+      p_prev: p_{n−1} (float / array / tensor in [0, 1]); p_ref in (0, 1); beta > 0; eps >= 0.
+    Returns:
+      p_n = h(p_{n−1}), same kind as ``p_prev``.
+    """
+    if not 0.0 < p_ref < 1.0:
+        raise ValueError(f"p_ref must be in (0, 1), got {p_ref}")
+    if not beta > 0 or eps < 0:
+        raise ValueError(f"need beta > 0 and eps >= 0, got beta={beta}, eps={eps}")
+    t, is_tensor = _as_tensor(p_prev)
+    sigma = torch.sqrt(t * (1.0 - t) + eps)
+    odds = (1.0 - p_ref) / p_ref
+    return _out(1.0 / (1.0 + odds * torch.exp(-1.0 / (beta * sigma))), is_tensor)
+
+
+def mroueh_success_sequence(p_ref: float, beta: float, n: int, eps: float = 0.0) -> list[float]:
+    """[p_0 = p_ref, p_1, …, p_n] from iterating :func:`mroueh_success_map` (arXiv 2503.06639)."""
+    ps = [float(p_ref)]
+    for _ in range(int(n)):
+        ps.append(float(mroueh_success_map(ps[-1], p_ref, beta, eps)))
+    return ps
+
+
+def mroueh_fixed_point(p_ref: float, beta: float, eps: float = 0.0, tol: float = 1e-14, max_iter: int = 100_000) -> float:
+    """The limit p* = h(p*) of GRPO's success recursion started at p_0 = p_ref (arXiv 2503.06639: p* > p_ref).
+
+    Iterates :func:`mroueh_success_map` until two iterates differ by less than ``tol``; raises ValueError if that
+    takes more than ``max_iter`` steps.
+    """
+    p = float(p_ref)
+    for _ in range(int(max_iter)):
+        nxt = float(mroueh_success_map(p, p_ref, beta, eps))
+        if abs(nxt - p) < tol:
+            return nxt
+        p = nxt
+    raise ValueError(f"the success recursion did not converge in {max_iter} steps (p_ref={p_ref}, beta={beta}, "
+                     f"eps={eps}); raise max_iter or tol")
+
+
+def group_std_update_size(successes: int, group_size: int, std: StdKind = "population", eps: float = 0.0) -> float:
+    """c in (1/G) Σ_i A_i g_i = c · (ḡ_correct − ḡ_wrong) for a GRPO group with k of G binary rewards correct.
+
+    Bay & Yearick, arXiv 2607.00152 (the group-standard-deviation identity): with A_i = (r_i − r̄)/(s + ε),
+    (1/G) Σ_i A_i g_i = (k(G − k)/G²)/(s + ε) · (ḡ_correct − ḡ_wrong) for any per-sample directions g_i, so with the
+    population std σ = √(k(G − k))/G and ε = 0 the update size is exactly σ; Bessel's s = σ√(G/(G − 1)) shrinks it
+    to σ√((G − 1)/G). All-equal groups (k ∈ {0, G}) are silent: c = 0.
+
+    Args:
+      successes: k in [0, G]; group_size: G >= 2; std: ``"population"`` or ``"bessel"``; eps: ε >= 0.
+    Returns:
+      the coefficient c (a float).
+    """
+    check_choice("std", std, ("population", "bessel"))
+    G, k = int(group_size), int(successes)
+    if G < 2 or not 0 <= k <= G or eps < 0:
+        raise ValueError(f"need group_size >= 2, 0 <= successes <= group_size and eps >= 0, got {G}, {k}, {eps}")
+    if k in (0, G):
+        return 0.0
+    var_pop = k * (G - k) / G**2
+    s = float(np.sqrt(var_pop * (G / (G - 1) if std == "bessel" else 1.0)))
+    return var_pop / (s + eps)
+
+
+__all__ += ["mroueh_success_map", "mroueh_success_sequence", "mroueh_fixed_point", "group_std_update_size"]

@@ -149,6 +149,12 @@ def test_rollout_metrics_values():
     assert out["kl_fwd_tok"] == pytest.approx(float(token_kl(logits_ref, logits)[mask].mean()), rel=1e-6)
     assert out["entropy"] == pytest.approx(float(token_entropy(logits)[mask].mean()), rel=1e-6)
     assert out["kl_k1"] == pytest.approx(float((lp - lpr)[mask].mean()), rel=1e-5)
+    # per-sequence estimators: Rao-Blackwell Σ_t KL(s_t) and Monte Carlo Σ_t log ratio, population variances
+    rb, mc = (kl * mask).sum(1), ((lp - lpr) * mask).sum(1)
+    assert out["kl_rb_seq_var"] == pytest.approx(float(((rb - rb.mean()) ** 2).mean()), rel=1e-5)
+    assert out["kl_mc_seq_var"] == pytest.approx(float(((mc - mc.mean()) ** 2).mean()), rel=1e-5)
+    # groups (1, 0) and (1, 1): population stds 0.5 and 0
+    assert out["group_std_mean"] == pytest.approx(0.25)
     with pytest.raises(ValueError):
         rollout_metrics(logits[:, :2], logits_ref, lp, lpr, mask, rewards, 2)
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rlkl.lm.model import GPT, GPTConfig, resolve_device, response_logits, sample, token_logprobs
+from rlkl.lm.model import (GPT, GPTConfig, resolve_device, response_logits, sample, shared_prefix_logits,
+                           token_logprobs)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in the root conftest.py
@@ -74,10 +75,48 @@ def test_kv_cache_sampling_equals_prefix_recomputation():
     b = sample(m, prompts, 7, 6, torch.Generator().manual_seed(9), use_cache=False)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     torch.testing.assert_close(a[2], b[2], rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match="one new token"):
-        caches = [{} for _ in m.blocks]
-        m(prompts[:, :2], caches)
-        m(prompts[:, 2:4], caches, start=2)
+    # a multi-token continuation of a cache attends to the cache and causally to itself: the full forward
+    caches = [{} for _ in m.blocks]
+    head = m(prompts[:, :2], caches)
+    tail = m(prompts[:, 2:4], caches, start=2)
+    torch.testing.assert_close(torch.cat([head, tail], 1), m(prompts), rtol=0, atol=1e-5)
+
+
+def test_shared_prefix_logits_and_gradients_equal_the_repeated_forward():
+    """float64 model: the prompt computed once per group gives the logits and parameter gradients of the plain
+    forward over G repeated prompt rows (to round-off), for G = 1, 3 and a 1-token response."""
+    m = _model(6).double()
+    prompts = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(0))
+    for G, R in ((3, 6), (1, 6), (3, 1)):
+        resp = torch.randint(0, 7, (4 * G, R), generator=torch.Generator().manual_seed(G))
+        a = shared_prefix_logits(m, prompts, resp, G)
+        b = response_logits(m, prompts.repeat_interleave(G, 0), resp)
+        assert a.shape == b.shape == (4 * G, R, 7)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        w = torch.randint(-3, 4, a.shape, generator=torch.Generator().manual_seed(7)).double()
+        # a random linear functional of the logits: its gradient is the full vector-Jacobian product. The head
+        # casts the logits to float32, so their gradient is float32 there: small integer weights keep it (and
+        # the sum over the G copies of the shared first position) exact, and the rest of the backward is float64.
+        ga = torch.autograd.grad((a * w).sum(), list(m.parameters()))
+        gb = torch.autograd.grad((b * w).sum(), list(m.parameters()))
+        for x, y in zip(ga, gb):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="n·G"):
+        shared_prefix_logits(m, prompts, torch.zeros(5, 2, dtype=torch.long), 3)
+
+
+def test_group_sampling_shares_the_prompt_pass_and_matches_repeated_prompts():
+    m = _model(7)
+    prompts = torch.randint(0, 6, (16, 4), generator=torch.Generator().manual_seed(0))
+    a = sample(m, prompts, 6, 6, torch.Generator().manual_seed(3), group_size=5)
+    b = sample(m, prompts.repeat_interleave(5, 0), 6, 6, torch.Generator().manual_seed(3))
+    c = sample(m, prompts, 6, 6, torch.Generator().manual_seed(3), group_size=5, use_cache=False)
+    assert a[0].shape == (80, 6)
+    for x in (b, c):
+        assert torch.equal(a[0], x[0]) and torch.equal(a[1], x[1])
+        torch.testing.assert_close(a[2], x[2], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="group_size"):
+        sample(m, prompts, 6, 6, group_size=0)
 
 
 def test_greedy_picks_argmax():

@@ -102,3 +102,62 @@ def test_errors():
         make_task("addition", 2).sample_problems(3, torch.Generator(), split="test")
     with pytest.raises(ValueError, match="only"):
         make_task("addition", 1).eval_problems(50)  # 100 problems, ~6 in the eval split
+
+
+@pytest.mark.parametrize("name, difficulty", [("addition", 2), ("sort", 3), ("divisor", 2)])
+def test_score_groups_equals_the_string_verifier(name, difficulty):
+    """The tensor verifier (one answer per prompt, compared position by position) equals Task.score on the
+    repeated prompts, for random responses (anything after an EOS, no EOS at all), the targets themselves, and
+    targets with one token changed."""
+    from hypothesis import given, strategies as st
+
+    t = make_task(name, difficulty)
+    prompts = t.sample_prompts(6, torch.Generator().manual_seed(1))
+    G, R = 3, t.max_response_len
+    target, _ = t.target_responses(prompts.repeat_interleave(G, 0))
+
+    @given(st.lists(st.integers(0, t.vocab_size - 1), min_size=6 * G * R, max_size=6 * G * R),
+           st.lists(st.integers(0, 2), min_size=6 * G, max_size=6 * G))
+    def check(tokens, kinds):
+        resp = torch.tensor(tokens).view(6 * G, R)
+        kinds = torch.tensor(kinds)
+        resp = torch.where((kinds == 1)[:, None], target, resp)  # exactly right
+        flip = target.clone()
+        flip[:, 0] = (flip[:, 0] + 1) % t.vocab_size
+        resp = torch.where((kinds == 2)[:, None], flip, resp)  # first token wrong
+        expected = t.score(prompts.repeat_interleave(G, 0), resp)
+        assert torch.equal(t.score_groups(prompts, resp, G), expected)
+
+    check()
+    assert t.score_groups(prompts, target, G).tolist() == [1.0] * (6 * G)
+    with pytest.raises(ValueError, match="n·G"):
+        t.score_groups(prompts, target[:5], G)
+
+
+def test_divisor_encoding_answers_and_verifier():
+    t = make_task("divisor", 2)
+    assert t.prompt_text([12]) == "12:" and t.prompt_text([7]) == "07:" and t.parse_prompt(t.tokenizer.encode("07:")) == [7]
+    assert t.answers([12]) == ["1", "2", "3", "4", "6", "12"] and t.answers([1]) == ["1"]
+    assert t.vocab_size == 12 and t.eos_id == 11 and t.prompt_len == 3 and t.max_response_len == 3
+    assert t.multi_answer and not make_task("addition", 2).multi_answer
+    p = _ids(t, "12:")
+    for text, reward in (("4$", 1.0), ("12$", 1.0), ("1$", 1.0), ("5$", 0.0), ("04$", 0.0), ("0$", 0.0), ("$", 0.0),
+                         ("124", 0.0), ("1:$", 0.0), ("24$", 0.0)):
+        r = torch.tensor([(t.tokenizer.encode(text) + [t.eos_id] * 3)[:3]])
+        assert t.score(p, r).item() == reward, text
+        assert t.score_groups(p, r).item() == reward, text
+    with pytest.raises(ValueError, match="partial credit"):
+        t.score(p, r, partial_credit=True)
+    assert len(t.split_problems("train")) + len(t.split_problems("eval")) == 99
+
+
+def test_divisor_demonstrations_prefer_small_divisors():
+    """N = 12: the k-th smallest divisor is drawn with probability (1/k)/H_6 (H_6 = 49/20), within 4 s.e."""
+    t = make_task("divisor", 2)
+    n = 6000
+    resp, mask = t.demonstration_responses(_ids(t, "12:").repeat(n, 1), torch.Generator().manual_seed(0))
+    assert torch.equal(t.score(_ids(t, "12:").repeat(n, 1), resp), torch.ones(n))
+    got = [t.tokenizer.decode(r) for r in resp]
+    for k, d in enumerate(t.answers([12]), start=1):
+        p = (1 / k) / (49 / 20)
+        assert abs(got.count(d) / n - p) <= 4 * (p * (1 - p) / n) ** 0.5, d

@@ -242,3 +242,29 @@ def test_cpu_tiny_preset_end_to_end(tmp_path):
     cfg = config_from_preset("cpu_tiny", ref=str(tmp_path / "ref" / "reference.pt"), method="grpo", seed=0)
     s = final_summary(train(cfg, tmp_path / "run", progress=False))
     assert s["eval_pass@1"] >= s["ref_eval_pass@1"] + 0.2, s
+
+
+def test_divisor_run_logs_the_exact_yardstick_and_refuses_partial_credit(tmp_path):
+    """On the multi-answer task every evaluation carries the exact sequence-level metrics (docs/metrics.md), which
+    are 0 at step 0 for the divergences and the odds, and the run resumes exactly like any other."""
+    import re
+    from pathlib import Path
+
+    out = tmp_path / "ref"
+    sft = SFTConfig(task="divisor", difficulty=1, split_seed=2, n_layer=1, n_head=2, d_model=32, steps=60, batch_size=32, lr=1e-2,
+                    warmup_steps=5, eval_prompts=1, eval_samples=2, eval_every=60, num_threads=1)
+    train_sft(sft, out, progress=False)
+    cfg = _cfg(str(out / "reference.pt"), task="divisor", eval_prompts=1, beta=0.1, steps=2, eval_every=1)
+    rows = train(cfg, tmp_path / "run", progress=False)
+    keys = {k for k in rows[0] if k.startswith("exact_")}
+    assert {"exact_kl_rev_seq", "exact_odds_tv", "exact_kl_to_opt_rev", "exact_kl_to_opt_ug", "exact_pass@4"} <= keys
+    assert rows[0]["exact_kl_rev_seq"] == 0.0 and rows[0]["exact_odds_tv"] == 0.0
+    assert rows[-1]["exact_kl_rev_seq"] > 0
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"`([^`]+)`", doc))
+    assert {re.sub(r"pass@\d+$", "pass@k", k) for k in keys} - documented - {"exact_pass@1"} == set()
+    half = train(dataclasses.replace(cfg, steps=1), tmp_path / "r2", progress=False)
+    assert len(half) == 2
+    assert _strip(resume(tmp_path / "r2", progress=False, steps=2)) == _strip(rows)
+    with pytest.raises(ValueError, match="partial credit"):
+        dataclasses.replace(cfg, partial_credit=True)

@@ -130,6 +130,17 @@ def zero_advantage_fraction(rewards: torch.Tensor, group_size: int) -> float:
     return float((g.max(dim=1).values == g.min(dim=1).values).float().mean())
 
 
+def group_std_mean(rewards: torch.Tensor, group_size: int) -> float:
+    """Mean over groups of the population std of the group's rewards, σ_g = √((1/G) Σ_i (r_i − r̄_g)²).
+
+    For binary rewards σ_g is the size of group g's GRPO update (population std; Bay & Yearick, arXiv
+    2607.00152, :func:`rlkl.utility.group_std_update_size`); silent groups have σ_g = 0.
+    """
+    if rewards.ndim != 1 or group_size < 1 or rewards.shape[0] % group_size != 0:
+        raise ValueError(f"rewards must be [B] with B a multiple of group_size {group_size}, got {tuple(rewards.shape)}")
+    return float(rewards.float().view(-1, group_size).std(dim=1, unbiased=False).mean())
+
+
 def rollout_metrics(
     logits: torch.Tensor,
     logits_ref: torch.Tensor,
@@ -151,18 +162,24 @@ def rollout_metrics(
     if logits.shape[:2] != (B, T) or logits_ref.shape != logits.shape:
         raise ValueError(f"logits {tuple(logits.shape)} / logits_ref {tuple(logits_ref.shape)} must be [B, T, V] "
                          f"with [B, T] = {(B, T)}")
+    from rlkl.divergences import monte_carlo_kl, rao_blackwell_kl
+
     ent = token_entropy(logits)  # [B, T]
-    kl_rev = token_kl(logits, logits_ref)  # [B, T]  KL(π‖π_ref)(s_t)
     kl_fwd = token_kl(logits_ref, logits)  # [B, T]  KL(π_ref‖π)(s_t)
+    rb = rao_blackwell_kl(logits.float(), logits_ref.float(), mask)  # [B] Σ_t KL(π‖π_ref)(s_t)
+    mc = monte_carlo_kl(logp, logp_ref, mask)  # [B] Σ_t log π/π_ref (y_t)
     out = {
         "reward_mean": float(rewards.float().mean()),
         "reward_std": float(rewards.float().std(unbiased=False)),
         "zero_adv_group_frac": zero_advantage_fraction(rewards, group_size),
+        "group_std_mean": group_std_mean(rewards, group_size),
         "response_len": float(mask.sum(dim=1).float().mean()),
         "entropy": float(masked_mean(ent, mask)),
-        "kl_rev_tok": float(masked_mean(kl_rev, mask)),
+        "kl_rev_tok": float(rb.sum() / mask.sum()),
         "kl_fwd_tok": float(masked_mean(kl_fwd, mask)),
-        "kl_rev_seq": float(seq_sum(kl_rev, mask).mean()),
+        "kl_rev_seq": float(rb.mean()),
+        "kl_rb_seq_var": float(rb.var(unbiased=False)),
+        "kl_mc_seq_var": float(mc.var(unbiased=False)),
     }
     out.update(kl_estimates(logp, logp_ref, mask))
     return out
@@ -216,36 +233,54 @@ def evaluate(
     n_samples: int,
     ks: Sequence[int],
     seed: int,
-    batch_size: int = 1024,
+    batch_size: int = 4096,
+    reference: torch.nn.Module | None = None,
 ) -> dict[str, float]:
-    """pass@k on eval prompts at temperature 1, plus greedy accuracy and mean response length.
+    """pass@k on eval prompts at temperature 1, greedy accuracy, mean response length; with ``reference``
+    also the exact KL(π‖reference) and entropy on the same samples.
 
     Args:
-        prompts: ``[n, P]`` eval prompts (on the model's device); each is sampled ``n_samples`` times.
+        prompts: ``[n, P]`` eval prompts (on the model's device); each is sampled ``n_samples`` times, the
+            samples of one prompt sharing its prefix (one prompt pass per prompt).
         ks: the k of pass@k (each <= n_samples).
         seed: seeds a private generator, so evaluation never disturbs the training RNG streams.
+        batch_size: sampled rows per batch (a whole number of prompts).
+        reference: π_0 of the drift metrics (one forward pass of each model over the samples).
 
-    Returns ``{"pass@k": ..., "greedy_acc": ..., "eval_response_len": ...}``.
+    Returns ``{"pass@k": ..., "greedy_acc": ..., "eval_response_len": ...}`` and, with ``reference``,
+    ``kl_rev_seq`` = mean over all n·n_samples samples of Σ_t KL(π‖π_0)(s_t) (the sequence KL(π‖π_0) in
+    expectation), ``kl_rev_tok`` and ``entropy`` = token means of KL(π‖π_0)(s_t) and H_π(s_t) on them.
     """
-    from rlkl.lm.model import sample
+    from rlkl.lm.model import autocast, sample, shared_prefix_logits
 
     if any(k > n_samples for k in ks):
         raise ValueError(f"every k in {list(ks)} must be <= n_samples={n_samples}")
     was_training = model.training
     model.eval()
-    device = prompts.device
-    gen = torch.Generator(device=device).manual_seed(int(seed))
-    rep = prompts.repeat_interleave(n_samples, dim=0)  # [n * n_samples, P]
-    rewards, lengths = [], []
-    for i in range(0, rep.shape[0], batch_size):
-        resp, mask, _ = sample(model, rep[i : i + batch_size], task.max_response_len, task.eos_id, gen)
-        rewards.append(task.score(rep[i : i + batch_size].cpu(), resp.cpu()))
+    gen = torch.Generator(device=prompts.device).manual_seed(int(seed))
+    per = max(1, batch_size // n_samples)  # prompts per sampling batch
+    rewards, lengths, kl_seq, kl_tok, ent_tok, n_tok = [], [], [], 0.0, 0.0, 0
+    for i in range(0, prompts.shape[0], per):
+        p = prompts[i : i + per]  # [m, P]
+        resp, mask, _ = sample(model, p, task.max_response_len, task.eos_id, gen, group_size=n_samples)  # [m·S, R]
+        rewards.append(task.score_groups(p, resp, n_samples).cpu())
         lengths.append(mask.sum(dim=1).float().cpu())
+        if reference is not None:  # both by the same forward route, so that π = π_0 gives exactly 0
+            with autocast(prompts.device):
+                logits = shared_prefix_logits(model, p, resp, n_samples).float()  # [m·S, R, V]
+                ref_logits = shared_prefix_logits(reference, p, resp, n_samples).float()  # [m·S, R, V]
+            kl = token_kl(logits, ref_logits) * mask  # [m·S, R]
+            kl_seq.append(kl.sum(dim=1).cpu())
+            kl_tok += float(kl.sum())
+            ent_tok += float((token_entropy(logits) * mask).sum())
+            n_tok += int(mask.sum())
     correct = torch.cat(rewards).view(prompts.shape[0], n_samples)  # [n, n_samples]
     out = {f"pass@{k}": v for k, v in pass_at_k_batch(correct, ks).items()}
     greedy, _, _ = sample(model, prompts, task.max_response_len, task.eos_id, greedy=True)
-    out["greedy_acc"] = float(task.score(prompts.cpu(), greedy.cpu()).mean())
+    out["greedy_acc"] = float(task.score_groups(prompts, greedy).mean())
     out["eval_response_len"] = float(torch.cat(lengths).mean())
+    if reference is not None:
+        out.update(kl_rev_seq=float(torch.cat(kl_seq).mean()), kl_rev_tok=kl_tok / n_tok, entropy=ent_tok / n_tok)
     model.train(was_training)
     return out
 

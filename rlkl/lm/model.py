@@ -4,6 +4,8 @@ One file, read top to bottom: config -> attention -> MLP -> block -> GPT (forwar
 Sequences are short (tens of tokens) and the vocabulary is tiny (tens of symbols), so
 
 - sampling keeps a small key/value cache per block (``use_cache=False`` recomputes the prefix instead),
+- the G responses to one prompt share its prefix: the prompt positions are computed once per group, when
+  sampling and when scoring (:func:`shared_prefix_logits`, forward and backward),
 - every quantity that needs the full softmax (exact entropy, exact KL to the reference) is affordable.
 
 Padding convention: prompts of one task have a fixed length and responses are right-padded after their
@@ -68,17 +70,18 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
         k = k.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
         v = v.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
-        causal = True
-        if cache is not None:  # sampling: append to the keys/values of the earlier positions
+        causal, mask = True, None
+        if cache is not None:  # append to the keys/values of the earlier (cached) positions
             if "k" in cache:
-                if L != 1:
-                    raise ValueError("with a filled KV cache, feed one new token at a time")
-                k = torch.cat([cache["k"], k], dim=2)  # [B, H, past + 1, D/H]
-                v = torch.cat([cache["v"], v], dim=2)  # [B, H, past + 1, D/H]
-                causal = False  # the single new query may attend to every cached position
+                past = cache["k"].shape[2]
+                k = torch.cat([cache["k"], k], dim=2)  # [B, H, past + L, D/H]
+                v = torch.cat([cache["v"], v], dim=2)  # [B, H, past + L, D/H]
+                causal = False  # new query j sees every cached position and new positions <= j
+                if L > 1:
+                    mask = torch.ones(L, past + L, dtype=torch.bool, device=x.device).tril(diagonal=past)  # [L, past+L]
             cache["k"], cache["v"] = k, v
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal)  # [B, H, L, D/H]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)  # [B, H, L, D/H]
         y = y.transpose(1, 2).contiguous().view(B, L, D)  # [B, L, D]
         return self.proj(y)  # [B, L, D]
 
@@ -140,8 +143,9 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
         """Next-token logits for every position: ``idx [B, L]`` (long) -> ``logits [B, L, V]``.
 
-        ``caches`` (one dict per block, filled in place) and ``start`` (position of ``idx[:, 0]``) are for
-        sampling with a key/value cache; training and scoring call ``model(idx)``.
+        ``caches`` (one dict per block, filled in place) and ``start`` (position of ``idx[:, 0]``) feed ``idx``
+        as a continuation of the cached positions: one token at a time when sampling, or a whole response
+        after a shared prompt (:func:`shared_prefix_logits`); plain scoring calls ``model(idx)``.
         """
         B, L = idx.shape
         if start + L > self.cfg.block_size:
@@ -179,6 +183,47 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, R]
 
 
+def expand_caches(caches: list[dict], group_size: int) -> None:
+    """Repeat every cached key/value row ``group_size`` times, in place: ``[n, H, L, D/H]`` -> ``[n·G, H, L, D/H]``.
+
+    Row i of the result continues cached row ``i // G`` (groups are contiguous, as ``repeat_interleave``).
+    Differentiable: the gradient of the G copies sums into the shared prefix.
+    """
+    if group_size == 1:
+        return
+    for c in caches:
+        c["k"] = c["k"].repeat_interleave(group_size, dim=0)
+        c["v"] = c["v"].repeat_interleave(group_size, dim=0)
+
+
+def shared_prefix_logits(model: nn.Module, prompts: torch.Tensor, responses: torch.Tensor,
+                         group_size: int) -> torch.Tensor:
+    """Response logits with each prompt's positions computed once for its G responses.
+
+    ``prompts [n, P]`` (one per group), ``responses [n·G, R]`` (rows i·G … i·G+G−1 answer prompt i) ->
+    ``[n·G, R, V]``, equal up to float round-off to ``response_logits(model, prompts.repeat_interleave(G, 0),
+    responses)`` but with the prompt's share of the compute (and of the backward) divided by G. The prompt
+    pass fills a key/value cache (``n`` rows), which is repeated G times; the responses (all but the last
+    token) are then fed as one continuation that attends to the cache and causally to itself.
+    Models other than :class:`GPT` (no cache) take the plain route.
+    """
+    n, P = prompts.shape
+    if responses.ndim != 2 or responses.shape[0] != n * group_size:
+        raise ValueError(f"responses must be [n·G, R] = [{n}·{group_size}, R], got {tuple(responses.shape)}")
+    if group_size == 1:
+        return response_logits(model, prompts, responses)
+    if not isinstance(unwrap(model), GPT):
+        return response_logits(model, prompts.repeat_interleave(group_size, dim=0), responses)
+    caches = [{} for _ in unwrap(model).blocks]
+    first = model(prompts, caches)[:, -1:, :]  # [n, 1, V] predicts response token 0
+    first = first.repeat_interleave(group_size, dim=0)  # [B, 1, V]
+    if responses.shape[1] == 1:
+        return first
+    expand_caches(caches, group_size)
+    rest = model(responses[:, :-1], caches, start=P)  # [B, R - 1, V] predicts tokens 1 .. R-1
+    return torch.cat([first, rest], dim=1)  # [B, R, V]
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -189,11 +234,12 @@ def sample(
     temperature: float = 1.0,
     greedy: bool = False,
     use_cache: bool = True,
+    group_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample responses autoregressively until every row has emitted EOS.
+    """Sample ``group_size`` responses per prompt autoregressively until every row has emitted EOS.
 
     Args:
-        prompts: ``[B, P]`` long; all prompts of a task have the same length.
+        prompts: ``[n, P]`` long; all prompts of a task have the same length.
         max_new_tokens: response budget R (a row that never emits EOS is truncated).
         eos_id: end-of-sequence token id; after it a row is padded with ``eos_id`` and masked out.
         generator: torch.Generator on the model's device (seeded by the caller; same seed, same samples).
@@ -201,10 +247,12 @@ def sample(
         greedy: take the arg-max instead of sampling.
         use_cache: keep each block's keys/values and feed one new token per step (same numbers up to
             float round-off as recomputing the whole prefix, which ``use_cache=False`` does).
+        group_size: G responses per prompt (rows i·G … i·G+G−1 answer prompt i). With the cache, the prompt
+            pass runs once per prompt and its cache is repeated G times (the samples share the prefix).
 
     Returns:
-        ``responses [B, R]`` long, ``mask [B, R]`` bool (True up to and including the EOS token),
-        ``logp [B, R]`` float32: log π(token) at the temperature used, 0 where the mask is False.
+        ``responses [n·G, R]`` long, ``mask [n·G, R]`` bool (True up to and including the EOS token),
+        ``logp [n·G, R]`` float32: log π(token) at the temperature used, 0 where the mask is False.
     """
     def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
@@ -214,41 +262,46 @@ def sample(
             tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)  # [B]
         return tok, logp_all, None
 
-    responses, mask, logp, _ = _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick)
+    responses, mask, logp, _ = _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick, group_size)
     return responses, mask, logp
 
 
+@torch.no_grad()
 def sample_engine(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_id: int,
-                  generator: torch.Generator | None, sampler, use_cache: bool = True,
+                  generator: torch.Generator | None, sampler, use_cache: bool = True, group_size: int = 1,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample like an inference engine: each step draws from q = ``sampler``(softmax(logits)).
 
     ``sampler`` is an ``rlkl.sampling.Sampler`` (temperature, top-k/top-p/min-p with ties by token index, logits
-    rounded to its dtype; applied to the float32 logits of this model's forward).
+    rounded to its dtype; applied to the float32 logits of this model's forward). ``prompts``, ``group_size``
+    and the shared prefix as in :func:`sample`.
 
     Returns:
-        ``responses [B, R]`` long, ``mask [B, R]`` bool, ``logp [B, R]`` float32: the log-probs the engine
+        ``responses [n·G, R]`` long, ``mask [n·G, R]`` bool, ``logp [n·G, R]`` float32: the log-probs the engine
         *reports* (log q, or the raw log softmax of its logits with ``logprobs="raw"``), 0 on padding, and
-        ``kept [B, R, V]`` bool: the kept set at every position (all True on padding).
+        ``kept [n·G, R, V]`` bool: the kept set at every position (all True on padding).
     """
     def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = sampler.transform(logits)  # [B, V] log q, kept, reported
         tok = torch.multinomial(out.log_q.exp(), 1, generator=generator).squeeze(-1)  # [B] from q
         return tok, out.log_reported, out.kept
 
-    return _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick)
+    return _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick, group_size)
 
 
-def _generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_id: int, use_cache: bool, pick):
+def _generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_id: int, use_cache: bool, pick,
+              group_size: int = 1):
     """The decoding loop of :func:`sample` / :func:`sample_engine`; ``pick(logits [B, V])`` returns the tokens
     ``[B]``, the log-probs to record ``[B, V]`` and the kept set ``[B, V]`` (or None)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    B = prompts.shape[0]
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    B, P = prompts.shape[0] * group_size, prompts.shape[1]
     device = prompts.device
     core = unwrap(model)
     caches = [{} for _ in core.blocks] if use_cache and isinstance(core, GPT) else None
-    seq = prompts  # [B, P]
+    seq = prompts.repeat_interleave(group_size, dim=0) if caches is None else None  # [B, P] (no-cache route)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # [B] row has emitted EOS
     tokens, masks, logps, kepts = [], [], [], []
     for t in range(max_new_tokens):
@@ -256,9 +309,11 @@ def _generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_
             if caches is None:
                 logits = model(seq)[:, -1, :].float()  # [B, V] recompute the whole prefix
             elif t == 0:
-                logits = core(seq, caches)[:, -1, :].float()  # [B, V] prompt pass fills the caches
+                logits = core(prompts, caches)[:, -1, :].float()  # [n, V] one prompt pass per group
+                logits = logits.repeat_interleave(group_size, dim=0)  # [B, V]
+                expand_caches(caches, group_size)
             else:
-                logits = core(seq[:, -1:], caches, start=seq.shape[1] - 1)[:, -1, :].float()  # [B, V]
+                logits = core(tokens[-1][:, None], caches, start=P + t - 1)[:, -1, :].float()  # [B, V]
         tok, logp_all, kept = pick(logits)
         tok = torch.where(done, torch.full_like(tok, eos_id), tok)  # [B] pad finished rows
         live = ~done  # [B]
@@ -268,7 +323,8 @@ def _generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_
         tokens.append(tok)
         masks.append(live)
         done = done | (tok == eos_id)
-        seq = torch.cat([seq, tok[:, None]], dim=1)  # [B, P + t + 1]
+        if seq is not None:
+            seq = torch.cat([seq, tok[:, None]], dim=1)  # [B, P + t + 1]
         if bool(done.all()):
             break
     responses = torch.stack(tokens, dim=1)  # [B, R']  R' <= max_new_tokens

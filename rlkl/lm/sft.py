@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from rlkl.lm.metrics import evaluate
 from rlkl.lm.model import GPT, GPTConfig, autocast, resolve_device, response_logits, unwrap
+from rlkl.lm.optim import AdamW
 from rlkl.lm.tasks import Task, make_task, task_from_dict
 
 
@@ -100,6 +101,9 @@ SFT_PRESETS: dict[str, dict] = {
     # One thread: at this size intra-op parallelism costs more than it saves (and collapses when the
     # cores are shared with other processes).
     "cpu_tiny": dict(n_layer=2, n_head=4, d_model=64, steps=1000, batch_size=128, lr=3e-3, num_threads=1),
+    # ~1.0M parameters, 3-digit addition, two threads: SFT + one RL run within ~10 minutes on 2 quiet cores
+    "cpu_small": dict(n_layer=4, n_head=4, d_model=144, steps=800, batch_size=128, lr=2e-3, difficulty=3,
+                      num_threads=2),
     "gpu_small": dict(n_layer=4, n_head=4, d_model=128, steps=5000, batch_size=512, lr=1e-3, difficulty=3),
     "gpu_medium": dict(n_layer=6, n_head=8, d_model=256, steps=10000, batch_size=512, lr=6e-4, difficulty=5),
 }
@@ -108,7 +112,14 @@ SFT_PRESETS: dict[str, dict] = {
 def sft_config_from_preset(preset: str, **overrides) -> SFTConfig:
     if preset not in SFT_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(SFT_PRESETS)}")
-    return SFTConfig(**{**SFT_PRESETS[preset], **overrides})
+    values = {**SFT_PRESETS[preset], **overrides}
+    if overrides.get("eval_prompts") is None:  # a small task (divisor): at most its whole eval split
+        from rlkl.lm.tasks import n_problems
+
+        t = make_task(values.get("task", "addition"), values.get("difficulty", 2), values.get("split_seed", 0))
+        if n_problems(t) <= 200_000:
+            values["eval_prompts"] = min(values.get("eval_prompts", 200), len(t.split_problems("eval")))
+    return SFTConfig(**values)
 
 
 def corrupt(answer: list[int], symbols: list[int], generator: torch.Generator, max_len: int | None = None) -> list[int]:
@@ -135,10 +146,11 @@ def noisy_demonstrations(
     """``n`` training demonstrations: ``(prompts [n, P], responses [n, R], mask [n, R], corrupted [n])``.
 
     Each answer is corrupted with probability ``noise_rate`` (see :func:`corrupt`; answers stay within the
-    task's budget of R - 1 symbols + EOS), so exactly the corrupted demonstrations are wrong.
+    task's budget of R - 1 symbols + EOS), so exactly the corrupted demonstrations are wrong — except on a
+    multi-answer task (``divisor``), where an edit can land on another correct answer.
     """
     prompts = task.sample_prompts(n, generator, split="train")  # [n, P]
-    clean, clean_mask = task.target_responses(prompts)  # [n, R]
+    clean, clean_mask = task.demonstration_responses(prompts, generator)  # [n, R] (a multi-answer task draws one)
     R, eos = task.max_response_len, task.eos_id
     symbols = task.tokenizer.encode(task.answer_symbols)
     corrupted = torch.rand(n, generator=generator) < noise_rate  # [n]
@@ -299,7 +311,7 @@ def _sft_state(cfg: SFTConfig, device):
     mcfg = GPTConfig(vocab_size=task.vocab_size, block_size=task.prompt_len + task.max_response_len,
                      n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model)
     model = GPT(mcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    opt = AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)  # fused, no dynamo
     return task, model, opt, torch.Generator().manual_seed(cfg.seed)  # the generator: demonstrations + noise (CPU)
 
 

@@ -21,6 +21,15 @@ Tasks
     Example (n = 4): prompt ``3914:``, answer ``1349$``.
     Vocabulary: ``0123456789:$`` (ids 0..11; digit k has id k).
 
+``divisor`` (difficulty d = number of digits of N) — a task with **many correct answers**
+    N uniform in [1, 10^d). Prompt: N zero-padded to d digits followed by ``:``, length d + 1.
+    Answer: any divisor of N, without leading zeros, followed by ``$`` (at most d + 1 tokens). Every divisor
+    earns reward 1, so the answers of one prompt tie in reward and differ only in π_ref's odds; the responses
+    are short enough that the LM's whole sequence distribution can be enumerated (``rlkl.lm.exact``).
+    Demonstrations (SFT) draw the k-th smallest divisor with probability ∝ 1/k (so π_ref prefers small ones).
+    Example (d = 2): N = 12 -> prompt ``12:``, answers ``1$ 2$ 3$ 4$ 6$ 12$``.
+    Vocabulary: ``0123456789:$`` (ids 0..11; digit k has id k). No partial credit.
+
 Verifier: reward 1 when the decoded response (tokens before the first EOS) equals the answer *and*
 the EOS was emitted within the budget, else 0. Partial credit (optional): fraction of answer positions
 whose digit is right (a response of the wrong length is compared position by position up to the longer
@@ -33,6 +42,7 @@ prompts are rejection-sampled from the complement, so no eval problem is ever tr
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -89,7 +99,7 @@ class Task:
     """Base class: a family of prompts with a verifier. Subclasses fill the abstract methods."""
 
     difficulty: int
-    """Task size: digits per operand (addition) or list length (sort)."""
+    """Task size: digits per operand (addition), list length (sort) or digits of N (divisor)."""
     split_seed: int = 0
     """Seed of the train/eval split hash (changing it gives a different but still disjoint split)."""
     eval_fraction: float = 0.1
@@ -151,6 +161,23 @@ class Task:
     def answer_symbols(self) -> str:
         """Symbols an answer is made of (SFT noise draws from these)."""
         return "0123456789"
+
+    #: True for tasks with several correct answers per prompt (``answer_text`` is then one of them)
+    multi_answer: bool = field(default=False, init=False)
+
+    def demonstration_responses(self, prompts: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correct responses for SFT demonstrations: the answer (a multi-answer task draws one per prompt)."""
+        return self.target_responses(prompts)
+
+    def split_problems(self, split: str) -> torch.Tensor:
+        """Every problem of ``split`` ("train" or "eval"), for problem spaces small enough to enumerate."""
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if n_problems(self) > 200_000:
+            raise ValueError(f"{self.name} (difficulty {self.difficulty}) has {n_problems(self)} problems; too many "
+                             f"to enumerate")
+        pool = self._all_problems()
+        return pool[self.is_eval(pool) == (split == "eval")]
 
     def to_dict(self) -> dict:
         return {"name": self.name, **{k: v for k, v in asdict(self).items() if k in
@@ -242,6 +269,31 @@ class Task:
         return torch.tensor(out, dtype=torch.float32)
 
 
+    def score_groups(self, prompts: torch.Tensor, responses: torch.Tensor, group_size: int = 1,
+                     partial_credit: bool = False) -> torch.Tensor:
+        """The verifier for G responses per prompt: ``prompts [n, P]``, ``responses [n·G, R]`` -> ``[n·G]`` float32.
+
+        Equal to ``score(prompts.repeat_interleave(G, 0), responses)`` (binary reward; partial credit
+        delegates to :meth:`score`), but computed by tensor comparison on the responses' device: each prompt's
+        answer is worked out once (:meth:`target_responses`) and a response is right iff it matches the answer
+        and its EOS token, position by position; tokens after that EOS are ignored, as :meth:`score` does.
+        """
+        if prompts.ndim != 2 or responses.ndim != 2 or responses.shape[0] != prompts.shape[0] * group_size:
+            raise ValueError(f"prompts [n, P] and responses [n·G, R] with G = {group_size} expected, got "
+                             f"{tuple(prompts.shape)} and {tuple(responses.shape)}")
+        if partial_credit:
+            return self.score(prompts.repeat_interleave(group_size, dim=0).cpu(), responses.cpu(),
+                              partial_credit=True).to(responses.device)
+        target, tmask = self.target_responses(prompts.cpu())  # [n, R_max] answer + EOS, mask up to the EOS
+        R = responses.shape[1]
+        if R < target.shape[1]:  # a budget shorter than the answer + EOS: pad (never matches the EOS)
+            responses = torch.nn.functional.pad(responses, (0, target.shape[1] - R), value=-1)
+        target = target.to(responses.device).repeat_interleave(group_size, dim=0)  # [B, R_max]
+        tmask = tmask.to(responses.device).repeat_interleave(group_size, dim=0)  # [B, R_max]
+        hit = (responses[:, : target.shape[1]] == target) | ~tmask  # [B, R_max]
+        return hit.all(dim=1).float()  # [B]
+
+
 @dataclass(frozen=True)
 class AdditionTask(Task):
     """Reversed-digit addition of two d-digit numbers (see the module docstring for the encoding)."""
@@ -320,7 +372,102 @@ class SortTask(Task):
         return [int(c) for c in text.rstrip(":")]
 
 
-TASKS: dict[str, type[Task]] = {"addition": AdditionTask, "sort": SortTask}
+@functools.lru_cache(maxsize=None)
+def divisors(n: int) -> tuple[int, ...]:
+    """The divisors of ``n >= 1``, ascending."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return tuple(sorted(set(small + [n // d for d in small])))
+
+
+@dataclass(frozen=True)
+class DivisorTask(Task):
+    """Name any divisor of N (many correct answers; see the module docstring for the encoding)."""
+
+    name: str = field(default="divisor", init=False)
+    alphabet: str = field(default="0123456789:" + EOS, init=False)
+    multi_answer: bool = field(default=True, init=False)
+
+    def _random_problems(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(1, 10**self.difficulty, (n, 1), generator=generator)  # [n, 1] N
+
+    def _keys(self, problems: torch.Tensor) -> torch.Tensor:
+        return problems[:, 0]  # [n]
+
+    def _all_problems(self) -> torch.Tensor:
+        return torch.arange(1, 10**self.difficulty)[:, None]  # [10^d - 1, 1]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.difficulty + 1
+
+    @property
+    def max_response_len(self) -> int:
+        return self.difficulty + 1
+
+    def prompt_text(self, problem: list[int]) -> str:
+        return f"{problem[0]:0{self.difficulty}d}:"
+
+    def answer_text(self, problem: list[int]) -> str:
+        """One correct answer (the largest divisor, N itself); every divisor is correct."""
+        return str(problem[0])
+
+    def answers(self, problem: list[int]) -> list[str]:
+        """Every correct answer of a problem."""
+        return [str(d) for d in divisors(int(problem[0]))]
+
+    def parse_prompt(self, prompt_ids) -> list[int]:
+        return [int(self.tokenizer.decode(prompt_ids, stop_at_eos=False).rstrip(":"))]
+
+    def demonstration_responses(self, prompts: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A divisor per prompt: the k-th smallest with probability ∝ 1/k (then EOS)."""
+        tok, R = self.tokenizer, self.max_response_len
+        resp = torch.full((prompts.shape[0], R), self.eos_id, dtype=torch.long)
+        mask = torch.zeros((prompts.shape[0], R), dtype=torch.bool)
+        for i, p in enumerate(prompts.tolist()):
+            ds = divisors(self.parse_prompt(p)[0])
+            w = 1.0 / torch.arange(1, len(ds) + 1, dtype=torch.float64)  # [n_divisors] ∝ 1/k
+            ids = tok.encode(str(ds[int(torch.multinomial(w, 1, generator=generator))]) + EOS)
+            resp[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = True
+        return resp, mask
+
+    def score(self, prompts: torch.Tensor, responses: torch.Tensor, partial_credit: bool = False) -> torch.Tensor:
+        """1 iff the response is a divisor of N (digits without a leading zero, then EOS), else 0."""
+        if partial_credit:
+            raise ValueError("the divisor task has no partial credit (its reward is binary)")
+        if prompts.ndim != 2 or responses.ndim != 2 or prompts.shape[0] != responses.shape[0]:
+            raise ValueError(f"prompts [n, P] and responses [n, R] expected, got {tuple(prompts.shape)} "
+                             f"and {tuple(responses.shape)}")
+        out = []
+        for p, r in zip(prompts.tolist(), responses.tolist()):
+            got = self.tokenizer.decode(r)
+            ok = self.eos_id in r and got.isdigit() and got[0] != "0" and got in self.answers(self.parse_prompt(p))
+            out.append(1.0 if ok else 0.0)
+        return torch.tensor(out, dtype=torch.float32)
+
+    def score_groups(self, prompts: torch.Tensor, responses: torch.Tensor, group_size: int = 1,
+                     partial_credit: bool = False) -> torch.Tensor:
+        """:meth:`score` for G responses per prompt, by tensor arithmetic on the responses' device."""
+        if partial_credit:
+            raise ValueError("the divisor task has no partial credit (its reward is binary)")
+        if prompts.ndim != 2 or responses.ndim != 2 or responses.shape[0] != prompts.shape[0] * group_size:
+            raise ValueError(f"prompts [n, P] and responses [n·G, R] with G = {group_size} expected, got "
+                             f"{tuple(prompts.shape)} and {tuple(responses.shape)}")
+        d, (B, R) = self.difficulty, responses.shape
+        powers = 10 ** torch.arange(d - 1, -1, -1, device=prompts.device)  # [d]
+        N = (prompts[:, :d] * powers).sum(dim=1).repeat_interleave(group_size)  # [B]
+        is_eos = responses == self.eos_id  # [B, R]
+        length = torch.where(is_eos.any(dim=1), is_eos.float().argmax(dim=1), R)  # [B] tokens before the first EOS
+        pos = torch.arange(R, device=responses.device)  # [R]
+        before = pos[None, :] < length[:, None]  # [B, R]
+        digit_ok = ((responses < 10) | ~before).all(dim=1)  # [B] only digits before the EOS
+        exponent = (length[:, None] - 1 - pos[None, :]).clamp_min(0)  # [B, R]
+        value = torch.where(before, responses.clamp(0, 9) * 10**exponent, 0).sum(dim=1)  # [B]
+        ok = (length >= 1) & is_eos.any(dim=1) & digit_ok & (responses[:, 0] != 0)  # EOS within the budget
+        return (ok & (N % value.clamp_min(1) == 0)).float()  # [B]
+
+
+TASKS: dict[str, type[Task]] = {"addition": AdditionTask, "sort": SortTask, "divisor": DivisorTask}
 
 
 def make_task(name: str, difficulty: int, split_seed: int = 0, eval_fraction: float = 0.1) -> Task:
@@ -340,4 +487,6 @@ def n_problems(task: Task) -> int:
         return 10 ** (2 * task.difficulty)
     if isinstance(task, SortTask):
         return 10**task.difficulty
+    if isinstance(task, DivisorTask):
+        return 10**task.difficulty - 1
     return math.inf  # type: ignore[return-value]

@@ -15,8 +15,10 @@ How this departs from full-scale GRPO / RPG training (verl, TRL, the RPG repo):
 1. **Scale and task.** A ~0.1M-parameter GPT (``rlkl.lm.model``) on a synthetic task with an exact
    verifier (``rlkl.lm.tasks``); no chat template, all prompts of a task have one length, responses are
    a few tokens long. The reference policy is our own noisy-SFT model (``rlkl.lm.sft``).
-2. **Sampling.** By default pure temperature-1 sampling (no top-p/top-k) by the training model itself, no
-   inference engine: there is no training/inference mismatch, so no rollout importance correction.
+2. **Sampling.** By default pure temperature-1 sampling (no top-p/top-k) by the training model itself (with a
+   KV cache; the G samples of a prompt share its prefix, which is computed once — also in the π_ref, π_0 and
+   policy forwards), no inference engine: there is no training/inference mismatch, so no rollout importance
+   correction.
    π_old log-probs are recomputed by one full forward after sampling (as verl does; here that forward is
    the first update's own, detached), so the first of the K updates is exactly on-policy (ratio 1).
    The ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``sampler_dtype`` and ``logprobs`` fields make the
@@ -54,10 +56,11 @@ import torch
 from tqdm.auto import tqdm
 
 from rlkl._io import atomic_write_json, sha256_file
-from rlkl.lm.metrics import (evaluate, mismatch_metrics, rollout_metrics, seq_sum, token_entropy, token_kl,
-                             tokens_per_second)
-from rlkl.lm.model import (autocast, maybe_compile, resolve_device, response_logits, sample, sample_engine,
+from rlkl.lm.exact import Yardstick, enumerable
+from rlkl.lm.metrics import evaluate, mismatch_metrics, rollout_metrics, seq_sum, token_kl, tokens_per_second
+from rlkl.lm.model import (autocast, maybe_compile, resolve_device, sample, sample_engine, shared_prefix_logits,
                            token_logprobs, unwrap)
+from rlkl.lm.optim import AdamW
 from rlkl.lm.runlog import GracefulStop, MetricLog, load_checkpoint, restore_rows, save_checkpoint
 from rlkl.lm.sft import load_reference
 from rlkl.lm.tasks import TASKS, Task
@@ -67,9 +70,10 @@ TIMING_KEYS = ("time/rollout", "time/update", "time/step", "time/eval", "wall_ti
 
 # Task difficulty used by a preset when none is given (shared by `rlkl sft` and `rlkl train`).
 PRESET_DIFFICULTY: dict[str, dict[str, int]] = {
-    "cpu_tiny": {"addition": 2, "sort": 4},
-    "gpu_small": {"addition": 3, "sort": 6},
-    "gpu_medium": {"addition": 5, "sort": 10},
+    "cpu_tiny": {"addition": 2, "sort": 4, "divisor": 2},
+    "cpu_small": {"addition": 3, "sort": 6, "divisor": 2},
+    "gpu_small": {"addition": 3, "sort": 6, "divisor": 3},
+    "gpu_medium": {"addition": 5, "sort": 10, "divisor": 3},
 }
 
 
@@ -193,6 +197,9 @@ class TrainConfig:
         for name in ("unclipped", "partial_credit", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.partial_credit and TASKS[self.task].multi_answer:
+            raise ValueError(f"task {self.task!r} has no partial credit (several answers are correct); drop "
+                             f"partial_credit")
         if not isinstance(self.ref, str) or not isinstance(self.device, str):
             raise ValueError(f"ref and device must be strings, got {self.ref!r}, {self.device!r}")
         resolve_device(self.device)  # ValueError for an unknown device or CUDA requested but absent
@@ -216,6 +223,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # (one thread: at this size intra-op parallelism costs more than it saves)
     "cpu_tiny": dict(steps=150, prompts_per_step=16, group_size=8, lr=3e-4, warmup_steps=10, eval_every=25,
                      eval_prompts=200, eval_samples=8, checkpoint_every=50, num_threads=1),
+    # ~1.0M parameters (the cpu_small SFT preset), 3-digit addition, 2 threads: about a minute per run on 2 cores
+    "cpu_small": dict(steps=150, prompts_per_step=16, group_size=8, lr=2e-4, warmup_steps=10, eval_every=50,
+                      eval_prompts=200, eval_samples=8, checkpoint_every=50, num_threads=2),
     "gpu_small": dict(steps=500, prompts_per_step=64, group_size=8, lr=1e-4, warmup_steps=20, eval_every=50,
                       eval_prompts=500, eval_samples=16, checkpoint_every=100),
     "gpu_medium": dict(steps=1000, prompts_per_step=128, group_size=16, lr=5e-5, warmup_steps=50, eval_every=100,
@@ -232,6 +242,12 @@ def config_from_preset(preset: str, **overrides: Any) -> TrainConfig:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
     values.setdefault("difficulty", PRESET_DIFFICULTY[preset][task])
+    if "eval_prompts" not in overrides or overrides["eval_prompts"] is None:  # a small task: its whole eval split
+        from rlkl.lm.tasks import make_task, n_problems
+
+        t = make_task(task, values["difficulty"])
+        if n_problems(t) <= 200_000:
+            values["eval_prompts"] = min(values["eval_prompts"], len(t.split_problems("eval")))
     if not values.get("ref"):
         values["ref"] = default_ref_path(task, values["difficulty"], preset)
     return TrainConfig(**values)
@@ -294,7 +310,7 @@ class Rollout:
     forward and the first update is exactly on-policy), :func:`collect_rollout` can also compute them.
     """
 
-    prompts: torch.Tensor  # [B, P] long
+    prompts: torch.Tensor  # [B, P] long (row i answers prompt i // G)
     responses: torch.Tensor  # [B, R] long
     mask: torch.Tensor  # [B, R] bool
     logp_sample: torch.Tensor  # [B, R] log-probs recorded while sampling (0 on padding)
@@ -309,6 +325,11 @@ class Rollout:
     kept: torch.Tensor | None = None  # [B, R, V] the engine's kept sets (with a sampler)
     replay: bool = False  # mask replay: π_θ and π_old renormalized over the kept sets in the loss
     kept_logmass: torch.Tensor | None = None  # [B, R] log Σ_{a∈K} π_old(a|s) (with a sampler)
+
+    @property
+    def group_prompts(self) -> torch.Tensor:
+        """``[n, P]``: the prompt of each group (every G-th row of ``prompts``)."""
+        return self.prompts[:: self.group_size]
 
     @torch.no_grad()
     def set_behaviour(self, logits: torch.Tensor) -> None:
@@ -343,15 +364,20 @@ class Rollout:
                             kept_logmass=self.kept_logmass if engine else None)
 
 
-def policy_logits(model: torch.nn.Module, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-    """Response logits of the policy (differentiable): ``[B, R, V]`` float32."""
+def policy_logits(model: torch.nn.Module, prompts: torch.Tensor, responses: torch.Tensor,
+                  group_size: int = 1) -> torch.Tensor:
+    """Response logits (differentiable): ``prompts [n, P]``, ``responses [n·G, R]`` -> ``[n·G, R, V]`` float32.
+
+    Each prompt's positions are computed once for its G responses (:func:`rlkl.lm.model.shared_prefix_logits`).
+    """
     with autocast(prompts.device):
-        return response_logits(model, prompts, responses).float()  # [B, R, V]
+        return shared_prefix_logits(model, prompts, responses, group_size).float()  # [B, R, V]
 
 
-def policy_logp(model: torch.nn.Module, prompts: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-    """log π(sampled token) for every response position (differentiable): ``[B, R]``."""
-    return token_logprobs(policy_logits(model, prompts, responses), responses)  # [B, R]
+def policy_logp(model: torch.nn.Module, prompts: torch.Tensor, responses: torch.Tensor,
+                group_size: int = 1) -> torch.Tensor:
+    """log π(sampled token) for every response position (differentiable): ``[n·G, R]``."""
+    return token_logprobs(policy_logits(model, prompts, responses, group_size), responses)  # [B, R]
 
 
 @torch.no_grad()
@@ -376,24 +402,25 @@ def collect_rollout(
     ``sampler``: an ``rlkl.sampling.Sampler`` the engine samples through (:func:`rlkl.lm.model.sample_engine`);
     ``replay``: renormalize π_θ and π_old over its kept sets in the loss (mask replay).
     """
-    device = prompts.device
-    rep = prompts.repeat_interleave(group_size, dim=0)  # [B, P]  rows i*G .. i*G+G-1 share prompt i
+    G = group_size
+    rep = prompts.repeat_interleave(G, dim=0)  # [B, P]  rows i*G .. i*G+G-1 share prompt i
+    # the G samples of a prompt share its prefix (one prompt pass per group, its KV cache repeated G times)
     kept = None
     if sampler is None:
-        responses, mask, logp_sample = sample(policy, rep, task.max_response_len, task.eos_id, generator)  # [B, R] x3
+        responses, mask, logp_sample = sample(policy, prompts, task.max_response_len, task.eos_id, generator,
+                                              group_size=G)  # [B, R] x3
     else:  # an inference engine: q = sampler(π_old), reported log-probs, kept sets [B, R, V]
-        responses, mask, logp_sample, kept = sample_engine(policy, rep, task.max_response_len, task.eos_id,
-                                                           generator, sampler)
-    rewards = task.score(rep.cpu(), responses.cpu(), partial_credit=partial_credit).to(device)  # [B]
-    with autocast(device):
-        logits_base = response_logits(base, rep, responses).float()  # [B, R, V]
-        logits_ref = logits_base if ref is base else response_logits(ref, rep, responses).float()  # [B, R, V]
+        responses, mask, logp_sample, kept = sample_engine(policy, prompts, task.max_response_len, task.eos_id,
+                                                           generator, sampler, group_size=G)
+    rewards = task.score_groups(prompts, responses, G, partial_credit)  # [B] on the device
+    logits_base = policy_logits(base, prompts, responses, G)  # [B, R, V]
+    logits_ref = logits_base if ref is base else policy_logits(ref, prompts, responses, G)  # [B, R, V]
     ro = Rollout(rep, responses, mask, logp_sample, token_logprobs(logits_ref, responses), rewards.float(),
-                 group_size, logits_base, logits_ref, sampler=sampler, kept=kept, replay=replay and kept is not None)
+                 G, logits_base, logits_ref, sampler=sampler, kept=kept, replay=replay and kept is not None)
     if partial_credit:  # the binary pass rate next to the partial-credit reward
-        ro.metrics["pass_rate"] = float(task.score(rep.cpu(), responses.cpu()).mean())
+        ro.metrics["pass_rate"] = float(task.score_groups(prompts, responses, G).mean())
     if with_behaviour:
-        ro.set_behaviour(policy_logits(policy, rep, responses))
+        ro.set_behaviour(policy_logits(policy, prompts, responses, G))
     return ro
 
 
@@ -402,7 +429,7 @@ def compute_loss(model: torch.nn.Module, method, rollout: Rollout, group_size: i
 
     When the rollout has no behaviour log-probs yet, this forward pass provides them (π_old = π_θ now).
     """
-    logits = policy_logits(model, rollout.prompts, rollout.responses)  # [B, R, V] requires grad
+    logits = policy_logits(model, rollout.group_prompts, rollout.responses, rollout.group_size)  # [B, R, V] grad
     if rollout.logp_old is None:
         rollout.set_behaviour(logits)
     if rollout.replay:  # mask replay: π_θ renormalized over the engine's kept sets (no gradient to cut tokens)
@@ -413,27 +440,48 @@ def compute_loss(model: torch.nn.Module, method, rollout: Rollout, group_size: i
     return method.loss(logp, rollout.batch(group_size))
 
 
-@torch.no_grad()
-def drift_metrics(policy: torch.nn.Module, base: torch.nn.Module, task: Task, prompts: torch.Tensor,
-                  generator: torch.Generator) -> dict[str, float]:
-    """Exact KL drift on eval prompts, one sample per prompt from π and one from π_0.
+@dataclass(frozen=True)
+class ReferenceSamples:
+    """One response per eval prompt sampled from π_0 once per run, with π_0's logits on them (π_0 is frozen)."""
 
-    ``eval_kl_rev_seq`` = mean_i Σ_t KL(π‖π_0)(s_t) over y ~ π (= sequence KL(π‖π_0) in expectation);
-    ``eval_kl_fwd_seq`` = mean_i Σ_t KL(π_0‖π)(s_t) over y ~ π_0 (= sequence KL(π_0‖π) in expectation);
-    token-level versions are the token means on the same samples; ``eval_entropy`` on the π samples.
+    prompts: torch.Tensor  # [n, P]
+    responses: torch.Tensor  # [n, R]
+    mask: torch.Tensor  # [n, R] bool
+    logits: torch.Tensor  # [n, R, V] π_0's logits at the visited states
+
+
+@torch.no_grad()
+def reference_samples(base: torch.nn.Module, task: Task, prompts: torch.Tensor, seed: int) -> ReferenceSamples:
+    """Draw the π_0 samples of the forward-KL metric (a private generator seeded by ``seed``)."""
+    gen = torch.Generator(device=prompts.device).manual_seed(int(seed))
+    resp, mask, _ = sample(base, prompts, task.max_response_len, task.eos_id, gen)  # [n, R]
+    return ReferenceSamples(prompts, resp, mask, policy_logits(base, prompts, resp))  # [n, R, V]
+
+
+@torch.no_grad()
+def forward_kl_metrics(policy: torch.nn.Module, ref_samples: ReferenceSamples) -> dict[str, float]:
+    """Exact forward KL on the π_0 samples of the eval prompts.
+
+    ``eval_kl_fwd_seq`` = mean_i Σ_t KL(π_0‖π)(s_t) over y_i ~ π_0 (= sequence KL(π_0‖π) in expectation);
+    ``eval_kl_fwd_tok`` = the token mean of KL(π_0‖π)(s_t) on the same samples.
     """
-    out: dict[str, float] = {}
-    for who, sampler, p, q in (("rev", policy, policy, base), ("fwd", base, base, policy)):
-        resp, mask, _ = sample(sampler, prompts, task.max_response_len, task.eos_id, generator)
-        with autocast(prompts.device):
-            lp = response_logits(p, prompts, resp).float()  # [n, R, V]
-            lq = response_logits(q, prompts, resp).float()  # [n, R, V]
-        kl = token_kl(lp, lq)  # [n, R]
-        out[f"eval_kl_{who}_seq"] = float(seq_sum(kl, mask).mean())
-        out[f"eval_kl_{who}_tok"] = float((kl * mask).sum() / mask.sum())
-        if who == "rev":
-            out["eval_entropy"] = float((token_entropy(lp) * mask).sum() / mask.sum())
-    return out
+    rs = ref_samples
+    lp = policy_logits(policy, rs.prompts, rs.responses)  # [n, R, V]
+    kl = token_kl(rs.logits, lp) * rs.mask  # [n, R]
+    return {"eval_kl_fwd_seq": float(seq_sum(kl, rs.mask).mean()), "eval_kl_fwd_tok": float(kl.sum() / rs.mask.sum())}
+
+
+def evaluate_policy(policy: torch.nn.Module, base: torch.nn.Module, task: Task, prompts: torch.Tensor,
+                    n_samples: int, ks: list[int], seed: int, ref_samples: ReferenceSamples) -> dict[str, float]:
+    """Every ``eval_…`` metric: pass@k, greedy accuracy and length, and the exact drift from π_0.
+
+    Reverse KL and entropy come from the same ``n_samples`` samples per prompt as pass@k
+    (:func:`rlkl.lm.metrics.evaluate`), the forward KL from the fixed π_0 samples (:func:`forward_kl_metrics`).
+    """
+    res = evaluate(policy, task, prompts, n_samples, ks, seed, reference=base)
+    res = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in res.items()}  # eval_pass@k, eval_kl_rev_seq, …
+    res.update(forward_kl_metrics(policy, ref_samples))
+    return res
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,7 +497,7 @@ class _State:
     policy: torch.nn.Module  # π_θ (trained)
     ref: torch.nn.Module  # π_ref of the loss (= base unless ref_refresh_every > 0)
     train_model: torch.nn.Module  # the policy, compiled when cfg.compile
-    opt: torch.optim.Optimizer
+    opt: AdamW
     prompt_gen: torch.Generator  # the prompt stream (CPU)
     sample_gen: torch.Generator  # the sampling stream (on the device)
     step: int = 0
@@ -464,8 +512,8 @@ def _build_state(cfg: TrainConfig, device: torch.device) -> tuple[_State, Task]:
     base.requires_grad_(False).eval()
     policy = copy.deepcopy(base).requires_grad_(True).train()
     ref = base if cfg.ref_refresh_every == 0 else copy.deepcopy(base)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                            weight_decay=cfg.weight_decay)
+    opt = AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                weight_decay=cfg.weight_decay)  # torch's fused AdamW kernel, without the torch._dynamo import
     st = _State(base, policy, ref, maybe_compile(policy, cfg.compile), opt,
                 torch.Generator().manual_seed(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed + 1))
     return st, task
@@ -562,6 +610,14 @@ _GracefulStop = GracefulStop  # the name the tests and older code use
 # ---------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------
+
+
+def _group_of(method, cfg: TrainConfig) -> tuple[int, str, float] | None:
+    """(G, std, ε) of a GRPO-style standardized advantage (its finite-group utility U_G), else None."""
+    from rlkl.components import GroupStandardized
+
+    adv = method.advantage
+    return (cfg.group_size, adv.std.value, float(adv.eps)) if isinstance(adv, GroupStandardized) else None
 
 
 def _lr_at(update: int, cfg: TrainConfig) -> float:
@@ -684,14 +740,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
                                          "device": str(device), "torch": torch.__version__})
     eval_prompts = task.eval_prompts(cfg.eval_prompts).to(device)
     ks = _pass_ks(cfg.eval_samples)
+    ref_samples = reference_samples(st.base, task, eval_prompts, seed=(cfg.seed + 1) * 1_000_003 - 1)  # fixed per run
+    yardstick = Yardstick.build(st.base, task, device) if enumerable(task) else None  # π_0 on every train problem
 
     def run_eval(step: int) -> dict:
         t = time.time()
-        seed = cfg.seed * 1_000_003 + step
-        res = evaluate(st.policy, task, eval_prompts, cfg.eval_samples, ks, seed)
-        res = {k if k.startswith("eval_") else f"eval_{k}": v for k, v in res.items()}  # eval_pass@k, eval_response_len
-        res.update(drift_metrics(st.policy, st.base, task, eval_prompts,
-                                 torch.Generator(device=device).manual_seed(seed + 1)))
+        res = evaluate_policy(st.policy, st.base, task, eval_prompts, cfg.eval_samples, ks,
+                              cfg.seed * 1_000_003 + step, ref_samples)
+        if yardstick is not None:  # exact sequence-level metrics on the training problems (rlkl.lm.exact)
+            res.update(yardstick.metrics(st.policy, float(cfg.beta), (1, cfg.eval_samples), _group_of(method, cfg)))
         res["time/eval"] = time.time() - t
         return res
 
