@@ -183,6 +183,14 @@ class PolicyLoss:
                  beta: float) -> _loss.PolicyLossOutput:
         raise NotImplementedError
 
+    def terms(self, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
+              beta: float) -> tuple[Tensor, _loss.DiagnosticsThunk]:
+        """(``[B, T]`` per-token loss, thunk of the six diagnostics of :class:`rlkl.losses.PolicyLossOutput`) on
+        inputs the caller validated — what ``Method.loss`` runs: the diagnostics cost nothing until read. The
+        default evaluates ``__call__``; the built-in losses run their kernels directly."""
+        out = self(logp, logp_old, advantages, mask, beta)
+        return out.loss, lambda: tuple(out[1:])
+
     @property
     def clips(self) -> bool:
         """True when some samples can lose their gradient to a clip rule."""
@@ -204,6 +212,9 @@ class Reinforce(PolicyLoss):
 
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.reinforce_loss(logp, advantages, mask, logp_old=logp_old)
+
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._reinforce(logp, advantages, mask, logp_old)
 
 
 #: bounds that no ratio can reach: ρ = exp(clamp(log ρ, ±20)) lies in [2.1e-9, 4.9e8] (``rlkl.losses``)
@@ -234,6 +245,9 @@ class PPOClip(PolicyLoss):
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.ppo_clip_loss(logp, logp_old, advantages, mask, self.low, self.high, self.dual)
 
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._ppo_clip(logp, logp_old, advantages, mask, self.low, self.high, self.dual)
+
     @property
     def clips(self) -> bool:
         return (self.low, self.high) != (_NO_CLIP_LOW, _NO_CLIP_HIGH) or self.dual is not None
@@ -261,6 +275,9 @@ class GSPO(PolicyLoss):
 
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.gspo_loss(logp, logp_old, advantages, mask, self.low, self.high)
+
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._gspo(logp, logp_old, advantages, mask, self.low, self.high)
 
     @property
     def clips(self) -> bool:
@@ -300,6 +317,10 @@ class RPG(PolicyLoss):
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.rpg_loss(logp, logp_old, advantages, mask, self.divergence.value, self.form.value, beta,
                               self.level.value, self.clip)
+
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._rpg(logp, logp_old, advantages, mask, self.divergence.value, self.form.value, float(beta),
+                          self.level.value, self.clip, 1.0)
 
     @property
     def clips(self) -> bool:
@@ -632,6 +653,9 @@ class CISPO(PolicyLoss):
 
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.cispo_loss(logp, logp_old, advantages, mask, self.low, self.high)
+
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._cispo(logp, logp_old, advantages, mask, self.low, self.high)
 
     @property
     def clips(self) -> bool:

@@ -252,6 +252,9 @@ class FDivergence:
     def f_prime_centered(self, log_u: Tensor) -> Tensor:
         """f'(u) − f'(1) from ``log_u`` (FRPO's local score-function term; 0 at u = 1)."""
         check_float("log_u", log_u)
+        return self._f_prime_centered(log_u)
+
+    def _f_prime_centered(self, log_u: Tensor) -> Tensor:
         if self.f_prime_centered_of_log is not None:
             return self.f_prime_centered_of_log(log_u)
         return self.f_prime_of_log(log_u) - self.f_prime_of_log(torch.zeros_like(log_u))

@@ -8,13 +8,13 @@ gradient is −∇J. Each docstring says which gradient the loss yields, under w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from rlkl._checks import (check_bool, check_choice, check_float, check_int, check_mask, check_real, check_same_dtype,
-                          check_token_tensors)
+                          check_token_tensors, require, validated, values_trusted)
 from rlkl.divergences import KLEstimator, kl_estimate
 
 AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
@@ -62,22 +62,41 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return _masked_mean(x, mask)
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    m = mask.to(x.dtype)
-    n = m.sum().clamp_min(1.0)
-    return (torch.where(mask, x, torch.zeros_like(x)) * (m / n)).sum()  # scaled before summing: no overflow
+def _mean_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """m/Σm with Σm clamped to >= 1: the weights of a masked mean (shared by several means of one mask)."""
+    m = mask.to(dtype)
+    return m / m.sum().clamp_min(1.0)
 
 
-def _ratio_stats(ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _masked_mean(x: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    w = _mean_weights(mask, x.dtype) if weights is None else weights
+    return (torch.where(mask, x, torch.zeros_like(x)) * w).sum()  # scaled before summing: no overflow
+
+
+def _ratio_stats(ratio: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     r = ratio.detach()
-    inf = torch.full_like(r, float("inf"))
     # masked reductions, no boolean indexing (no host sync)
-    return _masked_mean(r, mask), torch.where(mask, r, inf).amin(), torch.where(mask, r, -inf).amax()
+    return (_masked_mean(r, mask, weights), torch.where(mask, r, float("inf")).amin(),
+            torch.where(mask, r, float("-inf")).amax())
 
 
-def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype, weights: Tensor | None = None) -> Tensor:
     """Fraction of valid tokens where ``cond`` holds, in the loss dtype."""
-    return _masked_mean(cond.to(dtype), mask)
+    return _masked_mean(cond.to(dtype), mask, weights)
+
+
+def _token_diagnostics(mask: Tensor, dtype: torch.dtype, ratio: Tensor, low: Tensor | None = None,
+                       high: Tensor | None = None, dual: Tensor | None = None) -> tuple[Tensor, ...]:
+    """(clip fractions low, high, dual; ratio mean, min, max) over the valid tokens (a None condition: 0)."""
+    with torch.no_grad():
+        w = _mean_weights(mask, dtype)
+        zero = torch.zeros((), dtype=dtype, device=mask.device)
+        fracs = tuple(zero if c is None else _frac(c, mask, dtype, w) for c in (low, high, dual))
+        return fracs + _ratio_stats(ratio, mask, w)
+
+
+#: a loss kernel's diagnostics, computed when called: (clip fractions low, high, dual; ratio mean, min, max)
+DiagnosticsThunk = Callable[[], tuple[Tensor, ...]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,10 +123,17 @@ def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | 
     Returns:
       0-dim loss.
     """
-    check_choice("aggregation", mode, AGGREGATION_MODES)
-    check_float("loss", loss, ndim=2)
-    check_mask("mask", mask, loss.shape)
-    horizon = check_int("horizon", horizon, low=1, allow_none=True)
+    def check():
+        check_choice("aggregation", mode, AGGREGATION_MODES)
+        check_float("loss", loss, ndim=2)
+        check_mask("mask", mask, loss.shape)
+        return check_int("horizon", horizon, low=1, allow_none=True)
+
+    return _aggregate(loss, mask, mode, validated(check, loss, mask=mask))
+
+
+def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Tensor:
+    """:func:`aggregate` on validated inputs."""
     # Overflow-safe: every reduction divides before it sums (Σ l·(m/N), not (Σ l·m)/N), so per-token losses that
     # are finite give a finite token-mean / seq-mean-token-mean even when Σ l·m exceeds the dtype; only a value
     # that itself exceeds the dtype (a token *sum* beyond float32's 3.4e38) overflows. No boolean indexing.
@@ -151,17 +177,29 @@ def reinforce_loss(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Ten
     Returns:
       PolicyLossOutput (no clipping: clip fractions 0).
     """
-    shape = check_token_tensors(mask, logp=logp)
-    _check_adv(advantages, logp)
+    def check():
+        shape = check_token_tensors(mask, logp=logp)
+        _check_adv(advantages, logp)
+        if logp_old is not None:
+            check_float("logp_old", logp_old, shape=shape)
+            check_same_dtype(logp=logp, logp_old=logp_old)
+
+    validated(check, logp, advantages, *(() if logp_old is None else (logp_old,)), mask=mask)
+    loss, diagnostics = _reinforce(logp, advantages, mask, logp_old)
+    return PolicyLossOutput(loss, *diagnostics())
+
+
+def _reinforce(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Tensor | None
+               ) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`reinforce_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
     loss = -advantages.detach() * logp * mask  # sg[A]: the advantage is a constant weight on the score
-    if logp_old is not None:
-        check_float("logp_old", logp_old, shape=shape)
-        check_same_dtype(logp=logp, logp_old=logp_old)
-        ratio = torch.exp(logp - logp_old)
-    else:
-        ratio = torch.ones_like(logp)
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    return PolicyLossOutput(loss, zero, zero, zero, *_ratio_stats(ratio, mask))
+    lp = logp.detach()
+
+    def diagnostics():
+        ratio = torch.ones_like(lp) if logp_old is None else torch.exp(lp - logp_old)
+        return _token_diagnostics(mask, lp.dtype, ratio)
+
+    return loss, diagnostics
 
 
 def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
@@ -183,25 +221,37 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
     Returns:
       PolicyLossOutput.
     """
-    check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, logp)
-    clip_low, clip_high = _check_clip(clip_low, clip_high)
-    dual_clip = check_real("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
+    def check():
+        check_token_tensors(mask, logp=logp, logp_old=logp_old)
+        _check_adv(advantages, logp)
+        low, high = _check_clip(clip_low, clip_high)
+        return low, high, check_real("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
+
+    low, high, dual = validated(check, logp, logp_old, advantages, mask=mask)
+    loss, diagnostics = _ppo_clip(logp, logp_old, advantages, mask, low, high, dual)
+    return PolicyLossOutput(loss, *diagnostics())
+
+
+def _ppo_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float,
+              dual_clip: float | None) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`ppo_clip_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
     A = advantages.detach()  # sg[A]
+    neg_a = -A
     log_ratio = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
-    unclipped = -A * ratio
-    clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    dual = torch.zeros_like(mask)
+    loss = torch.maximum(neg_a * ratio, neg_a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high))
+    undual = loss.detach()
     if dual_clip is not None:
-        dual_loss = -A * dual_clip
-        dual = (A < 0) & (loss > dual_loss)
+        dual_loss = neg_a * dual_clip
         loss = torch.where(A < 0, torch.minimum(loss, dual_loss), loss)
-    high = (A > 0) & (ratio > 1.0 + clip_high)
-    low = (A < 0) & (ratio < 1.0 - clip_low)
-    return PolicyLossOutput(loss * mask, _frac(low, mask, logp.dtype), _frac(high, mask, logp.dtype),
-                            _frac(dual, mask, logp.dtype), *_ratio_stats(ratio, mask))
+    r = ratio.detach()
+
+    def diagnostics():
+        dual = None if dual_clip is None else (A < 0) & (undual > dual_loss)
+        return _token_diagnostics(mask, r.dtype, r, (A < 0) & (r < 1.0 - clip_low), (A > 0) & (r > 1.0 + clip_high),
+                                  dual)
+
+    return loss * mask, diagnostics
 
 
 def _check_clip(clip_low, clip_high) -> tuple[float, float]:
@@ -225,24 +275,44 @@ def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     Returns:
       PolicyLossOutput (ratio statistics are of s_i per token).
     """
-    shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, logp)
-    clip_low, clip_high = _check_clip(clip_low, clip_high)
-    check_mask("mask", mask, shape, require_nonempty_rows=True)
+    def check():
+        shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
+        _check_adv(advantages, logp)
+        out = _check_clip(clip_low, clip_high)
+        check_mask("mask", mask, shape, require_nonempty_rows=True)
+        return out
+
+    low, high = validated(check, logp, logp_old, advantages, mask=mask, rows=True)
+    loss, diagnostics = _gspo(logp, logp_old, advantages, mask, low, high)
+    return PolicyLossOutput(loss, *diagnostics())
+
+
+def _require_rows(mask: Tensor) -> None:
+    """Inside a trusted computation (whose caller validated the mask as a whole), every row must hold a token
+    (a deferred check, :func:`rlkl._checks.require`); public callers validated it already."""
+    if values_trusted():
+        require(mask.any(-1).all(), lambda: check_mask("mask", mask, mask.shape, require_nonempty_rows=True))
+
+
+def _gspo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float
+          ) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`gspo_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
+    _require_rows(mask)
     A = advantages.detach()  # sg[A]
     m = mask.to(logp.dtype)
     seq_log_ratio = ((logp - logp_old.detach()) * m).sum(-1) / m.sum(-1)  # [B] mean_t log ρ
     seq_log_ratio = torch.clamp(seq_log_ratio, max=10.0)  # verl's guard
     # s_{i,t} = sg[s_i]·π_θ/sg[π_θ]: value s_i, gradient of log π_θ(a_t) scaled by s_i
     s_token = torch.exp(seq_log_ratio.detach()[:, None] + logp - logp.detach())  # [B, T]
-    unclipped = -A * s_token
-    clipped = -A * torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    high = (A > 0) & (s_token > 1.0 + clip_high)
-    low = (A < 0) & (s_token < 1.0 - clip_low)
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    return PolicyLossOutput(loss * mask, _frac(low, mask, logp.dtype), _frac(high, mask, logp.dtype), zero,
-                            *_ratio_stats(s_token, mask))
+    neg_a = -A
+    loss = torch.maximum(neg_a * s_token, neg_a * torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_high))
+    s_sg = s_token.detach()
+
+    def diagnostics():
+        return _token_diagnostics(mask, s_sg.dtype, s_sg, (A < 0) & (s_sg < 1.0 - clip_low),
+                                  (A > 0) & (s_sg > 1.0 + clip_high))
+
+    return loss * mask, diagnostics
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,15 +494,27 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     Returns:
       PolicyLossOutput; clip fractions are per token (token level) or per response (sequence level).
     """
-    shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, logp)
-    check_choice("divergence", divergence, RPG_DIVERGENCES)
-    check_choice("form", form, ("differentiable", "reinforce"))
-    check_choice("level", level, ("token", "sequence"))
-    _check_rpg_scalars(divergence, beta, z_old)
-    beta, z_old = float(beta), float(z_old)
-    if clip is not None and not isinstance(clip, RPGClip):
-        raise ValueError(f"clip must be an RPGClip or None, got {type(clip).__name__}")
+    def check():
+        check_token_tensors(mask, logp=logp, logp_old=logp_old)
+        _check_adv(advantages, logp)
+        check_choice("divergence", divergence, RPG_DIVERGENCES)
+        check_choice("form", form, ("differentiable", "reinforce"))
+        check_choice("level", level, ("token", "sequence"))
+        _check_rpg_scalars(divergence, beta, z_old)
+        if clip is not None and not isinstance(clip, RPGClip):
+            raise ValueError(f"clip must be an RPGClip or None, got {type(clip).__name__}")
+        if level == "sequence":
+            check_mask("mask", mask, mask.shape, require_nonempty_rows=True)
+
+    validated(check, logp, logp_old, advantages, mask=mask, rows=level == "sequence")
+    loss, diagnostics = _rpg(logp, logp_old, advantages, mask, divergence, form, float(beta), level, clip,
+                             float(z_old))
+    return PolicyLossOutput(loss, *diagnostics())
+
+
+def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, divergence: str, form: str, beta: float,
+         level: str, clip: RPGClip | None, z_old: float) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`rpg_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
     A = advantages.detach()  # A = R − b is data (sg)
     m = mask.to(logp.dtype)
     if level == "token":
@@ -441,7 +523,7 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
         adv = A
         sample_mask = mask
     else:
-        check_mask("mask", mask, shape, require_nonempty_rows=True)
+        _require_rows(mask)
         # [B, 1] log π_θ(y)/π_old(y), guarded like the token ratio (deliberate difference, see the docstring)
         log_w = torch.clamp(((logp - logp_old.detach()) * m).sum(-1, keepdim=True), -LOG_RATIO_CLAMP,
                             LOG_RATIO_CLAMP)
@@ -450,7 +532,6 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
         adv = torch.gather(A, 1, first)  # [B, 1]
         sample_mask = torch.ones_like(lp, dtype=torch.bool)
     w = torch.exp(log_w)
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     low = high = dual = torch.zeros_like(w, dtype=torch.bool)
 
     if form == "differentiable" and clip is None:
@@ -484,17 +565,16 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
                         a_r * ell * clip.c + c_kl * ell))
         per_sample = torch.where(active, -weight * lp, const)
 
-    if level == "token":
-        loss = per_sample * m
-        frac = (lambda c: _frac(c, mask, logp.dtype))
-    else:
-        lengths = m.sum(-1, keepdim=True)
-        loss = per_sample * m / lengths  # spread ℓ_i over the |y_i| tokens
-        frac = (lambda c: c.to(logp.dtype).mean())
-    ratio_stats = _ratio_stats(w, sample_mask)
-    if clip is None:
-        return PolicyLossOutput(loss, zero, zero, zero, *ratio_stats)
-    return PolicyLossOutput(loss, frac(low), frac(high), frac(dual), *ratio_stats)
+    loss = per_sample * m if level == "token" else per_sample * m / m.sum(-1, keepdim=True)  # sequence: ℓ_i/|y_i|
+    w_sg = w.detach()
+
+    def diagnostics():
+        if level == "token" or clip is None:
+            return _token_diagnostics(sample_mask, w_sg.dtype, w_sg, *(() if clip is None else (low, high, dual)))
+        with torch.no_grad():  # per response
+            return tuple(c.to(w_sg.dtype).mean() for c in (low, high, dual)) + _ratio_stats(w_sg, sample_mask)
+
+    return loss, diagnostics
 
 
 def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | None = None,
@@ -513,17 +593,28 @@ def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
     Returns:
       PolicyLossOutput (``clip_fraction_high``: ρ > 1 + ε_high, ``clip_fraction_low``: ρ < 1 − ε_low, any A).
     """
-    check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, logp)
-    clip_low = check_real("clip_low", clip_low, low=0, high=1, low_open=True, high_open=True, allow_none=True)
-    clip_high = check_real("clip_high", clip_high, low=0, low_open=True)
+    def check():
+        check_token_tensors(mask, logp=logp, logp_old=logp_old)
+        _check_adv(advantages, logp)
+        return (check_real("clip_low", clip_low, low=0, high=1, low_open=True, high_open=True, allow_none=True),
+                check_real("clip_high", clip_high, low=0, low_open=True))
+
+    low, high = validated(check, logp, logp_old, advantages, mask=mask)
+    loss, diagnostics = _cispo(logp, logp_old, advantages, mask, low, high)
+    return PolicyLossOutput(loss, *diagnostics())
+
+
+def _cispo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | None,
+           clip_high: float) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`cispo_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
     A = advantages.detach()  # sg[A]
     ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     low = 0.0 if clip_low is None else 1.0 - clip_low
     weight = torch.clamp(ratio, min=low, max=1.0 + clip_high)
     loss = -weight.detach() * A * logp  # sg[ŵ]: the capped IS weight is a constant; the gradient flows via log π
-    high_c = ratio > 1.0 + clip_high
-    low_c = ratio < low
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    return PolicyLossOutput(loss * mask, _frac(low_c, mask, logp.dtype), _frac(high_c, mask, logp.dtype), zero,
-                            *_ratio_stats(ratio, mask))
+    r = ratio.detach()
+
+    def diagnostics():
+        return _token_diagnostics(mask, r.dtype, r, r < low, r > 1.0 + clip_high)
+
+    return loss * mask, diagnostics
