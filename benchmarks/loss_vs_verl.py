@@ -4,24 +4,27 @@
     ~/.cache/rlkl/venvs/verl/bin/python benchmarks/loss_vs_verl.py     # the venv of scripts/test_integrations.sh verl
 
 For each shape [B, T] (default [512, 1024] and [64, 256]; float32; response lengths uniform in [1, T]; groups of
-G = 8 rows; binary rewards) it times the forward pass and ``backward()`` w.r.t. ``logp`` of
+G = 8 rows; binary rewards) it times the forward pass and ``backward()`` w.r.t. ``logp`` of, given the same
+``[B, T]`` advantages on both sides (computed once per batch, as verl's driver does):
 
-* ``grpo`` — rlkl ``get_method("grpo").loss(logp, batch)`` (group-standardized advantages computed inside, PPO clip
-  with dual clip c = 3, k3 KL loss β = 0.04, seq-mean-token-mean) against verl's ``compute_policy_loss_vanilla``
-  (same clip, precomputed advantages) + β·``agg_loss(kl_penalty(logp, logp_ref, "low_var_kl"))``;
-* ``frpo`` — rlkl ``get_method("frpo").loss(logp, batch)`` (FRPO token advantages — group standardization minus β
-  times the future sum of log-ratios — computed inside, PPO clip, seq-mean-token-sum) against the same verl
-  anchor in seq-mean-token-sum (verl has no FRPO; its GRPO loss with a KL loss is the closest thing it runs);
-* ``ppo`` — the PPO loss alone: rlkl's public ``aggregate(ppo_clip_loss(...).loss, mask, "token-mean")`` (inputs
-  validated at this public boundary) against verl's ``compute_policy_loss_vanilla`` in token-mean.
+* ``grpo`` — rlkl ``get_method("grpo").loss_given_advantages(logp, logp_old, mask, A, logp_ref)`` (inputs validated
+  at this public boundary; PPO clip with dual clip c = 3, k3 KL loss β = 0.04, seq-mean-token-mean) against verl's
+  ``compute_policy_loss_vanilla`` (same clip) + β·``agg_loss(kl_penalty(logp, logp_ref, "low_var_kl"))``;
+* ``frpo`` — the same for ``get_method("frpo")`` (FRPO token advantages, PPO clip, seq-mean-token-sum) against the
+  same verl anchor in seq-mean-token-sum (verl has no FRPO; its GRPO loss with a KL loss is the closest thing);
+* ``ppo`` — the PPO loss alone: rlkl's public ``aggregate(ppo_clip_loss(...).loss, mask, "token-mean")`` against
+  verl's ``compute_policy_loss_vanilla`` in token-mean; ``ppo+metrics`` also reads the clip fractions and the ratio
+  mean (rlkl computes diagnostics when read; verl's vanilla loss always computes three and calls ``.item()``);
 
-rlkl's ``RolloutBatch`` is built once, outside the timed region (a trainer builds one per rollout and calls the loss
-on it); verl's advantages are precomputed likewise. verl's vanilla loss calls ``.item()`` on three metrics; rlkl's
-``Method.loss`` returns its diagnostics lazily (computed when read), so neither side pays for metrics it is not
-asked for beyond that. Implementations are interleaved: each repeat times every implementation once
-(``--inner`` calls each, the time per call), ``--repeats`` repeats; it prints min and median per call and the ratios
-rlkl/verl of the minima and of the medians, with the load average before and after (the machine is shared). Not a
-timed test: nothing is asserted. Target: every ratio <= 1.0.
+and, as extra rows against the same anchors, ``grpo.loss`` / ``frpo.loss``: rlkl's ``Method.loss(logp, batch)``,
+which also computes the advantages from the rewards on every call (verl's anchor is given them).
+
+rlkl's ``RolloutBatch`` is built once, outside the timed region (a trainer builds one per rollout). Implementations
+are interleaved: each repeat times every implementation once (``--inner`` calls each, the time per call), in
+alternating order, ``--repeats`` repeats; it prints min and median per call of the process CPU time (with one
+intra-op thread the work done, little affected by other processes on a shared machine) and the ratios rlkl/verl of
+the minima and of the medians, for CPU and for wall time, with the load average before and after. Not a timed test: nothing is
+asserted. Target: every ratio <= 1.0.
 """
 
 from __future__ import annotations
@@ -85,6 +88,13 @@ def _cases(x: dict):
             (pg + BETA * kl).backward()
         return run
 
+    def rlkl_given(method, adv):
+        def run():
+            lp = leaf()
+            loss, _ = method.loss_given_advantages(lp, logp_old, mask, adv, logp_ref)
+            loss.backward()
+        return run
+
     def rlkl_method(method):
         def run():
             lp = leaf()
@@ -92,26 +102,37 @@ def _cases(x: dict):
             loss.backward()
         return run
 
-    def rlkl_ppo():
-        lp = leaf()
-        out = ppo_clip_loss(lp, logp_old, adv_grpo, mask, CLIP, CLIP, DUAL)
-        aggregate(out.loss, mask, "token-mean").backward()
+    def rlkl_ppo(metrics: bool):
+        def run():
+            lp = leaf()
+            out = ppo_clip_loss(lp, logp_old, adv_grpo, mask, CLIP, CLIP, DUAL)
+            aggregate(out.loss, mask, "token-mean").backward()
+            if metrics:  # what verl's vanilla loss reports (.item() each): clip fractions and the ratio
+                [float(v) for v in (out.clip_fraction_low + out.clip_fraction_high, out.dual_clip_fraction,
+                                    out.ratio_mean)]
+        return run
 
     def verl_ppo():
         lp = leaf()
         pg, _ = vanilla(logp_old, lp, adv_grpo, fmask, "token-mean", configs["token-mean"])
         pg.backward()
 
-    return [("grpo", rlkl_method(grpo), verl_with_kl(adv_grpo, "seq-mean-token-mean")),
-            ("frpo", rlkl_method(frpo), verl_with_kl(adv_frpo, "seq-mean-token-sum")),
-            ("ppo", rlkl_ppo, verl_ppo)]
+    verl_grpo, verl_frpo = verl_with_kl(adv_grpo, "seq-mean-token-mean"), verl_with_kl(adv_frpo, "seq-mean-token-sum")
+    return [("grpo", rlkl_given(grpo, adv_grpo), verl_grpo), ("frpo", rlkl_given(frpo, adv_frpo), verl_frpo),
+            ("ppo", rlkl_ppo(False), verl_ppo), ("ppo+metrics", rlkl_ppo(True), verl_ppo),
+            ("grpo.loss", rlkl_method(grpo), verl_grpo), ("frpo.loss", rlkl_method(frpo), verl_frpo)]
 
 
-def _time(fn, inner: int) -> float:
-    t0 = time.perf_counter()
+def _time(fn, inner: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) per call, over ``inner`` calls."""
+    w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - t0) / inner
+    return (time.perf_counter() - w0) / inner, (time.process_time() - c0) / inner
+
+
+def _stats(xs: list[float]) -> tuple[float, float]:
+    return min(xs), statistics.median(xs)
 
 
 def run(shapes: list[tuple[int, int]], repeats: int, inner: int) -> list[dict]:
@@ -127,16 +148,17 @@ def run(shapes: list[tuple[int, int]], repeats: int, inner: int) -> list[dict]:
                 for who, fn in order:
                     times[(name, who)].append(_time(fn, inner))
         for name, _, _ in cases:
-            tr, tv = times[(name, "rlkl")], times[(name, "verl")]
-            row = dict(shape=(B, T), case=name, rlkl_min=min(tr), rlkl_median=statistics.median(tr),
-                       verl_min=min(tv), verl_median=statistics.median(tv))
-            row["ratio_min"] = row["rlkl_min"] / row["verl_min"]
-            row["ratio_median"] = row["rlkl_median"] / row["verl_median"]
+            row = dict(shape=(B, T), case=name)
+            for k, clock in enumerate(("wall", "cpu")):
+                r_min, r_med = _stats([t[k] for t in times[(name, "rlkl")]])
+                v_min, v_med = _stats([t[k] for t in times[(name, "verl")]])
+                row[clock] = dict(rlkl_min=r_min, rlkl_median=r_med, verl_min=v_min, verl_median=v_med,
+                                  ratio_min=r_min / v_min, ratio_median=r_med / v_med)
             rows.append(row)
-            print(f"[{B:>4}, {T:>4}]  {name:<5} rlkl min {1e3 * row['rlkl_min']:8.2f} ms  median "
-                  f"{1e3 * row['rlkl_median']:8.2f} ms | verl min {1e3 * row['verl_min']:8.2f} ms  median "
-                  f"{1e3 * row['verl_median']:8.2f} ms | ratio rlkl/verl: min {row['ratio_min']:.2f}×  median "
-                  f"{row['ratio_median']:.2f}×", flush=True)
+            c, w = row["cpu"], row["wall"]
+            print(f"[{B:>4}, {T:>4}]  {name:<11} CPU ms rlkl {1e3 * c['rlkl_min']:7.2f} / {1e3 * c['rlkl_median']:7.2f}  "
+                  f"verl {1e3 * c['verl_min']:7.2f} / {1e3 * c['verl_median']:7.2f}  ratio {c['ratio_min']:.2f}× / "
+                  f"{c['ratio_median']:.2f}×  | wall ratio {w['ratio_min']:.2f}× / {w['ratio_median']:.2f}×", flush=True)
     return rows
 
 
@@ -158,6 +180,8 @@ def main(argv=None) -> int:
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     print(f"torch {torch.__version__}, verl {verl.__version__}, float32, {torch.get_num_threads()} thread(s), "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    print("per call: min / median over the repeats; CPU = this process's CPU time (robust to a loaded machine), "
+          "wall = elapsed")
     run(shapes, args.repeats, args.inner)
     print(f"load average after: {os.getloadavg()[0]:.1f}; target: every ratio <= 1.0")
     return 0

@@ -148,14 +148,14 @@ def future_return(values: Tensor, mask: Tensor, include_current: bool) -> Tensor
 
 
 def _future_return(values: Tensor, mask: Tensor, include_current: bool) -> Tensor:
-    v = torch.where(mask, values, torch.zeros_like(values))  # [B, T]
+    v = torch.where(mask, values, 0.0)  # [B, T]
     inclusive = v.flip(-1).cumsum(-1).flip(-1)  # [B, T] Σ_{j>=t}
     if include_current:
         out = inclusive
     else:  # Σ_{j>t} is the inclusive sum one step later, summed on its own (not Σ_{j>=t} − v_t, which loses the
         # future terms to round-off whenever v_t dominates them)
         out = torch.cat([inclusive[:, 1:], torch.zeros_like(inclusive[:, :1])], dim=-1)
-    return torch.where(mask, out, torch.zeros_like(out))
+    return torch.where(mask, out, 0.0)
 
 
 def reward_to_go(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
@@ -207,12 +207,12 @@ def frpo_regularizer(log_ratio: Tensor, mask: Tensor, divergence: str | FDiverge
     check_token_tensors(mask, log_ratio=log_ratio)
     check_bool("include_local", include_local)
     div = _divergence(divergence)
-    est = torch.where(mask, div.f_over_u_of_log(log_ratio), torch.zeros_like(log_ratio))  # f(u)/u; padding ignored
+    est = torch.where(mask, div.f_over_u_of_log(log_ratio), 0.0)  # f(u)/u; padding ignored
     future = _future_return(est, mask, include_current=False)
     if not include_local:
         reg, what = future, "future sum of f(u)/u"
     else:
-        local = torch.where(mask, div._f_prime_centered(log_ratio), torch.zeros_like(log_ratio))  # f'(u_t) − f'(1)
+        local = torch.where(mask, div._f_prime_centered(log_ratio), 0.0)  # f'(u_t) − f'(1)
         reg, what = local + future, "f'(u) + future sum"
     # one check for both (sums: no extra tensor; an inf/nan entry makes its sum non-finite), deferred inside a
     # trusted computation; the error names the first term that overflowed

@@ -97,14 +97,46 @@ def _poly(x: Tensor, coeffs: list[float]) -> Tensor:
 
 
 def _k3(x: Tensor) -> Tensor:
-    """e^{−x} − 1 + x with full relative precision for every finite x (series near 0, direct elsewhere)."""
+    """e^{−x} − 1 + x with full relative precision for every finite x (series near 0, direct elsewhere).
+
+    Differentiable with its exact derivative k3'(x) = 1 − e^{−x} = −expm1(−x) (:class:`_K3`)."""
+    return _K3.apply(x)
+
+
+def _k3_value(x: Tensor) -> Tensor:
+    """The value of k3: the Taylor series where |x| is below the cut-off, expm1(−x) + x elsewhere. Computed without
+    an autograd graph (inside :class:`_K3`, whose gradient is analytic), so both forms run on every entry — an
+    unselected one may overflow harmlessly — and Horner's rule runs in place: the same operations, bit for bit, as
+    evaluating each form on its own side."""
     cut, order = _K3_SERIES[x.dtype]
-    coeffs = [1.0 / math.factorial(k) for k in range(2, order + 1)]  # Σ_{k=2}^{K} y^k/k!, y = −x
+    y = -x
+    poly = torch.mul(y, 1.0 / math.factorial(order)).add_(1.0 / math.factorial(order - 1))  # Horner's first step
+    for k in range(order - 2, 1, -1):  # Σ_{k=2}^{K} y^k/k! = y²·Σ_{j=0}^{K−2} y^j/(j+2)!
+        poly.mul_(y).add_(1.0 / math.factorial(k))
+    series = (x * x).mul_(poly)
+    direct = torch.expm1(y).add_(x)
+    return torch.where(x.abs() < cut, series, direct)
 
-    def series(z: Tensor) -> Tensor:
-        return z * z * _poly(-z, coeffs)
 
-    return _where(x.abs() < cut, x, series, lambda z: torch.expm1(-z) + z, 0.0, 1.0)
+class _K3(torch.autograd.Function):
+    """k3 with the value of :func:`_k3_value` (bit for bit the series/direct forms) and the exact derivative
+    −expm1(−x): within 0.6 ulp of 1 − e^{−x} (differentiating through the series' Horner steps gave up to 1.6 ulp)
+    at a fraction of the cost. Double backward works (the backward is built from differentiable ops)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        return _k3_value(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * -torch.expm1(-x)
 
 
 def _em1x(x: Tensor) -> Tensor:

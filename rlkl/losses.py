@@ -8,7 +8,7 @@ gradient is −∇J. Each docstring says which gradient the loss yields, under w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -28,8 +28,12 @@ RPGLevel = Literal["token", "sequence"]
 LOG_RATIO_CLAMP = 20.0  # verl/OpenRLHF guard: log ρ clamped to ±20 before exp (rlkl also guards RPG's sequence ratio)
 
 
-class PolicyLossOutput(NamedTuple):
-    """Per-token loss and diagnostics (0-dim tensors, masked means over valid tokens).
+class PolicyLossOutput:
+    """Per-token loss and diagnostics (0-dim tensors, masked means over valid tokens), read like a named tuple
+    ``(loss, clip_fraction_low, clip_fraction_high, dual_clip_fraction, ratio_mean, ratio_min, ratio_max)``.
+
+    The diagnostics are computed on first read (all six at once, from the loss call's detached tensors): a caller
+    that uses only ``loss`` pays for no diagnostic. Read them before modifying the call's inputs in place.
 
     Attributes:
       loss: ``[B, T]`` per-token loss, 0 where mask is False.
@@ -39,13 +43,50 @@ class PolicyLossOutput(NamedTuple):
       ratio_mean, ratio_min, ratio_max: statistics of the importance ratio ρ = π/π_old over valid tokens.
     """
 
-    loss: Tensor
-    clip_fraction_low: Tensor
-    clip_fraction_high: Tensor
-    dual_clip_fraction: Tensor
-    ratio_mean: Tensor
-    ratio_min: Tensor
-    ratio_max: Tensor
+    _fields = ("loss", "clip_fraction_low", "clip_fraction_high", "dual_clip_fraction", "ratio_mean", "ratio_min",
+               "ratio_max")
+    __slots__ = ("loss", "_diagnostics", "_thunk")
+
+    def __init__(self, loss: Tensor, *diagnostics: Tensor):
+        if len(diagnostics) != 6:
+            raise ValueError(f"PolicyLossOutput takes the loss and 6 diagnostics, got {1 + len(diagnostics)} values")
+        self.loss = loss
+        self._diagnostics: tuple[Tensor, ...] | None = tuple(diagnostics)
+        self._thunk = None
+
+    @classmethod
+    def lazy(cls, loss: Tensor, diagnostics: "DiagnosticsThunk") -> "PolicyLossOutput":
+        """The loss now, the six diagnostics from ``diagnostics()`` when first read."""
+        out = cls.__new__(cls)
+        out.loss, out._diagnostics, out._thunk = loss, None, diagnostics
+        return out
+
+    def _values(self) -> tuple[Tensor, ...]:
+        if self._diagnostics is None:
+            self._diagnostics, self._thunk = tuple(self._thunk()), None
+        return (self.loss,) + self._diagnostics
+
+    clip_fraction_low = property(lambda self: self._values()[1])
+    clip_fraction_high = property(lambda self: self._values()[2])
+    dual_clip_fraction = property(lambda self: self._values()[3])
+    ratio_mean = property(lambda self: self._values()[4])
+    ratio_min = property(lambda self: self._values()[5])
+    ratio_max = property(lambda self: self._values()[6])
+
+    def __iter__(self):
+        return iter(self._values())
+
+    def __getitem__(self, index):
+        return self._values()[index]
+
+    def __len__(self) -> int:
+        return 7
+
+    def _asdict(self) -> dict[str, Tensor]:
+        return dict(zip(self._fields, self._values()))
+
+    def __repr__(self) -> str:
+        return "PolicyLossOutput(" + ", ".join(f"{k}={v!r}" for k, v in self._asdict().items()) + ")"
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -70,19 +111,26 @@ def _mean_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _masked_mean(x: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
     w = _mean_weights(mask, x.dtype) if weights is None else weights
-    return (torch.where(mask, x, torch.zeros_like(x)) * w).sum()  # scaled before summing: no overflow
+    return (torch.where(mask, x, 0.0) * w).sum()  # scaled before summing: no overflow
 
 
 def _ratio_stats(ratio: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean, min, max) of ``ratio`` over the valid entries (min/max inf/−inf when there is none); no host sync.
+
+    min and max come from one pass: invalid entries are filled with the value at the first valid entry, which
+    changes neither (no boolean indexing)."""
     r = ratio.detach()
-    # masked reductions, no boolean indexing (no host sync)
-    return (_masked_mean(r, mask, weights), torch.where(mask, r, float("inf")).amin(),
-            torch.where(mask, r, float("-inf")).amax())
+    flat_r, flat_m = r.reshape(-1), mask.reshape(-1)
+    first = flat_r.gather(0, flat_m.to(torch.uint8).argmax().reshape(1))  # a valid entry (index 0 if none)
+    lo, hi = torch.aminmax(torch.where(flat_m, flat_r, first))
+    some = flat_m.any()
+    return (_masked_mean(r, mask, weights), torch.where(some, lo, float("inf")), torch.where(some, hi, float("-inf")))
 
 
 def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype, weights: Tensor | None = None) -> Tensor:
-    """Fraction of valid tokens where ``cond`` holds, in the loss dtype."""
-    return _masked_mean(cond.to(dtype), mask, weights)
+    """Fraction of valid tokens where ``cond`` holds, in the loss dtype (Σ m·1[cond]·(1/Σm), as a masked mean)."""
+    w = _mean_weights(mask, dtype) if weights is None else weights
+    return ((cond & mask).to(dtype) * w).sum()
 
 
 def _token_diagnostics(mask: Tensor, dtype: torch.dtype, ratio: Tensor, low: Tensor | None = None,
@@ -138,7 +186,7 @@ def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Te
     # are finite give a finite token-mean / seq-mean-token-mean even when Σ l·m exceeds the dtype; only a value
     # that itself exceeds the dtype (a token *sum* beyond float32's 3.4e38) overflows. No boolean indexing.
     m = mask.to(loss.dtype)
-    lx = torch.where(mask, loss, torch.zeros_like(loss))
+    lx = torch.where(mask, loss, 0.0)
     if mode == "token-mean":
         return (lx * (m / m.sum())).sum()
     lengths = m.sum(-1, keepdim=True)  # [B, 1]
@@ -186,13 +234,14 @@ def reinforce_loss(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Ten
 
     validated(check, logp, advantages, *(() if logp_old is None else (logp_old,)), mask=mask)
     loss, diagnostics = _reinforce(logp, advantages, mask, logp_old)
-    return PolicyLossOutput(loss, *diagnostics())
+    return PolicyLossOutput.lazy(loss * mask, diagnostics)
 
 
 def _reinforce(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Tensor | None
                ) -> tuple[Tensor, DiagnosticsThunk]:
-    """:func:`reinforce_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
-    loss = -advantages.detach() * logp * mask  # sg[A]: the advantage is a constant weight on the score
+    """:func:`reinforce_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
+    not masked (padding entries are whatever the formula gives there): the caller masks it."""
+    loss = -advantages.detach() * logp  # sg[A]: the advantage is a constant weight on the score
     lp = logp.detach()
 
     def diagnostics():
@@ -229,12 +278,13 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
 
     low, high, dual = validated(check, logp, logp_old, advantages, mask=mask)
     loss, diagnostics = _ppo_clip(logp, logp_old, advantages, mask, low, high, dual)
-    return PolicyLossOutput(loss, *diagnostics())
+    return PolicyLossOutput.lazy(loss * mask, diagnostics)
 
 
 def _ppo_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float,
               dual_clip: float | None) -> tuple[Tensor, DiagnosticsThunk]:
-    """:func:`ppo_clip_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
+    """:func:`ppo_clip_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
+    not masked (padding entries are whatever the formula gives there): the caller masks it."""
     A = advantages.detach()  # sg[A]
     neg_a = -A
     log_ratio = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
@@ -247,11 +297,11 @@ def _ppo_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     r = ratio.detach()
 
     def diagnostics():
-        dual = None if dual_clip is None else (A < 0) & (undual > dual_loss)
-        return _token_diagnostics(mask, r.dtype, r, (A < 0) & (r < 1.0 - clip_low), (A > 0) & (r > 1.0 + clip_high),
-                                  dual)
+        neg = A < 0
+        dual = None if dual_clip is None else neg & (undual > dual_loss)
+        return _token_diagnostics(mask, r.dtype, r, neg & (r < 1.0 - clip_low), (A > 0) & (r > 1.0 + clip_high), dual)
 
-    return loss * mask, diagnostics
+    return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)
 
 
 def _check_clip(clip_low, clip_high) -> tuple[float, float]:
@@ -284,7 +334,7 @@ def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
 
     low, high = validated(check, logp, logp_old, advantages, mask=mask, rows=True)
     loss, diagnostics = _gspo(logp, logp_old, advantages, mask, low, high)
-    return PolicyLossOutput(loss, *diagnostics())
+    return PolicyLossOutput.lazy(loss * mask, diagnostics)
 
 
 def _require_rows(mask: Tensor) -> None:
@@ -296,7 +346,8 @@ def _require_rows(mask: Tensor) -> None:
 
 def _gspo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float
           ) -> tuple[Tensor, DiagnosticsThunk]:
-    """:func:`gspo_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
+    """:func:`gspo_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
+    not masked (padding entries are whatever the formula gives there): the caller masks it."""
     _require_rows(mask)
     A = advantages.detach()  # sg[A]
     m = mask.to(logp.dtype)
@@ -312,7 +363,7 @@ def _gspo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip
         return _token_diagnostics(mask, s_sg.dtype, s_sg, (A < 0) & (s_sg < 1.0 - clip_low),
                                   (A > 0) & (s_sg > 1.0 + clip_high))
 
-    return loss * mask, diagnostics
+    return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -351,7 +402,7 @@ def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator
         check_same_dtype(logp=logp, logp_old=logp_old)
         ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
         value = ratio * value
-    return torch.where(mask, value, torch.zeros_like(value))
+    return torch.where(mask, value, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -509,12 +560,12 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     validated(check, logp, logp_old, advantages, mask=mask, rows=level == "sequence")
     loss, diagnostics = _rpg(logp, logp_old, advantages, mask, divergence, form, float(beta), level, clip,
                              float(z_old))
-    return PolicyLossOutput(loss, *diagnostics())
+    return PolicyLossOutput.lazy(loss, diagnostics)
 
 
 def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, divergence: str, form: str, beta: float,
          level: str, clip: RPGClip | None, z_old: float) -> tuple[Tensor, DiagnosticsThunk]:
-    """:func:`rpg_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
+    """:func:`rpg_loss` on validated inputs: (per-token loss, 0 where ``mask`` is False; diagnostics thunk)."""
     A = advantages.detach()  # A = R − b is data (sg)
     m = mask.to(logp.dtype)
     if level == "token":
@@ -601,12 +652,13 @@ def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
 
     low, high = validated(check, logp, logp_old, advantages, mask=mask)
     loss, diagnostics = _cispo(logp, logp_old, advantages, mask, low, high)
-    return PolicyLossOutput(loss, *diagnostics())
+    return PolicyLossOutput.lazy(loss * mask, diagnostics)
 
 
 def _cispo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | None,
            clip_high: float) -> tuple[Tensor, DiagnosticsThunk]:
-    """:func:`cispo_loss` on validated inputs: (per-token loss, diagnostics thunk)."""
+    """:func:`cispo_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
+    not masked (padding entries are whatever the formula gives there): the caller masks it."""
     A = advantages.detach()  # sg[A]
     ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     low = 0.0 if clip_low is None else 1.0 - clip_low
@@ -617,4 +669,4 @@ def _cispo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, cli
     def diagnostics():
         return _token_diagnostics(mask, r.dtype, r, r < low, r > 1.0 + clip_high)
 
-    return loss * mask, diagnostics
+    return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)

@@ -287,7 +287,8 @@ class Method:
           (scalar loss, detached diagnostics: ``loss/policy``, ``loss/kl``, ``clip_fraction/*``, ``ratio/*`` and,
           when ``logp_ref`` is given, ``kl/k1|k2|k3``).
         """
-        if values_trusted():  # a trusted caller (Method.loss, the exact engine) validated these
+        if values_trusted():  # a trusted caller (Method.loss, the exact engine) validated the values
+            self._check_given(logp, logp_old, mask, advantages, logp_ref, token_weights)  # structure only
             return self._loss_given_advantages(logp, logp_old, mask, advantages, logp_ref, token_weights)
         extra = tuple(t for t in (logp_ref, token_weights) if t is not None)
         validated(lambda: self._check_given(logp, logp_old, mask, advantages, logp_ref, token_weights), logp, logp_old,
@@ -313,7 +314,6 @@ class Method:
                                ) -> tuple[Tensor, "Diagnostics"]:
         """:meth:`loss_given_advantages` on validated inputs (no host sync; ``check_total``: a deferred check
         that the loss is finite)."""
-        self._check_given(logp, logp_old, mask, advantages, logp_ref, token_weights)  # structure only (trusted)
         per_token, policy_diagnostics = self.policy_loss.terms(logp, logp_old, advantages, mask, self.beta)
         policy_part = per_token.detach()
         if token_weights is not None:
