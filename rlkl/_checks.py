@@ -13,9 +13,8 @@ one and evaluated together when the block ends (the same ``ValueError``, raised 
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -27,24 +26,29 @@ _TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("rlkl_values_tru
 _DEFERRED: contextvars.ContextVar["DeferredChecks | None"] = contextvars.ContextVar("rlkl_deferred", default=None)
 
 
-@contextlib.contextmanager
-def trusted() -> Iterator[None]:
+class _TrustScope:
+    """Context manager setting whether tensor values are trusted (a class: cheaper than a generator context)."""
+
+    __slots__ = ("_value", "_token")
+
+    def __init__(self, value: bool):
+        self._value = value
+
+    def __enter__(self) -> None:
+        self._token = _TRUSTED.set(self._value)
+
+    def __exit__(self, *exc) -> None:
+        _TRUSTED.reset(self._token)
+
+
+def trusted() -> _TrustScope:
     """Run a block whose tensor values the caller has validated: value checks (finiteness, non-empty masks) are
     skipped, type/dtype/shape checks are kept. For rlkl's own internals (``Method.loss``, the exact engine)."""
-    token = _TRUSTED.set(True)
-    try:
-        yield
-    finally:
-        _TRUSTED.reset(token)
+    return _TrustScope(True)
 
 
-@contextlib.contextmanager
-def _untrusted() -> Iterator[None]:
-    token = _TRUSTED.set(False)
-    try:
-        yield
-    finally:
-        _TRUSTED.reset(token)
+def _untrusted() -> _TrustScope:
+    return _TrustScope(False)
 
 
 def values_trusted() -> bool:
@@ -77,16 +81,22 @@ class DeferredChecks:
                     fail()
 
 
-@contextlib.contextmanager
-def deferring() -> Iterator[DeferredChecks]:
-    """Collect the :func:`require` checks of the block and evaluate them (one host sync) when it ends."""
-    checks = DeferredChecks()
-    token = _DEFERRED.set(checks)
-    try:
-        yield checks
-    finally:
-        _DEFERRED.reset(token)
-    checks.raise_first()
+class deferring:
+    """Collect the :func:`require` checks of the block and evaluate them (one host sync) when it ends; ``with
+    deferring() as checks`` gives the :class:`DeferredChecks`. An exception raised in the block propagates
+    unchanged (the collected checks are dropped)."""
+
+    __slots__ = ("checks", "_token")
+
+    def __enter__(self) -> DeferredChecks:
+        self.checks = DeferredChecks()
+        self._token = _DEFERRED.set(self.checks)
+        return self.checks
+
+    def __exit__(self, exc_type, *exc) -> None:
+        _DEFERRED.reset(self._token)
+        if exc_type is None:
+            self.checks.raise_first()
 
 
 def require(ok: Tensor, fail: Callable[[], None]) -> None:
@@ -122,13 +132,13 @@ def validated(check: Callable[[], _T], *tensors: Tensor, mask: Tensor | None = N
     ``also()`` holds (a value condition ``check`` tests itself when not trusted). Any failure re-runs
     ``check`` with its value checks, in its own order, so the error is the one users always got. Inside
     :func:`trusted` no value is read. Returns what ``check`` returns."""
+    if _TRUSTED.get():
+        return check()
     try:
         with trusted():
             out = check()
     except ValueError:
         return check()
-    if _TRUSTED.get():
-        return out
     ok = _sums_finite(tensors) if tensors else torch.ones((), dtype=torch.bool)
     if mask is not None:
         ok = ok & mask.any()
@@ -227,12 +237,14 @@ def check_token_tensors(mask: Tensor, **tensors: Tensor) -> tuple[int, int]:
     Structure first (no data read); then, unless :func:`trusted`, one host sync for the finiteness of every
     tensor and the non-emptiness of the mask. Any failure re-runs the checks one by one in argument order, so the
     error is the one of the first bad argument."""
+    if _TRUSTED.get():
+        return _check_token_tensors(mask, tensors)
     try:
         with trusted():
             shape = _check_token_tensors(mask, tensors)
     except ValueError:
         return _check_token_tensors(mask, tensors)
-    if _TRUSTED.get() or bool(_sums_finite(list(tensors.values())) & mask.any()):
+    if bool(_sums_finite(list(tensors.values())) & mask.any()):
         return shape
     return _check_token_tensors(mask, tensors)
 

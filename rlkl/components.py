@@ -185,11 +185,12 @@ class PolicyLoss:
 
     def terms(self, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
               beta: float) -> tuple[Tensor, _loss.DiagnosticsThunk]:
-        """(``[B, T]`` per-token loss, thunk of the six diagnostics of :class:`rlkl.losses.PolicyLossOutput`) on
-        inputs the caller validated — what ``Method.loss`` runs: the diagnostics cost nothing until read. The
-        default evaluates ``__call__``; the built-in losses run their kernels directly."""
+        """(``[B, T]`` per-token loss, ``diagnostics(i)`` giving field i + 1 of :class:`rlkl.losses.PolicyLossOutput`)
+        on inputs the caller validated — what ``Method.loss`` runs: the diagnostics cost nothing until read, and
+        the loss's entries where ``mask`` is False are unspecified (the aggregation masks them). The default
+        evaluates ``__call__``; the built-in losses run their kernels directly."""
         out = self(logp, logp_old, advantages, mask, beta)
-        return out.loss, lambda: tuple(out[1:])
+        return out.loss, lambda i: out[i + 1]
 
     @property
     def clips(self) -> bool:

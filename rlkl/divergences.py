@@ -100,6 +100,8 @@ def _k3(x: Tensor) -> Tensor:
     """e^{−x} − 1 + x with full relative precision for every finite x (series near 0, direct elsewhere).
 
     Differentiable with its exact derivative k3'(x) = 1 − e^{−x} = −expm1(−x) (:class:`_K3`)."""
+    if torch._C._are_functorch_transforms_active():  # torch.func (vmap, grad, …) needs the setup_context form
+        return _K3Func.apply(x)
     return _K3.apply(x)
 
 
@@ -122,6 +124,21 @@ class _K3(torch.autograd.Function):
     """k3 with the value of :func:`_k3_value` (bit for bit the series/direct forms) and the exact derivative
     −expm1(−x): within 0.6 ulp of 1 − e^{−x} (differentiating through the series' Horner steps gave up to 1.6 ulp)
     at a fraction of the cost. Double backward works (the backward is built from differentiable ops)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return _k3_value(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * -torch.expm1(-x)
+
+
+class _K3Func(torch.autograd.Function):
+    """:class:`_K3` in the form torch.func transforms need (its ``apply`` binds arguments by signature on every
+    call, so plain autograd uses :class:`_K3`)."""
 
     generate_vmap_rule = True
 

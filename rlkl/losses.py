@@ -45,33 +45,37 @@ class PolicyLossOutput:
 
     _fields = ("loss", "clip_fraction_low", "clip_fraction_high", "dual_clip_fraction", "ratio_mean", "ratio_min",
                "ratio_max")
-    __slots__ = ("loss", "_diagnostics", "_thunk")
+    __slots__ = ("loss", "_diagnostics", "_source")
 
     def __init__(self, loss: Tensor, *diagnostics: Tensor):
         if len(diagnostics) != 6:
             raise ValueError(f"PolicyLossOutput takes the loss and 6 diagnostics, got {1 + len(diagnostics)} values")
         self.loss = loss
-        self._diagnostics: tuple[Tensor, ...] | None = tuple(diagnostics)
-        self._thunk = None
+        self._diagnostics: list[Tensor | None] = list(diagnostics)
+        self._source = None
 
     @classmethod
     def lazy(cls, loss: Tensor, diagnostics: "DiagnosticsThunk") -> "PolicyLossOutput":
-        """The loss now, the six diagnostics from ``diagnostics()`` when first read."""
+        """The loss now; diagnostic i (0–5, in field order) from ``diagnostics(i)`` when first read."""
         out = cls.__new__(cls)
-        out.loss, out._diagnostics, out._thunk = loss, None, diagnostics
+        out.loss, out._diagnostics, out._source = loss, [None] * 6, diagnostics
         return out
 
-    def _values(self) -> tuple[Tensor, ...]:
-        if self._diagnostics is None:
-            self._diagnostics, self._thunk = tuple(self._thunk()), None
-        return (self.loss,) + self._diagnostics
+    def _field(self, i: int) -> Tensor:
+        value = self._diagnostics[i]
+        if value is None:
+            value = self._diagnostics[i] = self._source(i)
+        return value
 
-    clip_fraction_low = property(lambda self: self._values()[1])
-    clip_fraction_high = property(lambda self: self._values()[2])
-    dual_clip_fraction = property(lambda self: self._values()[3])
-    ratio_mean = property(lambda self: self._values()[4])
-    ratio_min = property(lambda self: self._values()[5])
-    ratio_max = property(lambda self: self._values()[6])
+    def _values(self) -> tuple[Tensor, ...]:
+        return (self.loss,) + tuple(self._field(i) for i in range(6))
+
+    clip_fraction_low = property(lambda self: self._field(0))
+    clip_fraction_high = property(lambda self: self._field(1))
+    dual_clip_fraction = property(lambda self: self._field(2))
+    ratio_mean = property(lambda self: self._field(3))
+    ratio_min = property(lambda self: self._field(4))
+    ratio_max = property(lambda self: self._field(5))
 
     def __iter__(self):
         return iter(self._values())
@@ -115,16 +119,19 @@ def _masked_mean(x: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tens
 
 
 def _ratio_stats(ratio: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(mean, min, max) of ``ratio`` over the valid entries (min/max inf/−inf when there is none); no host sync.
-
-    min and max come from one pass: invalid entries are filled with the value at the first valid entry, which
-    changes neither (no boolean indexing)."""
+    """(mean, min, max) of ``ratio`` over the valid entries (min/max inf/−inf when there is none); no host sync."""
     r = ratio.detach()
-    flat_r, flat_m = r.reshape(-1), mask.reshape(-1)
+    return (_masked_mean(r, mask, weights),) + _ratio_min_max(r, mask)
+
+
+def _ratio_min_max(ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """min and max over the valid entries in one pass: invalid entries are filled with the value at the first valid
+    entry, which changes neither (no boolean indexing); inf/−inf when there is no valid entry."""
+    flat_r, flat_m = ratio.detach().reshape(-1), mask.reshape(-1)
     first = flat_r.gather(0, flat_m.to(torch.uint8).argmax().reshape(1))  # a valid entry (index 0 if none)
     lo, hi = torch.aminmax(torch.where(flat_m, flat_r, first))
     some = flat_m.any()
-    return (_masked_mean(r, mask, weights), torch.where(some, lo, float("inf")), torch.where(some, hi, float("-inf")))
+    return torch.where(some, lo, float("inf")), torch.where(some, hi, float("-inf"))
 
 
 def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype, weights: Tensor | None = None) -> Tensor:
@@ -133,18 +140,46 @@ def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype, weights: Tensor | None
     return ((cond & mask).to(dtype) * w).sum()
 
 
-def _token_diagnostics(mask: Tensor, dtype: torch.dtype, ratio: Tensor, low: Tensor | None = None,
-                       high: Tensor | None = None, dual: Tensor | None = None) -> tuple[Tensor, ...]:
-    """(clip fractions low, high, dual; ratio mean, min, max) over the valid tokens (a None condition: 0)."""
-    with torch.no_grad():
-        w = _mean_weights(mask, dtype)
-        zero = torch.zeros((), dtype=dtype, device=mask.device)
-        fracs = tuple(zero if c is None else _frac(c, mask, dtype, w) for c in (low, high, dual))
-        return fracs + _ratio_stats(ratio, mask, w)
+class _TokenDiagnostics:
+    """The six diagnostics of a loss over the valid entries of ``mask`` — clip fractions low, high, dual (from
+    zero-argument functions giving the bool conditions; None: 0) and ratio mean, min, max (``ratio`` a tensor or a
+    function giving it) — each computed on first request (``self(i)``), sharing the mean weights; no host sync."""
+
+    __slots__ = ("mask", "dtype", "_ratio", "conds", "_w", "_stats")
+
+    def __init__(self, mask: Tensor, dtype: torch.dtype, ratio: Tensor | Callable[[], Tensor],
+                 *conds: Callable[[], Tensor] | None):
+        self.mask, self.dtype, self._ratio = mask, dtype, ratio
+        self.conds = conds + (None,) * (3 - len(conds))
+        self._w = self._stats = None
+
+    @property
+    def ratio(self) -> Tensor:
+        if callable(self._ratio):  # computed on first use
+            self._ratio = self._ratio()
+        return self._ratio
+
+    def weights(self) -> Tensor:
+        if self._w is None:
+            self._w = _mean_weights(self.mask, self.dtype)
+        return self._w
+
+    def __call__(self, i: int) -> Tensor:
+        with torch.no_grad():
+            if i < 3:
+                cond = self.conds[i]
+                if cond is None:
+                    return torch.zeros((), dtype=self.dtype, device=self.mask.device)
+                return _frac(cond(), self.mask, self.dtype, self.weights())
+            if i == 3:
+                return _masked_mean(self.ratio, self.mask, self.weights())
+            if self._stats is None:
+                self._stats = _ratio_min_max(self.ratio, self.mask)
+            return self._stats[i - 4]
 
 
-#: a loss kernel's diagnostics, computed when called: (clip fractions low, high, dual; ratio mean, min, max)
-DiagnosticsThunk = Callable[[], tuple[Tensor, ...]]
+#: a loss kernel's diagnostics: ``diagnostics(i)`` is field i + 1 of :class:`PolicyLossOutput`, computed when asked
+DiagnosticsThunk = Callable[[int], Tensor]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,12 +278,8 @@ def _reinforce(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Tensor 
     not masked (padding entries are whatever the formula gives there): the caller masks it."""
     loss = -advantages.detach() * logp  # sg[A]: the advantage is a constant weight on the score
     lp = logp.detach()
-
-    def diagnostics():
-        ratio = torch.ones_like(lp) if logp_old is None else torch.exp(lp - logp_old)
-        return _token_diagnostics(mask, lp.dtype, ratio)
-
-    return loss, diagnostics
+    ratio = (lambda: torch.ones_like(lp)) if logp_old is None else (lambda: torch.exp(lp - logp_old))
+    return loss, _TokenDiagnostics(mask, lp.dtype, ratio)
 
 
 def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
@@ -296,11 +327,9 @@ def _ppo_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
         loss = torch.where(A < 0, torch.minimum(loss, dual_loss), loss)
     r = ratio.detach()
 
-    def diagnostics():
-        neg = A < 0
-        dual = None if dual_clip is None else neg & (undual > dual_loss)
-        return _token_diagnostics(mask, r.dtype, r, neg & (r < 1.0 - clip_low), (A > 0) & (r > 1.0 + clip_high), dual)
-
+    dual = None if dual_clip is None else (lambda: (A < 0) & (undual > dual_loss))
+    diagnostics = _TokenDiagnostics(mask, r.dtype, r, lambda: (A < 0) & (r < 1.0 - clip_low),
+                                    lambda: (A > 0) & (r > 1.0 + clip_high), dual)
     return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)
 
 
@@ -359,10 +388,8 @@ def _gspo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip
     loss = torch.maximum(neg_a * s_token, neg_a * torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_high))
     s_sg = s_token.detach()
 
-    def diagnostics():
-        return _token_diagnostics(mask, s_sg.dtype, s_sg, (A < 0) & (s_sg < 1.0 - clip_low),
-                                  (A > 0) & (s_sg > 1.0 + clip_high))
-
+    diagnostics = _TokenDiagnostics(mask, s_sg.dtype, s_sg, lambda: (A < 0) & (s_sg < 1.0 - clip_low),
+                                    lambda: (A > 0) & (s_sg > 1.0 + clip_high))
     return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)
 
 
@@ -619,11 +646,16 @@ def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, diver
     loss = per_sample * m if level == "token" else per_sample * m / m.sum(-1, keepdim=True)  # sequence: ℓ_i/|y_i|
     w_sg = w.detach()
 
-    def diagnostics():
-        if level == "token" or clip is None:
-            return _token_diagnostics(sample_mask, w_sg.dtype, w_sg, *(() if clip is None else (low, high, dual)))
-        with torch.no_grad():  # per response
-            return tuple(c.to(w_sg.dtype).mean() for c in (low, high, dual)) + _ratio_stats(w_sg, sample_mask)
+    conds = () if clip is None else (lambda: low, lambda: high, lambda: dual)
+    stats = _TokenDiagnostics(sample_mask, w_sg.dtype, w_sg, *conds)
+    if level == "token" or clip is None:
+        return loss, stats
+
+    def diagnostics(i):  # sequence level with a clip: fractions of responses
+        if i < 3:
+            with torch.no_grad():
+                return (low, high, dual)[i].to(w_sg.dtype).mean()
+        return stats(i)
 
     return loss, diagnostics
 
@@ -665,8 +697,4 @@ def _cispo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, cli
     weight = torch.clamp(ratio, min=low, max=1.0 + clip_high)
     loss = -weight.detach() * A * logp  # sg[ŵ]: the capped IS weight is a constant; the gradient flows via log π
     r = ratio.detach()
-
-    def diagnostics():
-        return _token_diagnostics(mask, r.dtype, r, r < low, r > 1.0 + clip_high)
-
-    return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)
+    return loss, _TokenDiagnostics(mask, r.dtype, r, lambda: r < low, lambda: r > 1.0 + clip_high)

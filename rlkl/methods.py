@@ -332,7 +332,7 @@ class Method:
 
     def _diagnostics(self, policy_part: Tensor, policy_diagnostics, logp: Tensor, logp_ref: Tensor | None,
                      mask: Tensor, kl_tok: Tensor | None) -> dict[str, Tensor]:
-        low, high, dual, r_mean, r_min, r_max = policy_diagnostics()
+        low, high, dual, r_mean, r_min, r_max = (policy_diagnostics(i) for i in range(6))
         kl_value = (torch.zeros((), dtype=logp.dtype, device=logp.device) if kl_tok is None
                     else self.aggregation(kl_tok, mask))
         diagnostics = {"loss/policy": self.aggregation(policy_part, mask), "loss/kl": kl_value,
