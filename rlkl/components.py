@@ -355,6 +355,11 @@ class KLTerm:
     def loss_term(self, logp: Tensor, logp_ref: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor | None:
         return None
 
+    def loss_terms(self, logp: Tensor, logp_ref: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor | None:
+        """:meth:`loss_term` on inputs the caller validated (what ``Method.loss`` runs); its entries where ``mask``
+        is False are unspecified (the aggregation masks them)."""
+        return self.loss_term(logp, logp_ref, logp_old, mask)
+
 
 @dataclass(frozen=True)
 class NoKL(KLTerm):
@@ -393,6 +398,10 @@ class KLLoss(KLTerm):
     def loss_term(self, logp, logp_ref, logp_old, mask):
         return _loss.kl_loss(logp, logp_ref, mask, self.estimator.value, self.straight_through, logp_old,
                              self.importance_weight)
+
+    def loss_terms(self, logp, logp_ref, logp_old, mask):
+        return _loss._kl_loss(logp, logp_ref, self.estimator.value, self.straight_through, logp_old,
+                              self.importance_weight)
 
 
 @dataclass(frozen=True)

@@ -105,19 +105,20 @@ def _k3(x: Tensor) -> Tensor:
     return _K3.apply(x)
 
 
-def _k3_value(x: Tensor) -> Tensor:
+def _k3_value(x: Tensor, keep_expm1: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """The value of k3: the Taylor series where |x| is below the cut-off, expm1(−x) + x elsewhere. Computed without
     an autograd graph (inside :class:`_K3`, whose gradient is analytic), so both forms run on every entry — an
     unselected one may overflow harmlessly — and Horner's rule runs in place: the same operations, bit for bit, as
-    evaluating each form on its own side."""
+    evaluating each form on its own side. ``keep_expm1``: also return expm1(−x) (the derivative is its negative)."""
     cut, order = _K3_SERIES[x.dtype]
     y = -x
     poly = torch.mul(y, 1.0 / math.factorial(order)).add_(1.0 / math.factorial(order - 1))  # Horner's first step
     for k in range(order - 2, 1, -1):  # Σ_{k=2}^{K} y^k/k! = y²·Σ_{j=0}^{K−2} y^j/(j+2)!
         poly.mul_(y).add_(1.0 / math.factorial(k))
     series = (x * x).mul_(poly)
-    direct = torch.expm1(y).add_(x)
-    return torch.where(x.abs() < cut, series, direct)
+    em1 = torch.expm1(y)
+    value = torch.where(x.abs() < cut, series, em1 + x if keep_expm1 else em1.add_(x))
+    return (value, em1) if keep_expm1 else value
 
 
 class _K3(torch.autograd.Function):
@@ -127,13 +128,16 @@ class _K3(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return _k3_value(x)
+        value, em1 = _k3_value(x, keep_expm1=True)
+        ctx.save_for_backward(x, em1)
+        return value
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * -torch.expm1(-x)
+        x, em1 = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a differentiable backward (double backward)
+            return grad * -torch.expm1(-x)
+        return torch.mul(grad, em1).neg_()  # grad·(−expm1(−x)), expm1(−x) kept from the forward
 
 
 class _K3Func(torch.autograd.Function):

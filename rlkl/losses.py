@@ -15,7 +15,7 @@ from torch import Tensor
 
 from rlkl._checks import (check_bool, check_choice, check_float, check_int, check_mask, check_real, check_same_dtype,
                           check_token_tensors, require, validated, values_trusted)
-from rlkl.divergences import KLEstimator, kl_estimate
+from rlkl.divergences import KLEstimator, _k3, kl_estimate
 
 AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 AGGREGATION_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
@@ -427,9 +427,27 @@ def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator
             raise ValueError("importance_weight=True needs logp_old")
         check_float("logp_old", logp_old, shape=shape)
         check_same_dtype(logp=logp, logp_old=logp_old)
-        ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-        value = ratio * value
+        value = _importance_weighted(value, logp, logp_old)
     return torch.where(mask, value, 0.0)
+
+
+def _importance_weighted(value: Tensor, logp: Tensor, logp_old: Tensor) -> Tensor:
+    ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    return ratio * value
+
+
+def _kl_loss(logp: Tensor, logp_ref: Tensor, estimator: str, straight_through: bool, logp_old: Tensor | None,
+             importance_weight: bool) -> Tensor:
+    """:func:`kl_loss` on validated inputs, not masked (the caller masks it)."""
+    log_ratio = logp - logp_ref.detach()
+    value = _KL_VALUES[estimator](log_ratio)
+    if straight_through and estimator != "k2":  # value of k, gradient of k2 (verl's "+")
+        grad_source = 0.5 * log_ratio * log_ratio
+        value = value.detach() + (grad_source - grad_source.detach())
+    return _importance_weighted(value, logp, logp_old) if importance_weight else value
+
+
+_KL_VALUES: dict[str, Callable[[Tensor], Tensor]] = {"k1": lambda x: x, "k2": lambda x: 0.5 * x * x, "k3": _k3}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -320,7 +320,7 @@ class Method:
             per_token = per_token * token_weights.detach()  # data weights, no gradient
         kl_tok = None
         if self.kl_in_loss:
-            kl_tok = self.kl.loss_term(logp, logp_ref, logp_old, mask)  # [B, T]
+            kl_tok = self.kl.loss_terms(logp, logp_ref, logp_old, mask)  # [B, T], masked by the aggregation
             per_token = per_token + self.beta * kl_tok
             kl_tok = kl_tok.detach()
         total = self.aggregation(per_token, mask)
