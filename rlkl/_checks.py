@@ -1,17 +1,152 @@
 """Input validation shared by every public function of rlkl.
 
 Bad input raises ``ValueError`` naming the argument and what was wrong; nothing broadcasts silently.
+
+Values are validated once, at the public boundary: a public function called from outside checks the finiteness
+of its tensors (one reduction per tensor and one host sync for all of them, :func:`check_token_tensors`), and a
+trusted caller that validated its inputs already (``Method.loss`` after ``RolloutBatch``, the exact engine) runs
+its internals inside :func:`trusted`, where the checks keep only what needs no data — type, dtype, rank, shape —
+and make no host sync. Checks of *derived* values (an overflowing FRPO term, an empty row of a sequence-level loss)
+go through :func:`require`: evaluated at once outside a :func:`deferring` block, recorded without a sync inside
+one and evaluated together when the block ends (the same ``ValueError``, raised there).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextvars
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 
+_T = TypeVar("_T")
+# True inside `trusted()`: tensor values were validated by the caller (shapes and dtypes are still checked)
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("rlkl_values_trusted", default=False)
+# the collector of `deferring()`, or None
+_DEFERRED: contextvars.ContextVar["DeferredChecks | None"] = contextvars.ContextVar("rlkl_deferred", default=None)
+
+
+class _TrustScope:
+    """Context manager setting whether tensor values are trusted (a class: cheaper than a generator context)."""
+
+    __slots__ = ("_value", "_token")
+
+    def __init__(self, value: bool):
+        self._value = value
+
+    def __enter__(self) -> None:
+        self._token = _TRUSTED.set(self._value)
+
+    def __exit__(self, *exc) -> None:
+        _TRUSTED.reset(self._token)
+
+
+def trusted() -> _TrustScope:
+    """Run a block whose tensor values the caller has validated: value checks (finiteness, non-empty masks) are
+    skipped, type/dtype/shape checks are kept. For rlkl's own internals (``Method.loss``, the exact engine)."""
+    return _TrustScope(True)
+
+
+def _untrusted() -> _TrustScope:
+    return _TrustScope(False)
+
+
+def values_trusted() -> bool:
+    """True inside :func:`trusted`."""
+    return _TRUSTED.get()
+
+
+class DeferredChecks:
+    """Value checks recorded as 0-dim bool tensors (no host sync) with the function that raises their error."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Tensor, Callable[[], None]]] = []
+
+    def add(self, ok: Tensor, fail: Callable[[], None]) -> None:
+        self._items.append((ok, fail))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def raise_first(self) -> None:
+        """One host sync for all recorded checks; on a failure, the error of the first failing one (in order)."""
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        if bool(torch.stack([ok for ok, _ in items]).all()):
+            return
+        for ok, fail in items:
+            if not bool(ok):
+                with _untrusted():  # the error's own checks read the values
+                    fail()
+
+
+class deferring:
+    """Collect the :func:`require` checks of the block and evaluate them (one host sync) when it ends; ``with
+    deferring() as checks`` gives the :class:`DeferredChecks`. An exception raised in the block propagates
+    unchanged (the collected checks are dropped)."""
+
+    __slots__ = ("checks", "_token")
+
+    def __enter__(self) -> DeferredChecks:
+        self.checks = DeferredChecks()
+        self._token = _DEFERRED.set(self.checks)
+        return self.checks
+
+    def __exit__(self, exc_type, *exc) -> None:
+        _DEFERRED.reset(self._token)
+        if exc_type is None:
+            self.checks.raise_first()
+
+
+def require(ok: Tensor, fail: Callable[[], None]) -> None:
+    """Check a derived value: ``ok`` a 0-dim bool tensor, ``fail()`` raises the ValueError when it is False.
+
+    Evaluated now (one host sync) unless a :func:`deferring` block is collecting checks."""
+    checks = _DEFERRED.get()
+    if checks is not None:
+        checks.add(ok, fail)
+    elif not bool(ok):
+        with _untrusted():
+            fail()
+
+
+def _sums_finite(tensors: Sequence[Tensor]) -> Tensor:
+    """0-dim bool, True when every tensor's sum is finite — then every entry is (an inf or nan entry makes the
+    sum inf or nan); False may also mean a sum of finite entries overflowed (callers then check entry-wise)."""
+    with torch.no_grad():
+        if len(tensors) == 1:
+            return torch.isfinite(tensors[0].sum())
+        return torch.isfinite(torch.stack([t.sum() for t in tensors])).all()
+
 
 SUPPORTED_FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+
+
+def validated(check: Callable[[], _T], *tensors: Tensor, mask: Tensor | None = None, rows: bool = False,
+              also: Callable[[], Tensor] | None = None) -> _T:
+    """Run ``check`` — a public function's sequence of ``check_*`` calls — with one host sync for its values.
+
+    ``check`` runs first under :func:`trusted` (type, dtype, shape); then one sync checks that ``tensors`` are
+    finite, that ``mask`` selects a token, (``rows``) that every row of ``mask`` does and that the 0-dim bool
+    ``also()`` holds (a value condition ``check`` tests itself when not trusted). Any failure re-runs
+    ``check`` with its value checks, in its own order, so the error is the one users always got. Inside
+    :func:`trusted` no value is read. Returns what ``check`` returns."""
+    if _TRUSTED.get():
+        return check()
+    try:
+        with trusted():
+            out = check()
+    except ValueError:
+        return check()
+    ok = _sums_finite(tensors) if tensors else torch.ones((), dtype=torch.bool)
+    if mask is not None:
+        ok = ok & mask.any()
+        if rows:
+            ok = ok & mask.any(-1).all()
+    if also is not None:
+        ok = ok & also()
+    return out if bool(ok) else check()
 
 
 def check_float(name: str, x: Tensor, ndim: int | None = None, shape: Sequence[int] | None = None,
@@ -36,7 +171,7 @@ def check_float(name: str, x: Tensor, ndim: int | None = None, shape: Sequence[i
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if shape is not None and tuple(x.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
-    if finite and not bool(torch.isfinite(x).all()):
+    if finite and not _TRUSTED.get() and not (bool(_sums_finite([x])) or bool(torch.isfinite(x).all())):
         raise ValueError(f"{name} contains non-finite values (nan/inf); check the log-probs upstream")
     return x
 
@@ -60,6 +195,8 @@ def check_mask(name: str, mask: Tensor, shape: Sequence[int], require_nonempty_r
         raise ValueError(f"{name} is a meta tensor (shape only, no data); pass a tensor with values")
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(shape)}")
+    if _TRUSTED.get():
+        return mask
     if require_nonempty and not bool(mask.any()):
         raise ValueError(f"{name} selects no token at all")
     if require_nonempty_rows:
@@ -95,7 +232,24 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
 
 
 def check_token_tensors(mask: Tensor, **tensors: Tensor) -> tuple[int, int]:
-    """Check ``[B, T]`` float tensors and their mask; return (B, T)."""
+    """Check ``[B, T]`` float tensors and their mask; return (B, T).
+
+    Structure first (no data read); then, unless :func:`trusted`, one host sync for the finiteness of every
+    tensor and the non-emptiness of the mask. Any failure re-runs the checks one by one in argument order, so the
+    error is the one of the first bad argument."""
+    if _TRUSTED.get():
+        return _check_token_tensors(mask, tensors)
+    try:
+        with trusted():
+            shape = _check_token_tensors(mask, tensors)
+    except ValueError:
+        return _check_token_tensors(mask, tensors)
+    if bool(_sums_finite(list(tensors.values())) & mask.any()):
+        return shape
+    return _check_token_tensors(mask, tensors)
+
+
+def _check_token_tensors(mask: Tensor, tensors: dict[str, Tensor]) -> tuple[int, int]:
     first = next(iter(tensors))
     x = check_float(first, tensors[first], ndim=2)
     shape = tuple(x.shape)

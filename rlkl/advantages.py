@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from rlkl._checks import (check_bool, check_choice, check_float, check_group_size, check_int, check_real,
-                          check_same_dtype, check_token_tensors)
+                          check_same_dtype, check_token_tensors, require)
 from rlkl.divergences import FDivergence, get_f_divergence
 
 StdKind = Literal["population", "bessel"]
@@ -144,14 +144,18 @@ def future_return(values: Tensor, mask: Tensor, include_current: bool) -> Tensor
     """
     check_token_tensors(mask, values=values)
     check_bool("include_current", include_current)
-    v = torch.where(mask, values, torch.zeros_like(values))  # [B, T]
+    return _future_return(values, mask, include_current)
+
+
+def _future_return(values: Tensor, mask: Tensor, include_current: bool) -> Tensor:
+    v = torch.where(mask, values, 0.0)  # [B, T]
     inclusive = v.flip(-1).cumsum(-1).flip(-1)  # [B, T] Σ_{j>=t}
     if include_current:
         out = inclusive
     else:  # Σ_{j>t} is the inclusive sum one step later, summed on its own (not Σ_{j>=t} − v_t, which loses the
         # future terms to round-off whenever v_t dominates them)
         out = torch.cat([inclusive[:, 1:], torch.zeros_like(inclusive[:, :1])], dim=-1)
-    return torch.where(mask, out, torch.zeros_like(out))
+    return torch.where(mask, out, 0.0)
 
 
 def reward_to_go(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
@@ -170,7 +174,7 @@ def reward_to_go(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Ten
     check_token_tensors(mask, token_rewards=token_rewards)
     gamma = check_real("gamma", gamma, low=0.0, high=1.0)
     if gamma == 1.0:
-        return future_return(token_rewards, mask, include_current=True)
+        return _future_return(token_rewards, mask, include_current=True)
     B, T = token_rewards.shape
     out = torch.zeros_like(token_rewards)
     running = torch.zeros(B, dtype=token_rewards.dtype, device=token_rewards.device)
@@ -203,12 +207,20 @@ def frpo_regularizer(log_ratio: Tensor, mask: Tensor, divergence: str | FDiverge
     check_token_tensors(mask, log_ratio=log_ratio)
     check_bool("include_local", include_local)
     div = _divergence(divergence)
-    est = torch.where(mask, div.sampled_estimate(log_ratio), torch.zeros_like(log_ratio))  # padding ignored
-    future = future_return(_finite_terms(est, log_ratio, mask, div, "f(u)/u"), mask, include_current=False)
+    est = torch.where(mask, div.f_over_u_of_log(log_ratio), 0.0)  # f(u)/u; padding ignored
+    future = _future_return(est, mask, include_current=False)
     if not include_local:
-        return _finite_terms(future, log_ratio, mask, div, "future sum of f(u)/u")
-    local = torch.where(mask, div.f_prime_centered(log_ratio), torch.zeros_like(log_ratio))  # f'(u_t) − f'(1)
-    return _finite_terms(local + future, log_ratio, mask, div, "f'(u) + future sum")
+        reg, what = future, "future sum of f(u)/u"
+    else:
+        local = torch.where(mask, div._f_prime_centered(log_ratio), 0.0)  # f'(u_t) − f'(1)
+        reg, what = local + future, "f'(u) + future sum"
+    # one check for both (sums: no extra tensor; an inf/nan entry makes its sum non-finite), deferred inside a
+    # trusted computation; the error names the first term that overflowed
+    with torch.no_grad():
+        ok = torch.isfinite(torch.stack([est.sum(), reg.sum()])).all()
+    require(ok, lambda: (_finite_terms(est, log_ratio, mask, div, "f(u)/u"),
+                         _finite_terms(reg, log_ratio, mask, div, what)))
+    return reg
 
 
 def _divergence(divergence: str | FDivergence) -> FDivergence:
@@ -280,11 +292,14 @@ def length_weighted_centered(rewards: Tensor, lengths: Tensor, group_size: int) 
     g = _groups(rewards, group_size)  # [B/G, G]
     check_float("lengths", lengths, shape=rewards.shape)
     check_same_dtype(rewards=rewards, lengths=lengths)
-    if bool((lengths <= 0).any()):
-        raise ValueError("lengths must be positive (every response has at least one token)")
+    require((lengths > 0).all(), _raise_lengths)
     L = lengths.view(-1, group_size)
     baseline = (L * g).sum(-1, keepdim=True) / L.sum(-1, keepdim=True)  # [B/G, 1]
     return (g - baseline).reshape(-1)
+
+
+def _raise_lengths() -> None:
+    raise ValueError("lengths must be positive (every response has at least one token)")
 
 
 def pass_at_k_advantage(rewards: Tensor, group_size: int, normalize: bool = True, eps: float = 1e-6,
@@ -338,6 +353,10 @@ def gpg_advantage(rewards: Tensor, group_size: int, scope: str = "batch") -> Ten
     return (alpha * centred).reshape(-1)
 
 
+def _raise_whiten_count() -> None:
+    raise ValueError("Bessel-corrected whitening needs at least 2 valid tokens per batch (or group)")
+
+
 _WHITEN_R_MAX = 1e15  # r² = 1e30 stays finite in float32 (max 3.4e38)
 
 
@@ -365,8 +384,8 @@ def masked_whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, std: StdKind 
     x = values.reshape(B // G, G * T).to(torch.float64)  # float64 inside: every float32 input's square fits
     m = mask.reshape(B // G, G * T).to(torch.float64)
     n = m.sum(-1, keepdim=True)  # [K, 1] valid tokens per scope
-    if std == "bessel" and bool((n < 2).any()):
-        raise ValueError("Bessel-corrected whitening needs at least 2 valid tokens per batch (or group)")
+    if std == "bessel":
+        require((n >= 2).all(), _raise_whiten_count)
     mu = (x * m).sum(-1, keepdim=True) / n
     d = (x - mu) * m  # [K, G·T] centred, 0 on padding
     # scale-free form: y = d/max|d| has max |y| = 1, so var_y >= 1/n never underflows (subnormal spreads, ε = 0):

@@ -183,6 +183,15 @@ class PolicyLoss:
                  beta: float) -> _loss.PolicyLossOutput:
         raise NotImplementedError
 
+    def terms(self, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
+              beta: float) -> tuple[Tensor, _loss.DiagnosticsThunk]:
+        """(``[B, T]`` per-token loss, ``diagnostics(i)`` giving field i + 1 of :class:`rlkl.losses.PolicyLossOutput`)
+        on inputs the caller validated — what ``Method.loss`` runs: the diagnostics cost nothing until read, and
+        the loss's entries where ``mask`` is False are unspecified (the aggregation masks them). The default
+        evaluates ``__call__``; the built-in losses run their kernels directly."""
+        out = self(logp, logp_old, advantages, mask, beta)
+        return out.loss, lambda i: out[i + 1]
+
     @property
     def clips(self) -> bool:
         """True when some samples can lose their gradient to a clip rule."""
@@ -204,6 +213,9 @@ class Reinforce(PolicyLoss):
 
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.reinforce_loss(logp, advantages, mask, logp_old=logp_old)
+
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._reinforce(logp, advantages, mask, logp_old)
 
 
 #: bounds that no ratio can reach: ρ = exp(clamp(log ρ, ±20)) lies in [2.1e-9, 4.9e8] (``rlkl.losses``)
@@ -234,6 +246,9 @@ class PPOClip(PolicyLoss):
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.ppo_clip_loss(logp, logp_old, advantages, mask, self.low, self.high, self.dual)
 
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._ppo_clip(logp, logp_old, advantages, mask, self.low, self.high, self.dual)
+
     @property
     def clips(self) -> bool:
         return (self.low, self.high) != (_NO_CLIP_LOW, _NO_CLIP_HIGH) or self.dual is not None
@@ -261,6 +276,9 @@ class GSPO(PolicyLoss):
 
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.gspo_loss(logp, logp_old, advantages, mask, self.low, self.high)
+
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._gspo(logp, logp_old, advantages, mask, self.low, self.high)
 
     @property
     def clips(self) -> bool:
@@ -301,6 +319,10 @@ class RPG(PolicyLoss):
         return _loss.rpg_loss(logp, logp_old, advantages, mask, self.divergence.value, self.form.value, beta,
                               self.level.value, self.clip)
 
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._rpg(logp, logp_old, advantages, mask, self.divergence.value, self.form.value, float(beta),
+                          self.level.value, self.clip, 1.0)
+
     @property
     def clips(self) -> bool:
         return self.clip is not None
@@ -332,6 +354,11 @@ class KLTerm:
 
     def loss_term(self, logp: Tensor, logp_ref: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor | None:
         return None
+
+    def loss_terms(self, logp: Tensor, logp_ref: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor | None:
+        """:meth:`loss_term` on inputs the caller validated (what ``Method.loss`` runs); its entries where ``mask``
+        is False are unspecified (the aggregation masks them)."""
+        return self.loss_term(logp, logp_ref, logp_old, mask)
 
 
 @dataclass(frozen=True)
@@ -371,6 +398,10 @@ class KLLoss(KLTerm):
     def loss_term(self, logp, logp_ref, logp_old, mask):
         return _loss.kl_loss(logp, logp_ref, mask, self.estimator.value, self.straight_through, logp_old,
                              self.importance_weight)
+
+    def loss_terms(self, logp, logp_ref, logp_old, mask):
+        return _loss._kl_loss(logp, logp_ref, self.estimator.value, self.straight_through, logp_old,
+                              self.importance_weight)
 
 
 @dataclass(frozen=True)
@@ -632,6 +663,9 @@ class CISPO(PolicyLoss):
 
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.cispo_loss(logp, logp_old, advantages, mask, self.low, self.high)
+
+    def terms(self, logp, logp_old, advantages, mask, beta):
+        return _loss._cispo(logp, logp_old, advantages, mask, self.low, self.high)
 
     @property
     def clips(self) -> bool:

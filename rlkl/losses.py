@@ -8,14 +8,14 @@ gradient is −∇J. Each docstring says which gradient the loss yields, under w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
 
 from rlkl._checks import (check_bool, check_choice, check_float, check_int, check_mask, check_real, check_same_dtype,
-                          check_token_tensors)
-from rlkl.divergences import KLEstimator, kl_estimate
+                          check_token_tensors, require, validated, values_trusted)
+from rlkl.divergences import KLEstimator, _k3, kl_estimate
 
 AggregationMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 AGGREGATION_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
@@ -28,8 +28,12 @@ RPGLevel = Literal["token", "sequence"]
 LOG_RATIO_CLAMP = 20.0  # verl/OpenRLHF guard: log ρ clamped to ±20 before exp (rlkl also guards RPG's sequence ratio)
 
 
-class PolicyLossOutput(NamedTuple):
-    """Per-token loss and diagnostics (0-dim tensors, masked means over valid tokens).
+class PolicyLossOutput:
+    """Per-token loss and diagnostics (0-dim tensors, masked means over valid tokens), read like a named tuple
+    ``(loss, clip_fraction_low, clip_fraction_high, dual_clip_fraction, ratio_mean, ratio_min, ratio_max)``.
+
+    The diagnostics are computed on first read (all six at once, from the loss call's detached tensors): a caller
+    that uses only ``loss`` pays for no diagnostic. Read them before modifying the call's inputs in place.
 
     Attributes:
       loss: ``[B, T]`` per-token loss, 0 where mask is False.
@@ -39,13 +43,54 @@ class PolicyLossOutput(NamedTuple):
       ratio_mean, ratio_min, ratio_max: statistics of the importance ratio ρ = π/π_old over valid tokens.
     """
 
-    loss: Tensor
-    clip_fraction_low: Tensor
-    clip_fraction_high: Tensor
-    dual_clip_fraction: Tensor
-    ratio_mean: Tensor
-    ratio_min: Tensor
-    ratio_max: Tensor
+    _fields = ("loss", "clip_fraction_low", "clip_fraction_high", "dual_clip_fraction", "ratio_mean", "ratio_min",
+               "ratio_max")
+    __slots__ = ("loss", "_diagnostics", "_source")
+
+    def __init__(self, loss: Tensor, *diagnostics: Tensor):
+        if len(diagnostics) != 6:
+            raise ValueError(f"PolicyLossOutput takes the loss and 6 diagnostics, got {1 + len(diagnostics)} values")
+        self.loss = loss
+        self._diagnostics: list[Tensor | None] = list(diagnostics)
+        self._source = None
+
+    @classmethod
+    def lazy(cls, loss: Tensor, diagnostics: "DiagnosticsThunk") -> "PolicyLossOutput":
+        """The loss now; diagnostic i (0–5, in field order) from ``diagnostics(i)`` when first read."""
+        out = cls.__new__(cls)
+        out.loss, out._diagnostics, out._source = loss, [None] * 6, diagnostics
+        return out
+
+    def _field(self, i: int) -> Tensor:
+        value = self._diagnostics[i]
+        if value is None:
+            value = self._diagnostics[i] = self._source(i)
+        return value
+
+    def _values(self) -> tuple[Tensor, ...]:
+        return (self.loss,) + tuple(self._field(i) for i in range(6))
+
+    clip_fraction_low = property(lambda self: self._field(0))
+    clip_fraction_high = property(lambda self: self._field(1))
+    dual_clip_fraction = property(lambda self: self._field(2))
+    ratio_mean = property(lambda self: self._field(3))
+    ratio_min = property(lambda self: self._field(4))
+    ratio_max = property(lambda self: self._field(5))
+
+    def __iter__(self):
+        return iter(self._values())
+
+    def __getitem__(self, index):
+        return self._values()[index]
+
+    def __len__(self) -> int:
+        return 7
+
+    def _asdict(self) -> dict[str, Tensor]:
+        return dict(zip(self._fields, self._values()))
+
+    def __repr__(self) -> str:
+        return "PolicyLossOutput(" + ", ".join(f"{k}={v!r}" for k, v in self._asdict().items()) + ")"
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -62,22 +107,79 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return _masked_mean(x, mask)
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    m = mask.to(x.dtype)
-    n = m.sum().clamp_min(1.0)
-    return (torch.where(mask, x, torch.zeros_like(x)) * (m / n)).sum()  # scaled before summing: no overflow
+def _mean_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """m/Σm with Σm clamped to >= 1: the weights of a masked mean (shared by several means of one mask)."""
+    m = mask.to(dtype)
+    return m / m.sum().clamp_min(1.0)
 
 
-def _ratio_stats(ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _masked_mean(x: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
+    w = _mean_weights(mask, x.dtype) if weights is None else weights
+    return (torch.where(mask, x, 0.0) * w).sum()  # scaled before summing: no overflow
+
+
+def _ratio_stats(ratio: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean, min, max) of ``ratio`` over the valid entries (min/max inf/−inf when there is none); no host sync."""
     r = ratio.detach()
-    inf = torch.full_like(r, float("inf"))
-    # masked reductions, no boolean indexing (no host sync)
-    return _masked_mean(r, mask), torch.where(mask, r, inf).amin(), torch.where(mask, r, -inf).amax()
+    return (_masked_mean(r, mask, weights),) + _ratio_min_max(r, mask)
 
 
-def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """Fraction of valid tokens where ``cond`` holds, in the loss dtype."""
-    return _masked_mean(cond.to(dtype), mask)
+def _ratio_min_max(ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """min and max over the valid entries in one pass: invalid entries are filled with the value at the first valid
+    entry, which changes neither (no boolean indexing); inf/−inf when there is no valid entry."""
+    flat_r, flat_m = ratio.detach().reshape(-1), mask.reshape(-1)
+    first = flat_r.gather(0, flat_m.to(torch.uint8).argmax().reshape(1))  # a valid entry (index 0 if none)
+    lo, hi = torch.aminmax(torch.where(flat_m, flat_r, first))
+    some = flat_m.any()
+    return torch.where(some, lo, float("inf")), torch.where(some, hi, float("-inf"))
+
+
+def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype, weights: Tensor | None = None) -> Tensor:
+    """Fraction of valid tokens where ``cond`` holds, in the loss dtype (Σ m·1[cond]·(1/Σm), as a masked mean)."""
+    w = _mean_weights(mask, dtype) if weights is None else weights
+    return ((cond & mask).to(dtype) * w).sum()
+
+
+class _TokenDiagnostics:
+    """The six diagnostics of a loss over the valid entries of ``mask`` — clip fractions low, high, dual (from
+    zero-argument functions giving the bool conditions; None: 0) and ratio mean, min, max (``ratio`` a tensor or a
+    function giving it) — each computed on first request (``self(i)``), sharing the mean weights; no host sync."""
+
+    __slots__ = ("mask", "dtype", "_ratio", "conds", "_w", "_stats")
+
+    def __init__(self, mask: Tensor, dtype: torch.dtype, ratio: Tensor | Callable[[], Tensor],
+                 *conds: Callable[[], Tensor] | None):
+        self.mask, self.dtype, self._ratio = mask, dtype, ratio
+        self.conds = conds + (None,) * (3 - len(conds))
+        self._w = self._stats = None
+
+    @property
+    def ratio(self) -> Tensor:
+        if callable(self._ratio):  # computed on first use
+            self._ratio = self._ratio()
+        return self._ratio
+
+    def weights(self) -> Tensor:
+        if self._w is None:
+            self._w = _mean_weights(self.mask, self.dtype)
+        return self._w
+
+    def __call__(self, i: int) -> Tensor:
+        with torch.no_grad():
+            if i < 3:
+                cond = self.conds[i]
+                if cond is None:
+                    return torch.zeros((), dtype=self.dtype, device=self.mask.device)
+                return _frac(cond(), self.mask, self.dtype, self.weights())
+            if i == 3:
+                return _masked_mean(self.ratio, self.mask, self.weights())
+            if self._stats is None:
+                self._stats = _ratio_min_max(self.ratio, self.mask)
+            return self._stats[i - 4]
+
+
+#: a loss kernel's diagnostics: ``diagnostics(i)`` is field i + 1 of :class:`PolicyLossOutput`, computed when asked
+DiagnosticsThunk = Callable[[int], Tensor]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,15 +206,22 @@ def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | 
     Returns:
       0-dim loss.
     """
-    check_choice("aggregation", mode, AGGREGATION_MODES)
-    check_float("loss", loss, ndim=2)
-    check_mask("mask", mask, loss.shape)
-    horizon = check_int("horizon", horizon, low=1, allow_none=True)
+    def check():
+        check_choice("aggregation", mode, AGGREGATION_MODES)
+        check_float("loss", loss, ndim=2)
+        check_mask("mask", mask, loss.shape)
+        return check_int("horizon", horizon, low=1, allow_none=True)
+
+    return _aggregate(loss, mask, mode, validated(check, loss, mask=mask))
+
+
+def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Tensor:
+    """:func:`aggregate` on validated inputs."""
     # Overflow-safe: every reduction divides before it sums (Σ l·(m/N), not (Σ l·m)/N), so per-token losses that
     # are finite give a finite token-mean / seq-mean-token-mean even when Σ l·m exceeds the dtype; only a value
     # that itself exceeds the dtype (a token *sum* beyond float32's 3.4e38) overflows. No boolean indexing.
     m = mask.to(loss.dtype)
-    lx = torch.where(mask, loss, torch.zeros_like(loss))
+    lx = torch.where(mask, loss, 0.0)
     if mode == "token-mean":
         return (lx * (m / m.sum())).sum()
     lengths = m.sum(-1, keepdim=True)  # [B, 1]
@@ -151,17 +260,26 @@ def reinforce_loss(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Ten
     Returns:
       PolicyLossOutput (no clipping: clip fractions 0).
     """
-    shape = check_token_tensors(mask, logp=logp)
-    _check_adv(advantages, logp)
-    loss = -advantages.detach() * logp * mask  # sg[A]: the advantage is a constant weight on the score
-    if logp_old is not None:
-        check_float("logp_old", logp_old, shape=shape)
-        check_same_dtype(logp=logp, logp_old=logp_old)
-        ratio = torch.exp(logp - logp_old)
-    else:
-        ratio = torch.ones_like(logp)
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    return PolicyLossOutput(loss, zero, zero, zero, *_ratio_stats(ratio, mask))
+    def check():
+        shape = check_token_tensors(mask, logp=logp)
+        _check_adv(advantages, logp)
+        if logp_old is not None:
+            check_float("logp_old", logp_old, shape=shape)
+            check_same_dtype(logp=logp, logp_old=logp_old)
+
+    validated(check, logp, advantages, *(() if logp_old is None else (logp_old,)), mask=mask)
+    loss, diagnostics = _reinforce(logp, advantages, mask, logp_old)
+    return PolicyLossOutput.lazy(loss * mask, diagnostics)
+
+
+def _reinforce(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Tensor | None
+               ) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`reinforce_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
+    not masked (padding entries are whatever the formula gives there): the caller masks it."""
+    loss = -advantages.detach() * logp  # sg[A]: the advantage is a constant weight on the score
+    lp = logp.detach()
+    ratio = (lambda: torch.ones_like(lp)) if logp_old is None else (lambda: torch.exp(lp - logp_old))
+    return loss, _TokenDiagnostics(mask, lp.dtype, ratio)
 
 
 def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
@@ -183,25 +301,36 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
     Returns:
       PolicyLossOutput.
     """
-    check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, logp)
-    clip_low, clip_high = _check_clip(clip_low, clip_high)
-    dual_clip = check_real("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
+    def check():
+        check_token_tensors(mask, logp=logp, logp_old=logp_old)
+        _check_adv(advantages, logp)
+        low, high = _check_clip(clip_low, clip_high)
+        return low, high, check_real("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
+
+    low, high, dual = validated(check, logp, logp_old, advantages, mask=mask)
+    loss, diagnostics = _ppo_clip(logp, logp_old, advantages, mask, low, high, dual)
+    return PolicyLossOutput.lazy(loss * mask, diagnostics)
+
+
+def _ppo_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float,
+              dual_clip: float | None) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`ppo_clip_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
+    not masked (padding entries are whatever the formula gives there): the caller masks it."""
     A = advantages.detach()  # sg[A]
+    neg_a = -A
     log_ratio = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
-    unclipped = -A * ratio
-    clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    dual = torch.zeros_like(mask)
+    loss = torch.maximum(neg_a * ratio, neg_a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high))
+    undual = loss.detach()
     if dual_clip is not None:
-        dual_loss = -A * dual_clip
-        dual = (A < 0) & (loss > dual_loss)
+        dual_loss = neg_a * dual_clip
         loss = torch.where(A < 0, torch.minimum(loss, dual_loss), loss)
-    high = (A > 0) & (ratio > 1.0 + clip_high)
-    low = (A < 0) & (ratio < 1.0 - clip_low)
-    return PolicyLossOutput(loss * mask, _frac(low, mask, logp.dtype), _frac(high, mask, logp.dtype),
-                            _frac(dual, mask, logp.dtype), *_ratio_stats(ratio, mask))
+    r = ratio.detach()
+
+    dual = None if dual_clip is None else (lambda: (A < 0) & (undual > dual_loss))
+    diagnostics = _TokenDiagnostics(mask, r.dtype, r, lambda: (A < 0) & (r < 1.0 - clip_low),
+                                    lambda: (A > 0) & (r > 1.0 + clip_high), dual)
+    return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)
 
 
 def _check_clip(clip_low, clip_high) -> tuple[float, float]:
@@ -225,24 +354,43 @@ def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     Returns:
       PolicyLossOutput (ratio statistics are of s_i per token).
     """
-    shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, logp)
-    clip_low, clip_high = _check_clip(clip_low, clip_high)
-    check_mask("mask", mask, shape, require_nonempty_rows=True)
+    def check():
+        shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
+        _check_adv(advantages, logp)
+        out = _check_clip(clip_low, clip_high)
+        check_mask("mask", mask, shape, require_nonempty_rows=True)
+        return out
+
+    low, high = validated(check, logp, logp_old, advantages, mask=mask, rows=True)
+    loss, diagnostics = _gspo(logp, logp_old, advantages, mask, low, high)
+    return PolicyLossOutput.lazy(loss * mask, diagnostics)
+
+
+def _require_rows(mask: Tensor) -> None:
+    """Inside a trusted computation (whose caller validated the mask as a whole), every row must hold a token
+    (a deferred check, :func:`rlkl._checks.require`); public callers validated it already."""
+    if values_trusted():
+        require(mask.any(-1).all(), lambda: check_mask("mask", mask, mask.shape, require_nonempty_rows=True))
+
+
+def _gspo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float
+          ) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`gspo_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
+    not masked (padding entries are whatever the formula gives there): the caller masks it."""
+    _require_rows(mask)
     A = advantages.detach()  # sg[A]
     m = mask.to(logp.dtype)
     seq_log_ratio = ((logp - logp_old.detach()) * m).sum(-1) / m.sum(-1)  # [B] mean_t log ρ
     seq_log_ratio = torch.clamp(seq_log_ratio, max=10.0)  # verl's guard
     # s_{i,t} = sg[s_i]·π_θ/sg[π_θ]: value s_i, gradient of log π_θ(a_t) scaled by s_i
     s_token = torch.exp(seq_log_ratio.detach()[:, None] + logp - logp.detach())  # [B, T]
-    unclipped = -A * s_token
-    clipped = -A * torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    high = (A > 0) & (s_token > 1.0 + clip_high)
-    low = (A < 0) & (s_token < 1.0 - clip_low)
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    return PolicyLossOutput(loss * mask, _frac(low, mask, logp.dtype), _frac(high, mask, logp.dtype), zero,
-                            *_ratio_stats(s_token, mask))
+    neg_a = -A
+    loss = torch.maximum(neg_a * s_token, neg_a * torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_high))
+    s_sg = s_token.detach()
+
+    diagnostics = _TokenDiagnostics(mask, s_sg.dtype, s_sg, lambda: (A < 0) & (s_sg < 1.0 - clip_low),
+                                    lambda: (A > 0) & (s_sg > 1.0 + clip_high))
+    return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,9 +427,27 @@ def kl_loss(logp: Tensor, logp_ref: Tensor, mask: Tensor, estimator: KLEstimator
             raise ValueError("importance_weight=True needs logp_old")
         check_float("logp_old", logp_old, shape=shape)
         check_same_dtype(logp=logp, logp_old=logp_old)
-        ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-        value = ratio * value
-    return torch.where(mask, value, torch.zeros_like(value))
+        value = _importance_weighted(value, logp, logp_old)
+    return torch.where(mask, value, 0.0)
+
+
+def _importance_weighted(value: Tensor, logp: Tensor, logp_old: Tensor) -> Tensor:
+    ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    return ratio * value
+
+
+def _kl_loss(logp: Tensor, logp_ref: Tensor, estimator: str, straight_through: bool, logp_old: Tensor | None,
+             importance_weight: bool) -> Tensor:
+    """:func:`kl_loss` on validated inputs, not masked (the caller masks it)."""
+    log_ratio = logp - logp_ref.detach()
+    value = _KL_VALUES[estimator](log_ratio)
+    if straight_through and estimator != "k2":  # value of k, gradient of k2 (verl's "+")
+        grad_source = 0.5 * log_ratio * log_ratio
+        value = value.detach() + (grad_source - grad_source.detach())
+    return _importance_weighted(value, logp, logp_old) if importance_weight else value
+
+
+_KL_VALUES: dict[str, Callable[[Tensor], Tensor]] = {"k1": lambda x: x, "k2": lambda x: 0.5 * x * x, "k3": _k3}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,15 +590,27 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     Returns:
       PolicyLossOutput; clip fractions are per token (token level) or per response (sequence level).
     """
-    shape = check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, logp)
-    check_choice("divergence", divergence, RPG_DIVERGENCES)
-    check_choice("form", form, ("differentiable", "reinforce"))
-    check_choice("level", level, ("token", "sequence"))
-    _check_rpg_scalars(divergence, beta, z_old)
-    beta, z_old = float(beta), float(z_old)
-    if clip is not None and not isinstance(clip, RPGClip):
-        raise ValueError(f"clip must be an RPGClip or None, got {type(clip).__name__}")
+    def check():
+        check_token_tensors(mask, logp=logp, logp_old=logp_old)
+        _check_adv(advantages, logp)
+        check_choice("divergence", divergence, RPG_DIVERGENCES)
+        check_choice("form", form, ("differentiable", "reinforce"))
+        check_choice("level", level, ("token", "sequence"))
+        _check_rpg_scalars(divergence, beta, z_old)
+        if clip is not None and not isinstance(clip, RPGClip):
+            raise ValueError(f"clip must be an RPGClip or None, got {type(clip).__name__}")
+        if level == "sequence":
+            check_mask("mask", mask, mask.shape, require_nonempty_rows=True)
+
+    validated(check, logp, logp_old, advantages, mask=mask, rows=level == "sequence")
+    loss, diagnostics = _rpg(logp, logp_old, advantages, mask, divergence, form, float(beta), level, clip,
+                             float(z_old))
+    return PolicyLossOutput.lazy(loss, diagnostics)
+
+
+def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, divergence: str, form: str, beta: float,
+         level: str, clip: RPGClip | None, z_old: float) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`rpg_loss` on validated inputs: (per-token loss, 0 where ``mask`` is False; diagnostics thunk)."""
     A = advantages.detach()  # A = R − b is data (sg)
     m = mask.to(logp.dtype)
     if level == "token":
@@ -441,7 +619,7 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
         adv = A
         sample_mask = mask
     else:
-        check_mask("mask", mask, shape, require_nonempty_rows=True)
+        _require_rows(mask)
         # [B, 1] log π_θ(y)/π_old(y), guarded like the token ratio (deliberate difference, see the docstring)
         log_w = torch.clamp(((logp - logp_old.detach()) * m).sum(-1, keepdim=True), -LOG_RATIO_CLAMP,
                             LOG_RATIO_CLAMP)
@@ -450,7 +628,6 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
         adv = torch.gather(A, 1, first)  # [B, 1]
         sample_mask = torch.ones_like(lp, dtype=torch.bool)
     w = torch.exp(log_w)
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     low = high = dual = torch.zeros_like(w, dtype=torch.bool)
 
     if form == "differentiable" and clip is None:
@@ -488,17 +665,21 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
                         a_r * ell * clip.c + c_kl * ell))
         per_sample = torch.where(active, -weight * lp, const)
 
-    if level == "token":
-        loss = per_sample * m
-        frac = (lambda c: _frac(c, mask, logp.dtype))
-    else:
-        lengths = m.sum(-1, keepdim=True)
-        loss = per_sample * m / lengths  # spread ℓ_i over the |y_i| tokens
-        frac = (lambda c: c.to(logp.dtype).mean())
-    ratio_stats = _ratio_stats(w, sample_mask)
-    if clip is None:
-        return PolicyLossOutput(loss, zero, zero, zero, *ratio_stats)
-    return PolicyLossOutput(loss, frac(low), frac(high), frac(dual), *ratio_stats)
+    loss = per_sample * m if level == "token" else per_sample * m / m.sum(-1, keepdim=True)  # sequence: ℓ_i/|y_i|
+    w_sg = w.detach()
+
+    conds = () if clip is None else (lambda: low, lambda: high, lambda: dual)
+    stats = _TokenDiagnostics(sample_mask, w_sg.dtype, w_sg, *conds)
+    if level == "token" or clip is None:
+        return loss, stats
+
+    def diagnostics(i):  # sequence level with a clip: fractions of responses
+        if i < 3:
+            with torch.no_grad():
+                return (low, high, dual)[i].to(w_sg.dtype).mean()
+        return stats(i)
+
+    return loss, diagnostics
 
 
 def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | None = None,
@@ -517,17 +698,25 @@ def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
     Returns:
       PolicyLossOutput (``clip_fraction_high``: ρ > 1 + ε_high, ``clip_fraction_low``: ρ < 1 − ε_low, any A).
     """
-    check_token_tensors(mask, logp=logp, logp_old=logp_old)
-    _check_adv(advantages, logp)
-    clip_low = check_real("clip_low", clip_low, low=0, high=1, low_open=True, high_open=True, allow_none=True)
-    clip_high = check_real("clip_high", clip_high, low=0, low_open=True)
+    def check():
+        check_token_tensors(mask, logp=logp, logp_old=logp_old)
+        _check_adv(advantages, logp)
+        return (check_real("clip_low", clip_low, low=0, high=1, low_open=True, high_open=True, allow_none=True),
+                check_real("clip_high", clip_high, low=0, low_open=True))
+
+    low, high = validated(check, logp, logp_old, advantages, mask=mask)
+    loss, diagnostics = _cispo(logp, logp_old, advantages, mask, low, high)
+    return PolicyLossOutput.lazy(loss * mask, diagnostics)
+
+
+def _cispo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | None,
+           clip_high: float) -> tuple[Tensor, DiagnosticsThunk]:
+    """:func:`cispo_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
+    not masked (padding entries are whatever the formula gives there): the caller masks it."""
     A = advantages.detach()  # sg[A]
     ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     low = 0.0 if clip_low is None else 1.0 - clip_low
     weight = torch.clamp(ratio, min=low, max=1.0 + clip_high)
     loss = -weight.detach() * A * logp  # sg[ŵ]: the capped IS weight is a constant; the gradient flows via log π
-    high_c = ratio > 1.0 + clip_high
-    low_c = ratio < low
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    return PolicyLossOutput(loss * mask, _frac(low_c, mask, logp.dtype), _frac(high_c, mask, logp.dtype), zero,
-                            *_ratio_stats(ratio, mask))
+    r = ratio.detach()
+    return loss, _TokenDiagnostics(mask, r.dtype, r, lambda: r < low, lambda: r > 1.0 + clip_high)

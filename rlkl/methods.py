@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from rlkl._checks import check_float, check_group_size, check_real, check_token_tensors
+from rlkl._checks import (check_float, check_group_size, check_real, check_token_tensors, deferring, require, trusted,
+                          validated, values_trusted)
 from rlkl.components import (CISPO, GSPO, RPG, Advantage, AggMode, Aggregation, BatchStandardized, Estimator,
                              FutureReturn, GPGAdvantage, GroupCentered, GroupStandardized, KLLoss, KLReward, KLTerm,
                              LeaveOneOut, LengthWeightedCentered, NoKL, PassAtK, PolicyLoss, PPOClip, Raw, Reinforce,
@@ -60,6 +62,9 @@ class RolloutBatch:
     kept_logmass: Tensor | None = None
 
     def __post_init__(self):
+        validated(self._check, self.logp_old, self.logp_ref, self.rewards, mask=self.mask)  # one host sync
+
+    def _check(self) -> None:
         B, _ = check_token_tensors(self.mask, logp_old=self.logp_old, logp_ref=self.logp_ref)
         check_float("rewards", self.rewards, shape=(B,))
         if self.rewards.dtype != self.logp_old.dtype:
@@ -89,6 +94,51 @@ class RolloutBatch:
     @property
     def batch_size(self) -> int:
         return self.logp_old.shape[0]
+
+
+class Diagnostics(MutableMapping):
+    """The detached 0-dim diagnostics of one loss call (``str`` → ``Tensor``), computed when first read.
+
+    Sources are functions returning dicts (:meth:`defer`), evaluated in order under ``torch.no_grad`` on the first
+    access of any key; a loss computation that nobody inspects (the exact engine's) never computes them. They read
+    the call's detached tensors, so read the diagnostics before modifying those inputs in place.
+    """
+
+    __slots__ = ("_pending", "_data")
+
+    def __init__(self, *sources: Callable[[], dict]):
+        self._pending: list[Callable[[], dict]] = list(sources)
+        self._data: dict[str, Tensor] = {}
+
+    def defer(self, source: Callable[[], dict]) -> None:
+        """Add entries computed by ``source()`` when the diagnostics are first read."""
+        self._pending.append(source)
+
+    def _resolved(self) -> dict[str, Tensor]:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            with torch.no_grad(), trusted():  # values from a validated computation
+                for source in pending:
+                    self._data.update(source())
+        return self._data
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._resolved()[key]
+
+    def __setitem__(self, key: str, value: Tensor) -> None:
+        self._resolved()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._resolved()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolved())
+
+    def __len__(self) -> int:
+        return len(self._resolved())
+
+    def __repr__(self) -> str:
+        return f"Diagnostics({self._resolved()!r})"
 
 
 _FIELD_TYPES = {"advantage": Advantage, "policy_loss": PolicyLoss, "kl": KLTerm, "aggregation": Aggregation,
@@ -194,6 +244,10 @@ class Method:
 
     # -- the computation -------------------------------------------------------------------------------------
     def _check(self, logp: Tensor, batch: "RolloutBatch") -> None:
+        """The boundary of :meth:`loss`: one host sync (logp finite; the batch validated itself)."""
+        validated(lambda: self._check_args(logp, batch), logp)
+
+    def _check_args(self, logp: Tensor, batch: "RolloutBatch") -> None:
         if not isinstance(batch, RolloutBatch):
             raise ValueError(f"batch must be a RolloutBatch, got {type(batch).__name__}")
         check_float("logp", logp, shape=batch.logp_old.shape)
@@ -209,6 +263,10 @@ class Method:
 
     def sequence_advantages(self, batch: "RolloutBatch") -> Tensor:
         """``[B]`` sequence-level advantage, including a KL fused into the reward (``KLReward(form=FUSED)``)."""
+        with trusted():  # the batch validated its values
+            return self._sequence_advantages(batch)
+
+    def _sequence_advantages(self, batch: "RolloutBatch") -> Tensor:
         rewards = batch.rewards
         if self.kl_active:
             penalty = self.kl.sequence_penalty(self._rollout_log_ratio(batch), batch.mask)
@@ -223,8 +281,12 @@ class Method:
         ``logp_old`` as verl/OpenRLHF/FRPO do. ``sequence_advantages`` lets a caller that already has
         :meth:`sequence_advantages` for this batch pass it instead of recomputing it.
         """
+        with trusted():  # the batch validated its values
+            return self._advantages(batch, sequence_advantages)
+
+    def _advantages(self, batch: "RolloutBatch", sequence_advantages: Tensor | None) -> Tensor:
         mask = batch.mask
-        seq_adv = self.sequence_advantages(batch) if sequence_advantages is None else sequence_advantages
+        seq_adv = self._sequence_advantages(batch) if sequence_advantages is None else sequence_advantages
         adv = seq_adv[:, None].expand_as(batch.logp_old) * mask  # [B, T]
         if self.kl_active:
             penalty = self.kl.token_penalty(self._rollout_log_ratio(batch), mask)
@@ -257,46 +319,64 @@ class Method:
           (scalar loss, detached diagnostics: ``loss/policy``, ``loss/kl``, ``clip_fraction/*``, ``ratio/*`` and,
           when ``logp_ref`` is given, ``kl/k1|k2|k3``).
         """
+        if values_trusted():  # a trusted caller (Method.loss, the exact engine) validated the values
+            self._check_given(logp, logp_old, mask, advantages, logp_ref, token_weights)  # structure only
+            return self._loss_given_advantages(logp, logp_old, mask, advantages, logp_ref, token_weights)
+        extra = tuple(t for t in (logp_ref, token_weights) if t is not None)
+        validated(lambda: self._check_given(logp, logp_old, mask, advantages, logp_ref, token_weights), logp, logp_old,
+                  advantages, *extra, mask=mask, also=None if token_weights is None else lambda: ~(token_weights < 0).any())
+        with deferring(), trusted():
+            return self._loss_given_advantages(logp, logp_old, mask, advantages, logp_ref, token_weights,
+                                               check_total=True)
+
+    def _check_given(self, logp, logp_old, mask, advantages, logp_ref, token_weights) -> None:
+        """The checks of :meth:`loss_given_advantages`, in the order their errors are raised."""
         check_token_tensors(mask, logp=logp, logp_old=logp_old, advantages=advantages)
-        out = self.policy_loss_terms(logp, logp_old, advantages, mask)
-        per_token = out.loss
         if token_weights is not None:
             check_float("token_weights", token_weights, shape=logp.shape)
-            if bool((token_weights < 0).any()):
+            if not values_trusted() and bool((token_weights < 0).any()):
                 raise ValueError("token_weights must be non-negative")
-            per_token = per_token * token_weights.detach()  # data weights, no gradient
         if logp_ref is None and self.kl_in_loss:
             raise ValueError(f"method {self.name!r} has a KL loss towards π_ref: logp_ref is required")
         if logp_ref is not None:
             check_token_tensors(mask, logp=logp, logp_ref=logp_ref)
-        kl_value = torch.zeros((), dtype=logp.dtype, device=logp.device)
-        if self.kl_in_loss:
-            kl_tok = self.kl.loss_term(logp, logp_ref, logp_old, mask)  # [B, T]
-            per_token = per_token + self.beta * kl_tok
-            kl_value = self.aggregation(kl_tok.detach(), mask)
-        total = self.aggregation(per_token, mask)
-        return total, self._diagnostics(out, logp, logp_ref, mask, kl_value)
 
-    def _diagnostics(self, out: PolicyLossOutput, logp: Tensor, logp_ref: Tensor | None, mask: Tensor,
-                     kl_value: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad():
-            diagnostics = {
-                "loss/policy": self.aggregation(out.loss.detach(), mask),
-                "loss/kl": kl_value,
-                "clip_fraction/low": out.clip_fraction_low.detach(),
-                "clip_fraction/high": out.clip_fraction_high.detach(),
-                "clip_fraction/dual": out.dual_clip_fraction.detach(),
-                "ratio/mean": out.ratio_mean.detach(),
-                "ratio/min": out.ratio_min.detach(),
-                "ratio/max": out.ratio_max.detach(),
-            }
-            if logp_ref is not None:
-                log_ratio = (logp - logp_ref).detach()
-                for k in Estimator:
-                    diagnostics[f"kl/{k.value}"] = masked_mean(kl_estimate(log_ratio, k.value), mask)
+    def _loss_given_advantages(self, logp: Tensor, logp_old: Tensor, mask: Tensor, advantages: Tensor,
+                               logp_ref: Tensor | None, token_weights: Tensor | None, check_total: bool = False
+                               ) -> tuple[Tensor, "Diagnostics"]:
+        """:meth:`loss_given_advantages` on validated inputs (no host sync; ``check_total``: a deferred check
+        that the loss is finite)."""
+        per_token, policy_diagnostics = self.policy_loss.terms(logp, logp_old, advantages, mask, self.beta)
+        policy_part = per_token.detach()
+        if token_weights is not None:
+            per_token = per_token * token_weights.detach()  # data weights, no gradient
+        kl_tok = None
+        if self.kl_in_loss:
+            kl_tok = self.kl.loss_terms(logp, logp_ref, logp_old, mask)  # [B, T], masked by the aggregation
+            per_token = per_token + self.beta * kl_tok
+            kl_tok = kl_tok.detach()
+        total = self.aggregation(per_token, mask)
+        if check_total:  # finite inputs can still overflow a per-token loss (huge advantages): say so, never nan
+            require(torch.isfinite(total), lambda: check_float("loss", per_token.detach()))
+        lp = logp.detach()
+        return total, Diagnostics(lambda: self._diagnostics(policy_part, policy_diagnostics, lp, logp_ref, mask,
+                                                            kl_tok))
+
+    def _diagnostics(self, policy_part: Tensor, policy_diagnostics, logp: Tensor, logp_ref: Tensor | None,
+                     mask: Tensor, kl_tok: Tensor | None) -> dict[str, Tensor]:
+        low, high, dual, r_mean, r_min, r_max = (policy_diagnostics(i) for i in range(6))
+        kl_value = (torch.zeros((), dtype=logp.dtype, device=logp.device) if kl_tok is None
+                    else self.aggregation(kl_tok, mask))
+        diagnostics = {"loss/policy": self.aggregation(policy_part, mask), "loss/kl": kl_value,
+                       "clip_fraction/low": low, "clip_fraction/high": high, "clip_fraction/dual": dual,
+                       "ratio/mean": r_mean, "ratio/min": r_min, "ratio/max": r_max}
+        if logp_ref is not None:
+            log_ratio = logp - logp_ref.detach()
+            for k in Estimator:
+                diagnostics[f"kl/{k.value}"] = masked_mean(kl_estimate(log_ratio, k.value), mask)
         return diagnostics
 
-    def loss(self, logp: Tensor, batch: "RolloutBatch") -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, logp: Tensor, batch: "RolloutBatch", validate: bool = True) -> tuple[Tensor, "Diagnostics"]:
         """The method's scalar loss on a batch, and diagnostics.
 
         Args:
@@ -308,20 +388,36 @@ class Method:
           ``predicted_bias_terms`` describe the gap (checked exactly by ``rlkl.toy.audit``). Diagnostics are
           detached 0-dim tensors: ``loss/policy``, ``loss/kl`` (aggregated penalty before β), clip fractions,
           ratio statistics, ``kl/k1|k2|k3`` (token means of the estimates of log π_θ − log π_ref),
-          ``advantage/mean|std``, ``zero_advantage_group_fraction``.
+          ``advantage/mean|std``, ``zero_advantage_group_fraction`` — computed when first read
+          (:class:`Diagnostics`), so a caller that reads none (the exact engine) pays for none.
+
+        Validation: ``logp`` is checked here (one host sync) and the batch checked itself when it was built; the
+        computation then reads no value on the host, and one more sync at the end checks that the loss is finite
+        (finite inputs can still overflow a per-token loss) and any check of a derived value (an overflowing FRPO
+        term, an empty row of a sequence-level loss). ``validate=False`` is for trusted callers that validated
+        ``logp`` themselves (the exact engine): no host sync at all; inside an ``rlkl._checks.deferring`` block the
+        derived checks are collected there.
         """
+        if not validate:
+            with trusted():
+                self._check(logp, batch)  # structure only
+                return self._loss(logp, batch, check_total=False)
         self._check(logp, batch)
-        seq_adv = self.sequence_advantages(batch)
+        with deferring(), trusted():
+            return self._loss(logp, batch, check_total=True)
+
+    def _loss(self, logp: Tensor, batch: "RolloutBatch", check_total: bool) -> tuple[Tensor, "Diagnostics"]:
+        seq_adv = self._sequence_advantages(batch)
         weights = self.rollout_weights(batch)
-        total, diagnostics = self.loss_given_advantages(logp, batch.logp_old, batch.mask,
-                                                        self.advantages(batch, seq_adv), batch.logp_ref, weights)
+        total, diagnostics = self._loss_given_advantages(logp, batch.logp_old, batch.mask,
+                                                         self._advantages(batch, seq_adv), batch.logp_ref, weights,
+                                                         check_total)
         if weights is not None:
-            diagnostics.update(self.rollout_diagnostics(batch, weights))
-        with torch.no_grad():
-            per_group_max = seq_adv.view(-1, batch.group_size).abs().amax(-1)
-            diagnostics["advantage/mean"] = seq_adv.mean()
-            diagnostics["advantage/std"] = seq_adv.std(correction=0)
-            diagnostics["zero_advantage_group_fraction"] = (per_group_max == 0).to(logp.dtype).mean()
+            diagnostics.defer(lambda: self.rollout_diagnostics(batch, weights))
+        G, dtype = batch.group_size, logp.dtype
+        diagnostics.defer(lambda: {
+            "advantage/mean": seq_adv.mean(), "advantage/std": seq_adv.std(correction=0),
+            "zero_advantage_group_fraction": (seq_adv.view(-1, G).abs().amax(-1) == 0).to(dtype).mean()})
         return total, diagnostics
 
     # -- rollout correction ---------------------------------------------------------------------------------

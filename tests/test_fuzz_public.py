@@ -635,7 +635,7 @@ def _tensors(out) -> list[torch.Tensor]:
         return [torch.tensor(float(out), dtype=F64)]
     if isinstance(out, np.ndarray):
         return [torch.from_numpy(out)]
-    if isinstance(out, (tuple, list)):
+    if isinstance(out, (tuple, list, losses.PolicyLossOutput)):  # PolicyLossOutput: iterating reads every field
         return [t for o in out for t in _tensors(o)]
     raise AssertionError(f"unexpected output type {type(out).__name__}")
 
