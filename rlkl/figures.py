@@ -106,6 +106,21 @@ def run_figure(spec: FigureSpec, out: Path, quick: bool, seed: int, plot_only: b
     return rec
 
 
+def _import_torch_uninterrupted() -> None:
+    """Import torch with SIGINT blocked: a KeyboardInterrupt raised while torch's C++ import code runs Python
+    (pybind11) aborts the process (SIGABRT) instead of unwinding. A Ctrl-C pressed meanwhile is delivered when
+    the mask is restored, in plain Python code."""
+    import signal
+
+    if "torch" in sys.modules or not hasattr(signal, "pthread_sigmask"):
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class _CtrlC:
     """Remembers a Ctrl-C even when a library swallows the KeyboardInterrupt (e.g. one raised inside an import)."""
 
@@ -123,6 +138,7 @@ class _CtrlC:
 
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handler)
+            _import_torch_uninterrupted()
         return self
 
     def __exit__(self, *exc) -> None:
