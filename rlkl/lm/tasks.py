@@ -109,11 +109,15 @@ class Task:
     def __post_init__(self) -> None:
         if int(self.difficulty) < 1:
             raise ValueError(f"difficulty must be >= 1, got {self.difficulty}")
+        if int(self.difficulty) > self.max_difficulty:  # problems are int64 tensors: 10^d (10^2d for addition)
+            raise ValueError(f"difficulty must be <= {self.max_difficulty} for this task (its problems are int64 "
+                             f"numbers), got {self.difficulty}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
 
     # ---- to be provided by subclasses -------------------------------------------------------------
     alphabet: str = field(default="", init=False)
+    max_difficulty = 18  # class attribute, not a field: 10^d fits in int64
 
     def _random_problems(self, n: int, generator: torch.Generator) -> torch.Tensor:  # [n, k] long
         raise NotImplementedError
@@ -298,6 +302,7 @@ class Task:
 class AdditionTask(Task):
     """Reversed-digit addition of two d-digit numbers (see the module docstring for the encoding)."""
 
+    max_difficulty = 9  # a·10^d + b must fit in int64
     name: str = field(default="addition", init=False)
     alphabet: str = field(default="0123456789+=" + EOS, init=False)
 
