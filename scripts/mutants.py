@@ -64,7 +64,7 @@ class Mutant(NamedTuple):
 
 
 _D, _A, _L, _U = "rlkl/divergences.py", "rlkl/advantages.py", "rlkl/losses.py", "rlkl/utility.py"
-_C, _M = "rlkl/components.py", "rlkl/methods.py"
+_C, _M, _S = "rlkl/components.py", "rlkl/methods.py", "rlkl/sampling.py"
 
 MUTANTS: list[Mutant] = [
     # ---- divergences: KL estimators, straight-through, f-divergences, exact KLs --------------------------------
@@ -73,12 +73,24 @@ MUTANTS: list[Mutant] = [
            "k1 = −log_ratio (the estimate of KL(π_ref‖π)'s sign convention)"),
     Mutant("k2-no-half", _D, "return 0.5 * log_ratio * log_ratio", "return log_ratio * log_ratio",
            "k2 = log_ratio² without the ½"),
-    Mutant("k3-sign", _D, "lambda z: torch.expm1(-z) + z, 0.0, 1.0)", "lambda z: torch.expm1(z) - z, 0.0, 1.0)",
+    Mutant("k3-sign", _D, "value = torch.where(x.abs() < cut, series, em1 + x if keep_expm1 else em1.add_(x))",
+           "value = torch.where(x.abs() < cut, series, torch.expm1(x) - x)",
            "k3's direct branch e^{x} − 1 − x (the k3 of the other direction) for |x| >= 0.5"),
-    Mutant("k3-series-odd-terms", _D, "return z * z * _poly(-z, coeffs)", "return z * z * _poly(z, coeffs)",
+    Mutant("k3-series-odd-terms", _D,
+           "poly = torch.mul(y, 1.0 / math.factorial(order)).add_(1.0 / math.factorial(order - 1))  # Horner's first "
+           "step\n    for k in range(order - 2, 1, -1):  # Σ_{k=2}^{K} y^k/k! = y²·Σ_{j=0}^{K−2} y^j/(j+2)!\n"
+           "        poly.mul_(y)",
+           "poly = torch.mul(x, 1.0 / math.factorial(order)).add_(1.0 / math.factorial(order - 1))  # Horner's first "
+           "step\n    for k in range(order - 2, 1, -1):  # Σ_{k=2}^{K} y^k/k! = y²·Σ_{j=0}^{K−2} y^j/(j+2)!\n"
+           "        poly.mul_(x)",
            "k3's Taylor series in +x instead of −x (odd terms with the wrong sign) for |x| < 0.5"),
-    Mutant("k3-series-factorial", _D, "coeffs = [1.0 / math.factorial(k) for k in range(2, order + 1)]",
-           "coeffs = [1.0 / math.factorial(k - 1) for k in range(2, order + 1)]",
+    Mutant("k3-series-factorial", _D,
+           "poly = torch.mul(y, 1.0 / math.factorial(order)).add_(1.0 / math.factorial(order - 1))  # Horner's first "
+           "step\n    for k in range(order - 2, 1, -1):  # Σ_{k=2}^{K} y^k/k! = y²·Σ_{j=0}^{K−2} y^j/(j+2)!\n"
+           "        poly.mul_(y).add_(1.0 / math.factorial(k))",
+           "poly = torch.mul(y, 1.0 / math.factorial(order - 1)).add_(1.0 / math.factorial(order - 2))  # Horner's "
+           "first step\n    for k in range(order - 2, 1, -1):  # Σ_{k=2}^{K} y^k/k! = y²·Σ_{j=0}^{K−2} y^j/(j+2)!\n"
+           "        poly.mul_(y).add_(1.0 / math.factorial(k - 1))",
            "k3's series coefficients 1/(k−1)! instead of 1/k!"),
     Mutant("st-value-grad-swap", _D, "return value.detach() + (grad_source - grad_source.detach())",
            "return grad_source.detach() + (value - value.detach())",
@@ -105,6 +117,12 @@ MUTANTS: list[Mutant] = [
     Mutant("rev-kl-k3-estimate", _D, 'return FDivergence("reverse_kl_k3", _u_k3, lambda l: l, _k3,',
            'return FDivergence("reverse_kl_k3", _u_k3, lambda l: l, _em1x,',
            "reverse_kl_k3: sampled estimate k3(−l) instead of k3(l)"),
+    Mutant("k3-grad-sign", _D, "return torch.mul(grad, em1).neg_()  # grad·(−expm1(−x))",
+           "return torch.mul(grad, em1)  # grad·(−expm1(−x))",
+           "k3's analytic derivative e^{−x} − 1 instead of 1 − e^{−x} (sign of the custom backward)"),
+    Mutant("k3-grad-direction", _D, "        value, em1 = _k3_value(x, keep_expm1=True)\n        ctx.save_for_backward(x, em1)",
+           "        value, em1 = _k3_value(x, keep_expm1=True)\n        ctx.save_for_backward(x, torch.expm1(x))",
+           "k3's analytic derivative from expm1(+x): 1 − e^{x}, the derivative of the other direction's k3"),
     Mutant("hellinger-half", _D, "return torch.expm1(0.5 * l) ** 2", "return torch.expm1(l) ** 2",
            "Hellinger f(u) = (u − 1)² instead of (√u − 1)²"),
     Mutant("exact-kl-direction", _D, "lr = torch.where(p0 | q0, torch.zeros_like(lp), lp - lq)  # 0·(−inf − x)",
@@ -141,8 +159,8 @@ MUTANTS: list[Mutant] = [
            "return _adv.future_return(kl_estimate(log_ratio_old, self.estimator.value), mask, include_current=False)",
            "KLReward(reward_to_go): strictly-future sum, the token's own KL dropped (off by one)"),
     Mutant("frpo-future-inclusive", _A,
-           'future = future_return(_finite_terms(est, log_ratio, mask, div, "f(u)/u"), mask, include_current=False)',
-           'future = future_return(_finite_terms(est, log_ratio, mask, div, "f(u)/u"), mask, include_current=True)',
+           "future = _future_return(est, mask, include_current=False)",
+           "future = _future_return(est, mask, include_current=True)",
            "FRPO regularizer: inclusive future sum on top of the local term (double-counts it)"),
     Mutant("frpo-no-local", _C,
            "return _adv.frpo_regularizer(log_ratio_old, mask, self.divergence, include_local=True)",
@@ -159,14 +177,14 @@ MUTANTS: list[Mutant] = [
            "alpha = group_size / torch.clamp((g != 0).sum().to(g.dtype), min=1.0)",
            "GPG α = G/#nonzero over the batch instead of B/#nonzero"),
     # ---- losses ---------------------------------------------------------------------------------------------
-    Mutant("ppo-clip-high-2x", _L, "clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)",
-           "clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + 2 * clip_high)",
+    Mutant("ppo-clip-high-2x", _L, "neg_a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high))",
+           "neg_a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + 2 * clip_high))",
            "PPO upper clip bound 1 + 2·ε_high (the issue's example)"),
-    Mutant("ppo-clip-low-2x", _L, "clipped = -A * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)",
-           "clipped = -A * torch.clamp(ratio, 1.0 - 2 * clip_low, 1.0 + clip_high)",
+    Mutant("ppo-clip-low-2x", _L, "neg_a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high))",
+           "neg_a * torch.clamp(ratio, 1.0 - 2 * clip_low, 1.0 + clip_high))",
            "PPO lower clip bound 1 − 2·ε_low"),
-    Mutant("ppo-max-min", _L, "loss = torch.maximum(unclipped, clipped)\n    dual = torch.zeros_like(mask)",
-           "loss = torch.minimum(unclipped, clipped)\n    dual = torch.zeros_like(mask)",
+    Mutant("ppo-max-min", _L, "loss = torch.maximum(neg_a * ratio, neg_a * torch.clamp(ratio,",
+           "loss = torch.minimum(neg_a * ratio, neg_a * torch.clamp(ratio,",
            "PPO: min instead of max of the two (negated) surrogates"),
     Mutant("ppo-dual-min-max", _L, "loss = torch.where(A < 0, torch.minimum(loss, dual_loss), loss)",
            "loss = torch.where(A < 0, torch.maximum(loss, dual_loss), loss)", "dual clip: max instead of min"),
@@ -176,18 +194,26 @@ MUTANTS: list[Mutant] = [
     Mutant("ppo-ratio-direction", _L, "log_ratio = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP",
            "log_ratio = torch.clamp(logp_old.detach() - logp, -LOG_RATIO_CLAMP",
            "PPO importance ratio π_old/π_θ (direction)"),
-    Mutant("reinforce-adv-sign", _L, "loss = -advantages.detach() * logp * mask",
-           "loss = advantages.detach() * logp * mask", "REINFORCE loss +A·log π (ascends −J)"),
+    Mutant("reinforce-adv-sign", _L, "loss = -advantages.detach() * logp  # sg[A]",
+           "loss = advantages.detach() * logp  # sg[A]", "REINFORCE loss +A·log π (ascends −J)"),
     Mutant("is-k3-ratio-direction", _L, "ratio = torch.exp(torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, "
-           "LOG_RATIO_CLAMP))\n        value = ratio * value",
+           "LOG_RATIO_CLAMP))\n    return ratio * value",
            "ratio = torch.exp(torch.clamp(logp_old.detach() - logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))\n"
-           "        value = ratio * value", "ρ·k3 KL loss with ρ = π_old/π_θ (direction of the importance weight)"),
-    Mutant("is-k3-ratio-detached", _L, "        value = ratio * value\n",
-           "        value = ratio.detach() * value\n",
+           "    return ratio * value", "ρ·k3 KL loss with ρ = π_old/π_θ (direction of the importance weight)"),
+    Mutant("is-k3-ratio-detached", _L, "    return ratio * value\n",
+           "    return ratio.detach() * value\n",
            "ρ·k3 KL loss with sg[ρ]: an extra .detach() (TRL's coef_1 is differentiable)"),
     Mutant("kl-loss-ref-sign", _L, "value = kl_estimate(logp - logp_ref.detach(), estimator, straight_through)",
            "value = kl_estimate(logp_ref.detach() - logp, estimator, straight_through)",
            "KL loss on log π_ref − log π (sign of δ)"),
+    Mutant("kl-loss-ref-sign-method", _L, "log_ratio = logp - logp_ref.detach()\n    value = _KL_VALUES",
+           "log_ratio = logp_ref.detach() - logp\n    value = _KL_VALUES",
+           "KLLoss (a Method's path, _kl_loss): k on log π_ref − log π (sign of δ)"),
+    Mutant("kl-loss-st-missing-detach", _L, "value = value.detach() + (grad_source - grad_source.detach())",
+           "value = value + (grad_source - grad_source.detach())",
+           "KLLoss straight-through (k1+/k3+) in a Method: the value is not detached (gradient of k + k2)"),
+    Mutant("kl-loss-k2-no-half", _L, '"k2": lambda x: 0.5 * x * x', '"k2": lambda x: x * x',
+           "KLLoss k2 in a Method: log_ratio² without the ½ (twice the reverse-KL gradient)"),
     Mutant("agg-token-mean-per-seq", _L, "return (lx * (m / m.sum())).sum()",
            "return (lx * (m / m.sum(-1, keepdim=True).clamp_min(1.0))).sum()",
            "token-mean divides by each sequence's own length and sums over sequences"),
@@ -203,8 +229,8 @@ MUTANTS: list[Mutant] = [
     Mutant("gspo-missing-detach", _L, "s_token = torch.exp(seq_log_ratio.detach()[:, None] + logp - logp.detach())",
            "s_token = torch.exp(seq_log_ratio[:, None] + logp - logp.detach())",
            "GSPO-token: sg[s_i] missing (the sequence ratio's gradient leaks in)"),
-    Mutant("gspo-clip-high-low", _L, "clipped = -A * torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_high)",
-           "clipped = -A * torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_low)",
+    Mutant("gspo-clip-high-low", _L, "torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_high))",
+           "torch.clamp(s_token, 1.0 - clip_low, 1.0 + clip_low))",
            "GSPO upper clip bound uses ε_low"),
     Mutant("cispo-missing-detach", _L, "loss = -weight.detach() * A * logp",
            "loss = -weight * A * logp", "CISPO: the capped weight is not detached (gradient through ρ)"),
@@ -227,7 +253,8 @@ MUTANTS: list[Mutant] = [
     Mutant("rpg-seq-lp-first-token", _L, "lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)",
            "lp = logp[:, :1]  # [B, 1] log π_θ(y)",
            "sequence-level RPG: log π_θ(y) is the first token's log-prob only"),
-    Mutant("rpg-seq-no-spread", _L, "loss = per_sample * m / lengths  # spread", "loss = per_sample * m  # spread",
+    Mutant("rpg-seq-no-spread", _L, "else per_sample * m / m.sum(-1, keepdim=True)  # sequence: ℓ_i/|y_i|",
+           "else per_sample * m  # sequence: ℓ_i/|y_i|",
            "sequence-level RPG: ℓ_i put on every token (|y_i|·ℓ_i in total)"),
     Mutant("rpg-dual-clip-max", _L, "loss = torch.where(neg, torch.minimum(loss, -clip.c * adv_hat), loss)",
            "loss = torch.where(neg, torch.maximum(loss, -clip.c * adv_hat), loss)",
@@ -263,6 +290,69 @@ MUTANTS: list[Mutant] = [
            "Aggregation.scale of seq-mean-token-sum-norm ignores C"),
     Mutant("ppo-unclipped-keeps-dual", _C, "return PPOClip(_NO_CLIP_LOW, _NO_CLIP_HIGH, None)",
            "return PPOClip(_NO_CLIP_LOW, _NO_CLIP_HIGH, self.dual)", "PPOClip.unclipped() keeps the dual clip"),
+    # ---- rollout corrections and the engine's sampler ---------------------------------------------------------
+    Mutant("tis-cap-direction", _S, "        w = torch.clamp(w, max=cap)\n", "        w = torch.clamp(w, min=cap)\n",
+           "truncated IS: the cap C used as a floor, max(ρ, C) instead of min(ρ, C)"),
+    Mutant("tis-floor-direction", _S, "        w = torch.clamp(w, min=floor)\n", "        w = torch.clamp(w, max=floor)\n",
+           "truncated IS: the floor used as a cap, min(ρ, F) instead of max(ρ, F)"),
+    Mutant("rollout-ratio-direction", _S,
+           "diff = torch.where(mask, logp_old - torch.where(mask, logp_rollout, torch.zeros_like(logp_rollout)),",
+           "diff = torch.where(mask, torch.where(mask, logp_rollout, torch.zeros_like(logp_rollout)) - logp_old,",
+           "rollout IS ratio q_reported/π_old instead of π_old/q_reported (direction of the importance weight)"),
+    Mutant("seq-tis-token-ratio", _S, "    seq = (log_ratio * mask).sum(-1, keepdim=True)  # [B, 1] log Π_t ρ_t\n",
+           "    seq = log_ratio * mask  # [B, 1] log Π_t ρ_t\n",
+           "sequence TIS weighs each token by its own ρ_t instead of the sequence's Π_t ρ_t"),
+    Mutant("mis-sequence-token-swap", _S, "expand_as(log_ratio) if sequence else log_ratio",
+           "expand_as(log_ratio) if not sequence else log_ratio",
+           "masked IS: sequence and token ratios swapped"),
+    Mutant("mis-lower-bound-direction", _S, "        ok = ok & (rho >= lower)\n", "        ok = ok & (rho <= lower)\n",
+           "masked IS: keeps ratios below the lower bound and drops those above it"),
+    Mutant("mis-upper-bound-direction", _S, "        ok = ok & (rho <= upper)\n", "        ok = ok & (rho >= upper)\n",
+           "masked IS: keeps ratios above the upper bound and drops those below it"),
+    Mutant("mis-truncates-not-rejects", _S, "return torch.where(ok, rho, torch.zeros_like(rho)) * mask",
+           "return torch.where(ok, rho, torch.clamp(rho, max=upper or 1.0, min=lower or 0.0)) * mask",
+           "masked IS: out-of-bounds ratios truncated to the bound (TIS) instead of rejected (weight 0)"),
+    Mutant("gm-no-length-norm", _S, "    mean = (log_ratio * mask).sum(-1, keepdim=True) / n\n",
+           "    mean = (log_ratio * mask).sum(-1, keepdim=True)\n",
+           "geometric-mean IS: exp(Σ_t log ρ_t) (the sequence ratio) instead of exp(mean_t log ρ_t)"),
+    Mutant("seq-mis-component-token", _C,
+           "return _sampling().masked_is_weights(log_ratio, mask, True, self.upper, self.lower)",
+           "return _sampling().masked_is_weights(log_ratio, mask, False, self.upper, self.lower)",
+           "SequenceMIS component computes the token-level mask"),
+    Mutant("tis-component-cap-floor-swap", _C,
+           "return _sampling().token_is_weights(log_ratio, mask, self.cap, self.floor)",
+           "return _sampling().token_is_weights(log_ratio, mask, self.floor, self.cap)",
+           "TokenTIS component passes (floor, cap) in the wrong order"),
+    Mutant("mask-replay-flag", _C, "    replays_kept_set: ClassVar[bool] = True\n",
+           "    replays_kept_set: ClassVar[bool] = False\n",
+           "MaskReplay does not say it replays the kept set (the trainer does not renormalize: plain w = 1)"),
+    Mutant("mask-replay-not-renormalized", _S,
+           'return torch.log_softmax(torch.where(kept, logits, torch.full_like(logits, float("-inf"))), dim=-1)',
+           'return torch.where(kept, torch.log_softmax(logits, dim=-1), torch.full_like(logits, float("-inf")))',
+           "mask replay: log π restricted to the kept set but not renormalized over it"),
+    Mutant("trainer-kept-logmass-unnormalized", _S,
+           "return torch.logsumexp(masked, dim=-1) - torch.logsumexp(logits, dim=-1)",
+           "return torch.logsumexp(masked, dim=-1)",
+           "trainer kept mass log Σ_K e^z without dividing by Σ_V e^z (logits taken as log-probs)"),
+    Mutant("sampler-kept-mass-untempered", _S,
+           "log_kept_mass = (lse_kept - torch.logsumexp(scaled, dim=-1, keepdim=True)).squeeze(-1)",
+           "log_kept_mass = (torch.logsumexp(torch.where(kept, z_e, torch.full_like(z_e, float('-inf'))), dim=-1, "
+           "keepdim=True) - torch.logsumexp(z_e, dim=-1, keepdim=True)).squeeze(-1)",
+           "sampler kept mass S_s measured on softmax(z_e) instead of the tempered π̃ = softmax(z_e/τ)"),
+    Mutant("top-p-drops-crossing-token", _S, "keep = keep & torch.gather(before < top_p, -1, rank)",
+           "keep = keep & torch.gather(before + ps < top_p, -1, rank)",
+           "top-p: the token whose cumulative mass crosses p is cut (off by one; vLLM and HF keep it)"),
+    Mutant("rollout-weights-on-kl-loss", _M,
+           "            per_token = per_token * token_weights.detach()  # data weights, no gradient\n"
+           "        kl_tok = None\n        if self.kl_in_loss:\n"
+           "            kl_tok = self.kl.loss_terms(logp, logp_ref, logp_old, mask)  # [B, T], masked by the aggregation\n"
+           "            per_token = per_token + self.beta * kl_tok\n",
+           "            pass\n"
+           "        kl_tok = None\n        if self.kl_in_loss:\n"
+           "            kl_tok = self.kl.loss_terms(logp, logp_ref, logp_old, mask)  # [B, T], masked by the aggregation\n"
+           "            per_token = per_token + self.beta * kl_tok\n"
+           "        if token_weights is not None:\n            per_token = per_token * token_weights.detach()\n",
+           "the rollout-correction weight multiplies the KL loss too (verl and TRL weight only the policy loss)"),
     Mutant("method-fused-kl-sign", _M, "                rewards = rewards - self.beta * penalty\n",
            "                rewards = rewards + self.beta * penalty\n", "fused KL added to the reward (sign)"),
     Mutant("method-token-penalty-sign", _M, "                adv = adv - self.beta * penalty\n",
@@ -277,7 +367,7 @@ MUTANTS: list[Mutant] = [
            "token KL penalty computed on half the rollout log-ratio"),
 ]
 
-CORE = (_D, _A, _L, _U, _C, _M)
+CORE = (_D, _A, _L, _U, _C, _M, _S)
 
 #: test files run first for a mutant of each module (all in the default run); a pass here goes on to the full suite
 _RULES_TEST = "tests/test_selfcheck_rules.py"  # the estimators section's rules, in the default run too
@@ -290,6 +380,7 @@ TESTS_BY_MODULE: dict[str, list[str]] = {
     _U: ["tests/test_utility.py", *_ALL],
     _C: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", *_ALL],
     _M: ["tests/test_methods.py", "tests/test_method_values.py", "tests/test_new_methods.py", *_ALL],
+    _S: ["tests/test_sampling.py", "tests/test_toy_mismatch.py", "tests/test_methods.py", *_ALL],
 }
 
 

@@ -30,11 +30,16 @@ def test_every_curated_snippet_occurs_once_and_the_mutated_file_compiles(mutants
 
 
 def test_the_list_covers_the_core(mutants):
-    assert len(mutants.MUTANTS) >= 40
+    assert len(mutants.MUTANTS) >= 45
     files = {m.path for m in mutants.MUTANTS}
     assert set(mutants.TESTS_BY_MODULE) == files  # every mutated module has its mapped test files
     for tests in mutants.TESTS_BY_MODULE.values():
         assert all((ROOT / t).is_file() for t in tests), tests
+    # the rollout corrections and the engine's sampler are planted into as well (rlkl/sampling.py, components)
+    assert "rlkl/sampling.py" in files
+    ids = {m.id for m in mutants.MUTANTS}
+    assert {"tis-cap-direction", "mis-lower-bound-direction", "seq-tis-token-ratio", "mask-replay-not-renormalized",
+            "sampler-kept-mass-untempered"} <= ids
 
 
 def test_a_rotten_snippet_is_refused(mutants, tmp_path):
