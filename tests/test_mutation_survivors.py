@@ -108,3 +108,99 @@ def test_masked_whiten_defaults_and_two_tokens():
     out = masked_whiten(t([[1.0, 3.0]]), torch.ones(1, 2, dtype=torch.bool))
     want = 1 / math.sqrt(2 + 1e-8)
     assert out[0].tolist() == pytest.approx([-want, want], rel=1e-15)
+
+
+# ------------------------------------------------------------------------------------------------ rlkl.sampling
+def test_sampler_describe_and_replace():
+    from rlkl.sampling import Sampler
+
+    assert Sampler().describe() == "identity"
+    full = Sampler(temperature=0.7, top_k=2, top_p=0.8, min_p=0.1, dtype="bfloat16", noise=0.5, logprobs="raw")
+    assert full.describe() == "tau=0.7,top_k=2,top_p=0.8,min_p=0.1,bfloat16,noise=0.5,raw"
+    assert Sampler(temperature=2.0).describe() == "tau=2"
+    assert Sampler(min_p=0.5, noise=0.25).describe() == "min_p=0.5,noise=0.25"
+    assert Sampler(top_p=0.8).replace(top_k=3) == Sampler(top_k=3, top_p=0.8)
+
+
+def test_correction_ratios_are_guarded_at_e_to_the_20():
+    from rlkl.sampling import sequence_is_weights, token_is_weights
+
+    # log ρ = +30 and −30 are clamped to ±20 before exp (verl's guard): plain IS weights e^{20}, e^{−20}
+    lr = t([[30.0, -30.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    w = token_is_weights(lr, mask)
+    assert w[0, 0].item() == pytest.approx(math.exp(20.0), rel=1e-14)
+    assert w[0, 1].item() == pytest.approx(math.exp(-20.0), rel=1e-14)
+    # sequence: log Π ρ = 30 + 30 = 60 → e^{20}; −60 → e^{−20}
+    ws = sequence_is_weights(t([[30.0, 30.0], [-30.0, -30.0]]), torch.ones(2, 2, dtype=torch.bool))
+    assert ws[:, 0].tolist() == pytest.approx([math.exp(20.0), math.exp(-20.0)], rel=1e-14)
+
+
+def test_sequence_tis_floor_and_masked_is_lower_bound_by_hand():
+    from rlkl.sampling import masked_is_weights, sequence_is_weights
+
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    # Π ρ = 0.5·0.5 = 0.25 < floor 0.5 → 0.5 on both tokens
+    w = sequence_is_weights(torch.log(t([[0.5, 0.5]])), mask, cap=2.0, floor=0.5)
+    assert w.tolist() == [[0.5, 0.5]]
+    # lower <= ρ keeps ρ = lower exactly (exp(log 0.5) = 0.5 in float64); 0.25 < 0.5 is dropped
+    w = masked_is_weights(torch.log(t([[0.5, 0.25]])), mask, False, None, 0.5)
+    assert w.tolist() == [[0.5, 0.0]]
+
+
+def test_geometric_mean_of_a_one_token_row_is_its_ratio():
+    from rlkl.sampling import geometric_mean_weights
+
+    # row 0 has one token, ρ = 4: exp(log 4 / 1) = 4; row 1: (ρ = 2, 8) → exp((log 2 + log 8)/2) = 4
+    mask = torch.tensor([[True, False], [True, True]])
+    w = geometric_mean_weights(torch.log(t([[4.0, 1.0], [2.0, 8.0]])), mask)
+    torch.testing.assert_close(w, t([[4.0, 0.0], [4.0, 4.0]]), rtol=1e-14, atol=0)
+
+
+def test_effective_sample_size_of_small_weights():
+    from rlkl.sampling import effective_sample_size
+
+    # w = (0.5, 0.25): (Σw)²/(N Σw²) = 0.5625/(2·0.3125) = 0.9 (Σw² < 1: no special case)
+    ess = effective_sample_size(t([[0.5, 0.25]]), torch.ones(1, 2, dtype=torch.bool))
+    assert ess.item() == pytest.approx(0.9, rel=1e-14)
+
+
+def test_mismatch_fractions_of_a_lower_bound_rejection_and_the_output_dtype():
+    from rlkl.components import TokenMIS, TokenTIS
+    from rlkl.sampling import mismatch_diagnostics, rollout_log_ratio
+
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    old = torch.log(t([[0.4, 0.2, 0.5]]))
+    rollout = torch.log(t([[0.5, 0.1, 0.5]]))
+    # ρ = 0.8, 2, 1; TokenMIS(upper 2, lower 0.9) drops 0.8 (weight 0): rejected 1/3, capped 0 (a dropped ratio
+    # is not a capped one)
+    lr = rollout_log_ratio(old, rollout, mask)
+    d = mismatch_diagnostics(old, rollout, mask, TokenMIS(2.0, lower=0.9).weights(lr, mask),
+                             TokenTIS(None).weights(lr, mask))
+    assert d["rejected_fraction"].item() == pytest.approx(1 / 3, rel=1e-15)
+    assert d["capped_fraction"].item() == 0.0
+    # statistics come back in logp_old's dtype, also when the engine reported float64 log-probs
+    d32 = mismatch_diagnostics(old.float(), rollout, mask)
+    assert all(v.dtype == torch.float32 for v in d32.values())
+
+
+def test_trainer_kept_logmass_of_unnormalized_logits():
+    from rlkl.sampling import kept_logmass
+
+    # logits (6, 5, 4) (log-probs + 5): S = (e^6 + e^5)/(e^6 + e^5 + e^4), shift-invariant
+    logits = t([[6.0, 5.0, 4.0]])
+    kept = torch.tensor([[True, True, False]])
+    want = math.log((math.exp(6) + math.exp(5)) / (math.exp(6) + math.exp(5) + math.exp(4)))
+    assert kept_logmass(logits, kept).item() == pytest.approx(want, rel=1e-14)
+
+
+def test_exact_mismatch_kl_averages_states_over_the_mask():
+    from rlkl.sampling import exact_mismatch_kl
+
+    # B = 1, T = 3, V = 2; the third state is padding (its distributions must not count)
+    log_q = torch.log(t([[[0.5, 0.5], [1.0, 0.0], [0.1, 0.9]]]))
+    log_old = torch.log(t([[[0.8, 0.2], [0.6, 0.4], [0.9, 0.1]]]))
+    mask = torch.tensor([[True, True, False]])
+    kl0 = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)  # = ½ log 1.5625
+    kl1 = math.log(1 / 0.6)  # the cut token contributes 0·log 0 = 0
+    assert exact_mismatch_kl(log_q, log_old, mask).item() == pytest.approx((kl0 + kl1) / 2, rel=1e-14)
