@@ -204,3 +204,15 @@ def test_exact_mismatch_kl_averages_states_over_the_mask():
     kl0 = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)  # = ½ log 1.5625
     kl1 = math.log(1 / 0.6)  # the cut token contributes 0·log 0 = 0
     assert exact_mismatch_kl(log_q, log_old, mask).item() == pytest.approx((kl0 + kl1) / 2, rel=1e-14)
+
+
+def test_mismatch_fractions_follow_their_definitions_for_any_weights():
+    from rlkl.sampling import mismatch_diagnostics
+
+    # capped ⟨1[0 < w < raw]⟩, rejected ⟨1[w = 0 < raw]⟩ (docs/metrics.md), for weights of any origin:
+    # tokens (w, raw) = (0.5, 0.8) capped; (0, 0) neither (nothing was there to drop); (0.3, 0.3) neither
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    lp = t([[-1.0, -1.0, -1.0]])
+    d = mismatch_diagnostics(lp, lp, mask, t([[0.5, 0.0, 0.3]]), t([[0.8, 0.0, 0.3]]))
+    assert d["capped_fraction"].item() == pytest.approx(1 / 3, rel=1e-15)
+    assert d["rejected_fraction"].item() == 0.0
