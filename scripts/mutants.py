@@ -495,7 +495,8 @@ def _run(cmd: list[str], copy: Path, timeout: float) -> tuple[int | None, str, s
 _PROBE = """
 import json, sys
 from rlkl.commands.verify import PROVIDERS, run_section
-rows = run_section(sys.argv[1], PROVIDERS[sys.argv[1]], quick=False)
+rows = run_section(sys.argv[1], PROVIDERS[sys.argv[1]], quick=False, fresh=True)  # fresh: a cached section
+# imports nothing, and would look independent of every file
 mods = sorted({m.__file__ for n, m in list(sys.modules.items())
                if (n == "rlkl" or n.startswith("rlkl.")) and getattr(m, "__file__", None)})
 print(json.dumps({"rows": [r.to_dict() for r in rows], "modules": mods}))
