@@ -1,0 +1,86 @@
+"""Re-run mutmut mutants one at a time outside mutmut: no timeout, any test files, a temporary copy of the tree.
+
+mutmut 3 classifies a mutant whose tests run past 15× their clean time as "timeout"; on a loaded machine an
+equivalent mutant can time out too, and after tests are added its "survived" results are stale. This script applies
+the diff ``mutmut show NAME`` prints to a fresh copy of the working tree (``git ls-files``: tracked and
+untracked-not-ignored files; the tree itself is never modified) and runs ``pytest -x -q`` on the given test files
+with ``PYTHONPATH=<copy>``; it prints KILLED (with the first failing test) or SURVIVED per mutant (docs/mutation.md).
+
+Usage::
+
+    .venv/bin/mutmut results | grep survived | cut -d: -f1 > /tmp/names.txt
+    .venv/bin/python scripts/mutmut_recheck.py /tmp/names.txt tests/test_sampling.py tests/test_mutation_survivors.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _function_texts(name: str) -> tuple[str, str, str]:
+    """(path, original function text, mutated function text) from ``mutmut show NAME``."""
+    out = subprocess.run([str(REPO / ".venv/bin/mutmut"), "show", name], cwd=REPO, capture_output=True,
+                         text=True).stdout.splitlines()
+    path = next(line[4:] for line in out if line.startswith("--- "))
+    body = out[next(i for i, line in enumerate(out) if line.startswith("@@")) + 1:]
+    orig = "\n".join(line[1:] for line in body if line[:1] in (" ", "-"))
+    mut = "\n".join(line[1:] for line in body if line[:1] in (" ", "+"))
+    return path, orig, mut
+
+
+def _indent(text: str) -> str:  # mutmut shows a method dedented
+    return "\n".join("    " + line if line else line for line in text.split("\n"))
+
+
+def recheck(name: str, copy: Path, tests: list[str]) -> str:
+    path, orig, mut = _function_texts(name)
+    text = (copy / path).read_text(encoding="utf-8")
+    if text.count(orig) != 1:
+        orig, mut = _indent(orig), _indent(mut)
+    if text.count(orig) != 1:
+        return f"{name}: CANNOT APPLY (the function occurs {text.count(orig)} times in {path})"
+    (copy / path).write_text(text.replace(orig, mut), encoding="utf-8")
+    try:
+        env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+        p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=copy,
+                           env=env, capture_output=True, text=True)
+    finally:
+        (copy / path).write_text(text, encoding="utf-8")
+    failed = [line for line in p.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    if p.returncode == 0:
+        return f"{name}: SURVIVED"
+    return f"{name}: KILLED {failed[0] if failed else f'exit {p.returncode}'}"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    names = [line.strip() for line in Path(argv[0]).read_text().splitlines() if line.strip()]
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    copy = Path(tempfile.mkdtemp(prefix="rlkl-mutmut-recheck-"))
+    try:
+        for rel in files:
+            if rel and (REPO / rel).is_file():
+                (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, copy / rel)
+        survived = 0
+        for name in names:
+            line = recheck(name, copy, argv[1:])
+            survived += " SURVIVED" in line or "CANNOT" in line
+            print(line, flush=True)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
