@@ -203,6 +203,12 @@ _RULES = [
     ("OPO, pass@k, GPG, REINFORCE++ whitening = their rules in Python",
      "OPO arXiv 2505.23585; Chen et al. arXiv 2503.19595; GPG arXiv 2504.02546; REINFORCE++ arXiv 2501.03262; "
      "docs/theory.md T13", "check_other_advantages_rule"),
+    ("rollout corrections: TIS / MIS / geometric-mean weights of pi_old/q, on the policy loss only",
+     "verl rollout_is token/sequence; TRL vllm_importance_sampling_mode; GMPO arXiv 2507.20673; docs/theory.md T23",
+     "check_rollout_correction_rule"),
+    ("engine sampler: top-k -> top-p -> min-p kept set, kept mass, q; mask replay = brute force",
+     "Holtzman et al. arXiv 1904.09751 (top-p); Nguyen et al. arXiv 2407.01082 (min-p); docs/theory.md T21, T22",
+     "check_sampler_rule"),
 ]
 
 
@@ -672,4 +678,115 @@ def check_other_advantages_rule(seeds) -> float:
             ref = torch.tensor([[(v - mu) / math.sqrt(var + eps) if m else 0.0 for v, m in zip(row, mrow)]
                                 for row, mrow in zip(x.tolist(), mask.tolist())], dtype=torch.float64)
             errs.append(_rel(adv.masked_whiten(x, mask, eps, std), ref))
+    return max(errs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rollout corrections and the engine's sampler
+
+
+def _correction_reference(kind: str, lr: list, m: list, upper, lower) -> list:
+    """w of one row from log ρ_t (ρ = π_old/q) written out: TIS clamp, MIS ρ·1[lower <= ρ <= upper] per token or
+    per sequence (Π_t ρ_t), geometric mean exp(mean_t log ρ_t) capped; log-ratios clamped to ±20; 0 on padding."""
+    def rho(x):
+        return math.exp(min(max(x, -20.0), 20.0))
+
+    valid = [x for x, ok in zip(lr, m) if ok]
+    seq = rho(sum(valid))
+    per = {"token_tis": None, "seq_tis": seq, "token_mis": None, "seq_mis": seq, "gm": rho(sum(valid) / len(valid))}
+    out = []
+    for x, ok in zip(lr, m):
+        r = rho(x) if per[kind] is None else per[kind]
+        if kind.endswith("mis"):
+            w = r if (upper is None or r <= upper) and (lower is None or r >= lower) else 0.0
+        else:
+            w = min(r, upper) if upper is not None else r
+            w = max(w, lower) if lower is not None else w
+        out.append(w if ok else 0.0)
+    return out
+
+
+def check_rollout_correction_rule(seeds) -> float:
+    """Each rollout correction's weights from ``RolloutBatch`` log-probs against :func:`_correction_reference`
+    (ρ_t = π_old/q_reported), and ``grpo_tis``'s loss against PPO·w + β·k3 written out (w on the policy term only)."""
+    from rlkl.components import GeometricMeanIS, MaskReplay, SequenceMIS, SequenceTIS, TokenMIS, TokenTIS
+    from rlkl.methods import RolloutBatch, get_method
+
+    cases = [(TokenTIS(1.3, floor=0.8), "token_tis", 1.3, 0.8), (SequenceTIS(1.5, floor=0.6), "seq_tis", 1.5, 0.6),
+             (TokenTIS(None), "token_tis", None, None), (TokenMIS(1.3, lower=0.8), "token_mis", 1.3, 0.8),
+             (SequenceMIS(1.8, lower=0.5), "seq_mis", 1.8, 0.5), (GeometricMeanIS(1.1), "gm", 1.1, None)]
+    errs = []
+    for s in seeds:
+        logp, logp_old, _, mask = _batch(s, B=8)
+        g = torch.Generator().manual_seed(400 + s)
+        logp_rollout = logp_old + 0.3 * torch.randn(logp_old.shape, generator=g, dtype=torch.float64)
+        logp_ref = logp_old - 0.3 * torch.randn(logp_old.shape, generator=g, dtype=torch.float64)
+        batch = RolloutBatch(logp_old, logp_ref, mask, torch.randn(8, generator=g, dtype=torch.float64), 4,
+                             logp_rollout=logp_rollout)
+        LO, LQ, M = logp_old.tolist(), logp_rollout.tolist(), mask.tolist()
+        lr = [[(a - b) if ok else 0.0 for a, b, ok in zip(*rows)] for rows in zip(LO, LQ, M)]
+        for corr, kind, upper, lower in cases:
+            got = get_method("grpo").replace(correction=corr).rollout_weights(batch)
+            ref = [_correction_reference(kind, lr[i], M[i], upper, lower) for i in range(8)]
+            errs.append(_rel(got, torch.tensor(ref, dtype=torch.float64)))
+        m = get_method("grpo").replace(beta=0.5, correction=TokenTIS(1.3))
+        A, L, LR = m.advantages(batch).tolist(), logp.detach().tolist(), logp_ref.tolist()
+        W = [_correction_reference("token_tis", lr[i], M[i], 1.3, None) for i in range(8)]
+        clip = m.policy_loss
+        per_seq = [_mean([_ppo_reference(L[i][t], LO[i][t], A[i][t], clip.low, clip.high, clip.dual)[0] * W[i][t]
+                          + 0.5 * (math.expm1(LR[i][t] - L[i][t]) + L[i][t] - LR[i][t]) for t in range(4) if M[i][t]])
+                   for i in range(8)]
+        errs.append(abs(float(m.loss(logp, batch)[0].detach()) - _mean(per_seq)) / abs(_mean(per_seq)))
+        try:  # mask replay renormalizes over the kept set: without the batch's kept mass it cannot run
+            get_method("grpo").replace(correction=MaskReplay()).rollout_weights(batch)
+            return math.inf
+        except ValueError:
+            pass
+    return max(errs)
+
+
+def _sampler_reference(z: list, tau: float, top_k, top_p: float, min_p: float) -> tuple[list, float]:
+    """(kept flags, kept mass S) of top-k → top-p → min-p on π̃ = softmax(z/τ), ties by index, the token that
+    crosses p kept; S = Σ_{a∈K} π̃(a)."""
+    e = [math.exp(v / tau - max(z) / tau) for v in z]
+    p = [v / sum(e) for v in e]
+    order = sorted(range(len(z)), key=lambda a: (-p[a], a))
+    keep = set(order[:top_k] if top_k is not None else order)
+    total, acc, kept_p = sum(p[a] for a in keep), 0.0, set()
+    for a in [a for a in order if a in keep]:
+        if acc < top_p:
+            kept_p.add(a)
+        acc += p[a] / total
+    keep = {a for a in kept_p if p[a] >= min_p * max(p)}
+    return [a in keep for a in range(len(z))], sum(p[a] for a in keep)
+
+
+def check_sampler_rule(seeds) -> float:
+    """``Sampler.transform`` (kept set, log S, log q) against :func:`_sampler_reference`, and the trainer-side
+    ``kept_logmass`` / ``kept_log_softmax`` (mask replay) of shifted logits against log Σ_K e^z − log Σ e^z and
+    z − log Σ_K e^z on K."""
+    from rlkl.sampling import Sampler, kept_log_softmax, kept_logmass
+
+    errs = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(500 + s)
+        z = 1.5 * torch.randn(4, 7, generator=g, dtype=torch.float64) + 3.0  # unnormalized logits
+        for tau, k, tp, mp in ((0.7, None, 0.8, 0.0), (1.0, 4, 0.9, 0.05), (1.3, 5, 1.0, 0.2), (1.0, None, 0.5, 0.0)):
+            out = Sampler(temperature=tau, top_k=k, top_p=tp, min_p=mp).transform(z)
+            for row, zr in enumerate(z.tolist()):
+                kept, mass = _sampler_reference(zr, tau, k, tp, mp)
+                if out.kept[row].tolist() != kept:
+                    return math.inf
+                errs.append(abs(math.exp(float(out.log_kept_mass[row])) - mass) / mass)
+                lz = [v / tau for v, ok in zip(zr, kept) if ok]
+                lse = max(lz) + math.log(sum(math.exp(v - max(lz)) for v in lz))
+                q = [math.exp(v / tau - lse) if ok else 0.0 for v, ok in zip(zr, kept)]
+                errs.append(_rel(out.log_q[row].exp(), torch.tensor(q, dtype=torch.float64)))
+                lse_k = math.log(sum(math.exp(v) for v, ok in zip(zr, kept) if ok))
+                lse_all = math.log(sum(math.exp(v) for v in zr))
+                kt = torch.tensor(kept)
+                errs.append(abs(float(kept_logmass(z[row], kt)) - (lse_k - lse_all)) / abs(lse_k - lse_all or 1.0))
+                ref = torch.tensor([v - lse_k if ok else 0.0 for v, ok in zip(zr, kept)], dtype=torch.float64)
+                got = kept_log_softmax(z[row], kt)
+                errs.append(_rel(torch.where(kt, got, torch.zeros_like(got)), ref))
     return max(errs)
