@@ -216,3 +216,28 @@ def test_mismatch_fractions_follow_their_definitions_for_any_weights():
     d = mismatch_diagnostics(lp, lp, mask, t([[0.5, 0.0, 0.3]]), t([[0.8, 0.0, 0.3]]))
     assert d["capped_fraction"].item() == pytest.approx(1 / 3, rel=1e-15)
     assert d["rejected_fraction"].item() == 0.0
+
+
+def test_kept_set_boundaries_and_rows():
+    from rlkl.sampling import kept_set
+
+    # top_p = 1 keeps every token of positive probability, however small (its mass before it rounds to 1)
+    lp = t([math.log1p(-1e-20), math.log(1e-20)])
+    assert kept_set(lp, top_p=1.0).tolist() == [True, True]
+    # min-p keeps π̃(a) >= min_p·max π̃ (inclusive): 0.25 >= 0.5·0.5
+    lp = torch.log(t([0.5, 0.25, 0.25]))
+    assert kept_set(lp, min_p=0.5).tolist() == [True, True, True]
+    assert kept_set(lp, min_p=0.6).tolist() == [True, False, False]
+    # rows are independent: top-p renormalizes within each row
+    rows = torch.log(t([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25]]))
+    both = kept_set(rows, top_k=None, top_p=0.5)
+    assert both.tolist() == [kept_set(rows[0], top_p=0.5).tolist(), kept_set(rows[1], top_p=0.5).tolist()]
+    assert both.tolist() == [[True, False, False], [True, True, False]]  # mass before: (0, .6) and (0, .4, .75)
+
+
+def test_ties_are_broken_by_index_in_a_large_vocabulary():
+    from rlkl.sampling import kept_set
+
+    # 3000 equally likely tokens, top-k = 7: the 7 lowest indices (a stable sort; an unstable one permutes ties)
+    lp = torch.full((3000,), -math.log(3000.0), dtype=torch.float64)
+    assert kept_set(lp, top_k=7).nonzero().flatten().tolist() == list(range(7))
