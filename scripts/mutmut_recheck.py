@@ -24,29 +24,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _function_texts(name: str) -> tuple[str, str, str]:
-    """(path, original function text, mutated function text) from ``mutmut show NAME``."""
+def _changed_lines(name: str) -> tuple[str, list[str], list[str]]:
+    """(path, removed lines, added lines) of the one hunk ``mutmut show NAME`` prints."""
     out = subprocess.run([str(REPO / ".venv/bin/mutmut"), "show", name], cwd=REPO, capture_output=True,
                          text=True).stdout.splitlines()
     path = next(line[4:] for line in out if line.startswith("--- "))
     body = out[next(i for i, line in enumerate(out) if line.startswith("@@")) + 1:]
-    orig = "\n".join(line[1:] for line in body if line[:1] in (" ", "-"))
-    mut = "\n".join(line[1:] for line in body if line[:1] in (" ", "+"))
-    return path, orig, mut
+    return path, [line[1:] for line in body if line[:1] == "-"], [line[1:] for line in body if line[:1] == "+"]
 
 
-def _indent(text: str) -> str:  # mutmut shows a method dedented
-    return "\n".join("    " + line if line else line for line in text.split("\n"))
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
 
 
 def recheck(name: str, copy: Path, tests: list[str]) -> str:
-    path, orig, mut = _function_texts(name)
+    """Apply the mutant (its removed lines, matched ignoring indentation — mutmut shows methods dedented — must occur
+    exactly once), run the tests, restore the file."""
+    path, removed, added = _changed_lines(name)
     text = (copy / path).read_text(encoding="utf-8")
-    if text.count(orig) != 1:
-        orig, mut = _indent(orig), _indent(mut)
-    if text.count(orig) != 1:
-        return f"{name}: CANNOT APPLY (the function occurs {text.count(orig)} times in {path})"
-    (copy / path).write_text(text.replace(orig, mut), encoding="utf-8")
+    lines = text.split("\n")
+    key = [r.strip() for r in removed]
+    hits = [i for i in range(len(lines) - len(key) + 1) if [x.strip() for x in lines[i:i + len(key)]] == key]
+    if not removed or len(hits) != 1:
+        return f"{name}: CANNOT APPLY (the changed lines occur {len(hits)} times in {path})"
+    shift = _indent(lines[hits[0]]) - _indent(removed[0])
+    new = [(" " * shift + a) if shift >= 0 else a[-shift:] for a in added]
+    (copy / path).write_text("\n".join(lines[:hits[0]] + new + lines[hits[0] + len(key):]), encoding="utf-8")
     try:
         env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
         p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=copy,

@@ -241,3 +241,19 @@ def test_ties_are_broken_by_index_in_a_large_vocabulary():
     # 3000 equally likely tokens, top-k = 7: the 7 lowest indices (a stable sort; an unstable one permutes ties)
     lp = torch.full((3000,), -math.log(3000.0), dtype=torch.float64)
     assert kept_set(lp, top_k=7).nonzero().flatten().tolist() == list(range(7))
+
+
+def test_sampler_perturbation_and_reported_logprobs():
+    from rlkl.sampling import Sampler
+
+    assert Sampler().noise_like((2, 3)) is None  # σ = 0: no perturbation at all
+    eps = Sampler(noise=0.5, seed=1).noise_like((20000,))
+    # σ·N(0, 1), float64: sample std within 3% of σ = 0.5 (its standard error is σ/√(2n) = 0.5%)
+    assert eps.dtype == torch.float64 and abs(eps.std().item() - 0.5) < 0.015 and abs(eps.mean().item()) < 0.02
+    z = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float32)
+    d = t([0.25, 0.5, -1.0])
+    z_e = Sampler().engine_logits(z, d)  # z + perturbation, in the logits' dtype
+    assert z_e.dtype == torch.float32 and z_e.tolist() == [0.75, -0.5, 1.0]
+    # processed log-probs are log q (after temperature and truncation)
+    out = Sampler(temperature=0.5, top_k=2).transform(t([1.0, 0.0, -1.0]))
+    assert torch.equal(out.log_reported, out.log_q)
