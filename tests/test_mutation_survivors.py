@@ -257,3 +257,17 @@ def test_sampler_perturbation_and_reported_logprobs():
     # processed log-probs are log q (after temperature and truncation)
     out = Sampler(temperature=0.5, top_k=2).transform(t([1.0, 0.0, -1.0]))
     assert torch.equal(out.log_reported, out.log_q)
+
+
+def test_sampler_transform_applies_top_k_and_min_p_and_rejects_nan_and_inf():
+    from rlkl.sampling import Sampler
+
+    z = torch.log(t([0.5, 0.3, 0.15, 0.05]))
+    assert Sampler(top_k=2).transform(z).kept.tolist() == [True, True, False, False]
+    # min-p 0.5: keep π̃ >= 0.25 → tokens 0 and 1; kept mass 0.8
+    out = Sampler(min_p=0.5).transform(z)
+    assert out.kept.tolist() == [True, True, False, False]
+    assert out.log_kept_mass.exp().item() == pytest.approx(0.8, rel=1e-14)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="NaN or \\+inf"):
+            Sampler().transform(t([0.0, bad, 1.0]))
