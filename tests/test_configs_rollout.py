@@ -175,6 +175,8 @@ def test_trl_versions():
     ({"vllm_importance_sampling_clip_min": 1.5, "vllm_importance_sampling_clip_max": None},
      "vllm_importance_sampling_clip_min", "SequenceMIS.lower"),
     ({"vllm_importance_sampling_mode": "sequence"}, "vllm_importance_sampling_mode", "TRL raises"),
+    ({"vllm_importance_sampling_mode": "token_truncate", "vllm_importance_sampling_clip_max": None},
+     "vllm_importance_sampling_clip_max", "GRPOConfig raises"),
     ({"top_p": 0}, "top_p", "(0, 1]"),
     ({"top_k": -1}, "top_k", "turns top-k off"),
     ({"min_p": 1.0}, "min_p", "[0, 1)"),

@@ -181,9 +181,14 @@ def verl_sampler(v: dict, problems, notes: list) -> Sampler:
 # ------------------------------------------------------------------------------------------------ TRL
 def trl_correction(v: dict, problems, notes: list, version: tuple[int, int]) -> RolloutCorrection:
     """The Method's correction from TRL's ``use_vllm`` / ``vllm_importance_sampling_*`` (module docstring)."""
+    mode = v["vllm_importance_sampling_mode"]
+    if (version >= (1, 6) and v["vllm_importance_sampling_correction"] and str(mode).endswith("_truncate")
+            and v["vllm_importance_sampling_clip_min"] is None and v["vllm_importance_sampling_clip_max"] is None):
+        problems.add("vllm_importance_sampling_clip_max", f"vllm_importance_sampling_mode={mode!r} needs "
+                     "clip_min or clip_max (GRPOConfig raises)")
+        return NoCorrection()
     if not v["use_vllm"] or not v["vllm_importance_sampling_correction"]:
         return NoCorrection()
-    mode = v["vllm_importance_sampling_mode"]
     cap, floor = v["vllm_importance_sampling_cap"], None
     if version >= (1, 6):
         cap = v["vllm_importance_sampling_clip_max"] if cap is None else cap  # the deprecated cap overrides
