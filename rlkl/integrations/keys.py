@@ -49,7 +49,6 @@ CATEGORIES = {
     "critic": "the value model (used by GAE only; rlkl's estimators are critic-free)",
     "framework": "framework internals (_target_ classes, Ray, transfer queues)",
     "unused": "a parameter of an option this config does not select",
-    "sampling": "sampling temperature: π is the temperature-τ policy and its log-probs use the same τ",
 }
 
 
