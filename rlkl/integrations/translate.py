@@ -11,6 +11,11 @@ Values given as strings are parsed as the frameworks parse them: verl through Om
 (``"false"``, ``"no"``, ``"off"``, ``"0"`` → False; ``"1e-3"`` → 0.001), TRL through ``HfArgumentParser``'s rules
 (``string_to_bool``: yes/no, true/false, t/f, y/n, 1/0, case-insensitive; ``int()``, ``float()``).
 
+The inference engine's keys (verl ``algorithm.rollout_correction.*``, ``rollout.{temperature, top_k, top_p,
+logprobs_mode}``; TRL ``use_vllm``, ``vllm_importance_sampling_*``, ``temperature``, ``top_k``, ``top_p``,
+``min_p``) become the Method's ``correction`` and ``Translation.sampler`` (:mod:`rlkl.integrations.rollout`, with
+their version-gated defaults).
+
 The intended objective of a translated config is what the framework documents: E[R] − β·KL(π‖π_ref) with a KL
 (β > 0), E[R] without; an rlkl plug-in method (``adv_estimator=frpo``, ``rpg_*``) keeps its own claim.
 """
