@@ -401,7 +401,7 @@ def test_verl_low_var_kl_path_audits_as_rlkl_grpo(off_policy, eos):
 
 def test_verl_low_var_kl_clamp_is_a_known_difference():
     """verl clamps the k3 *value* to [−10, 10] (and log π_ref/π to ±20): a token with k3 > 10 gets no KL
-    gradient in verl, while rlkl's k3 keeps it. Only there do the two differ (spec/peers.md §1.2)."""
+    gradient in verl, while rlkl's k3 keeps it. Only there do the two differ (the peers' source, restated in docs/integrations.md)."""
     logp = torch.tensor([[-0.1, -0.2], [-0.3, -0.1]], dtype=torch.float64, requires_grad=True)
     logp_ref = torch.tensor([[-0.2, -0.3], [2.8, -0.2]], dtype=torch.float64)  # row 1 token 0: k3 = e^3.1 − 4.1
     mask = torch.ones(2, 2, dtype=torch.bool)
