@@ -113,7 +113,7 @@ def run(sizes: list[int], grpo_max: int = 5, repeats: int = 2, bandwidth: float 
             cases.append(("grpo(G=4)", get_method("grpo").replace(beta=0.1), None, 4))
         for label, method, beh, G in cases:
             first, best, eg = _time(lambda: expected_gradient(method, mdp, pi, beh, ref, group_size=G),
-                                    repeats if N <= 10**5 else 0)
+                                    repeats if N <= 10**5 else 1)
             if G == 1:
                 loop_s, ran = loop_seconds(method, mdp, pi, beh, ref, limit=1000)
             else:
