@@ -187,7 +187,7 @@ _RULES = [
      "DeepSeekMath arXiv 2402.03300; RLOO arXiv 2402.14740; docs/theory.md T13", "check_group_advantages_rule"),
     ("future sums, reward-to-go, FRPO regularizer, KL rewards = double loops",
      "FRPO arXiv 2601.10201 Thm 4.1, Eq. 4.5; docs/theory.md T9, T10", "check_returns_rule"),
-    ("k1, k2, k3 and k+ (straight-through) values and gradients = closed forms",
+    ("k1, k2, k3, k+ (straight-through) values and gradients, UKL with zero masses = closed forms",
      "Schulman 2020; verl kl_penalty '+'; docs/theory.md T1, T6", "check_kl_values_rule"),
     ("RPG: grad = -Weight (8 surrogates x 2 levels) and Alg. 2 active set", "RPG arXiv 2505.17508 Props. E.1, E.3, "
      "3.2, 3.6, Alg. 2; docs/theory.md T14, T17", "check_rpg_rule"),
@@ -454,6 +454,15 @@ def check_kl_values_rule(seeds) -> float:
             (g,) = torch.autograd.grad(y.sum(), x)
             errs.append(_rel(y.detach(), torch.tensor(ref[est], dtype=torch.float64)))
             errs.append(_rel(g, torch.tensor(X if st else d[est], dtype=torch.float64)))
+    # unnormalized KL Σ p log(p/q) + Σ (q − p) of positive measures (RPG arXiv 2505.17508 Def. 3.1), a zero mass
+    # p = 0 contributing q (0 log 0 = 0)
+    from rlkl.divergences import unnormalized_kl
+
+    P, Q = [0.0, 0.3, 1.7, 0.05, 0.0], [0.4, 0.3, 0.9, 2.0, 1.1]
+    ukl = sum((p * math.log(p / q) if p > 0 else 0.0) + q - p for p, q in zip(P, Q))
+    log_p = torch.tensor([math.log(p) if p > 0 else -math.inf for p in P], dtype=torch.float64)
+    got = unnormalized_kl(log_p, torch.tensor([math.log(q) for q in Q], dtype=torch.float64))
+    errs.append(abs(float(got) - ukl) / ukl)
     return max(errs)
 
 
