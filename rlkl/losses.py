@@ -608,25 +608,49 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     return PolicyLossOutput.lazy(loss, diagnostics)
 
 
+def _rpg_samples(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, m: Tensor, level: str
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The samples of :func:`_rpg`: (log w, lp, A, sample mask) per token ``[B, T]`` or per sequence ``[B, 1]``."""
+    A = advantages.detach()  # A = R − b is data (sg)
+    if level == "token":
+        log_w = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+        return log_w, logp, A, mask
+    _require_rows(mask)
+    # [B, 1] log π_θ(y)/π_old(y), guarded like the token ratio (deliberate difference, see the docstring)
+    log_w = torch.clamp(((logp - logp_old.detach()) * m).sum(-1, keepdim=True), -LOG_RATIO_CLAMP,
+                        LOG_RATIO_CLAMP)
+    lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)
+    first = mask.to(torch.int64).argmax(-1, keepdim=True)
+    adv = torch.gather(A, 1, first)  # [B, 1]
+    return log_w, lp, adv, torch.ones_like(lp, dtype=torch.bool)
+
+
+def _rpg_alg2(w: Tensor, log_w: Tensor, lp: Tensor, adv: Tensor, divergence: str, beta: float, z_old: float,
+              clip: RPGClip) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RPG-Style Clip for the REINFORCE form (arXiv 2505.17508 Alg. 2): (per-sample loss, low, high, dual)."""
+    weight = _rpg_weight(w, log_w, adv, divergence, beta, z_old).detach()  # sg[Weight]
+    w_sg = w.detach()  # sg[w]
+    c_kl = weight - z_old * w_sg * adv  # C_KL = Weight − w(R − b)
+    adv_eff = z_old * adv + c_kl / w_sg  # A' = A_R + sg(C_KL)/sg(w)
+    ell = -lp.detach()  # sg[ℓ], ℓ = −log π_θ >= 0
+    a_r = z_old * adv
+    pos = adv_eff >= 0
+    high = pos & (w_sg >= 1.0 + clip.eps_high)
+    low = (~pos) & (w_sg <= 1.0 - clip.eps_low)
+    dual = (~pos) & (w_sg >= clip.c)
+    active = ~(high | low | dual)
+    const = torch.where(  # Alg. 2's constant values on the clipped branches (no gradient)
+        high, (a_r + c_kl / (1.0 + clip.eps_high)) * ell * (1.0 + clip.eps_high),
+        torch.where(low, (a_r + c_kl / (1.0 - clip.eps_low)) * ell * (1.0 - clip.eps_low),
+                    a_r * ell * clip.c + c_kl * ell))
+    return torch.where(active, -weight * lp, const), low, high, dual
+
+
 def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, divergence: str, form: str, beta: float,
          level: str, clip: RPGClip | None, z_old: float) -> tuple[Tensor, DiagnosticsThunk]:
     """:func:`rpg_loss` on validated inputs: (per-token loss, 0 where ``mask`` is False; diagnostics thunk)."""
-    A = advantages.detach()  # A = R − b is data (sg)
     m = mask.to(logp.dtype)
-    if level == "token":
-        log_w = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
-        lp = logp
-        adv = A
-        sample_mask = mask
-    else:
-        _require_rows(mask)
-        # [B, 1] log π_θ(y)/π_old(y), guarded like the token ratio (deliberate difference, see the docstring)
-        log_w = torch.clamp(((logp - logp_old.detach()) * m).sum(-1, keepdim=True), -LOG_RATIO_CLAMP,
-                            LOG_RATIO_CLAMP)
-        lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)
-        first = mask.to(torch.int64).argmax(-1, keepdim=True)
-        adv = torch.gather(A, 1, first)  # [B, 1]
-        sample_mask = torch.ones_like(lp, dtype=torch.bool)
+    log_w, lp, adv, sample_mask = _rpg_samples(logp, logp_old, advantages, mask, m, level)
     w = torch.exp(log_w)
     low = high = dual = torch.zeros_like(w, dtype=torch.bool)
 
@@ -648,22 +672,7 @@ def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, diver
         }[divergence]()
         per_sample, low, high, dual = _dual_clip(w, z_old * adv_hat, clip)
     else:
-        weight = _rpg_weight(w, log_w, adv, divergence, beta, z_old).detach()  # sg[Weight]
-        w_sg = w.detach()  # sg[w]
-        c_kl = weight - z_old * w_sg * adv  # C_KL = Weight − w(R − b)
-        adv_eff = z_old * adv + c_kl / w_sg  # A' = A_R + sg(C_KL)/sg(w)
-        ell = -lp.detach()  # sg[ℓ], ℓ = −log π_θ >= 0
-        a_r = z_old * adv
-        pos = adv_eff >= 0
-        high = pos & (w_sg >= 1.0 + clip.eps_high)
-        low = (~pos) & (w_sg <= 1.0 - clip.eps_low)
-        dual = (~pos) & (w_sg >= clip.c)
-        active = ~(high | low | dual)
-        const = torch.where(  # Alg. 2's constant values on the clipped branches (no gradient)
-            high, (a_r + c_kl / (1.0 + clip.eps_high)) * ell * (1.0 + clip.eps_high),
-            torch.where(low, (a_r + c_kl / (1.0 - clip.eps_low)) * ell * (1.0 - clip.eps_low),
-                        a_r * ell * clip.c + c_kl * ell))
-        per_sample = torch.where(active, -weight * lp, const)
+        per_sample, low, high, dual = _rpg_alg2(w, log_w, lp, adv, divergence, beta, z_old, clip)
 
     loss = per_sample * m if level == "token" else per_sample * m / m.sum(-1, keepdim=True)  # sequence: ℓ_i/|y_i|
     w_sg = w.detach()
