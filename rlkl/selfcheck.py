@@ -62,110 +62,120 @@ def _check(claim: str, source: str, fn: Callable[[], float]) -> Verdict:
                    time.perf_counter() - t0)
 
 
-def verify_rows(quick: bool = True) -> list[Verdict]:
-    """Run the estimator-library checks; see module docstring."""
-    from rlkl.divergences import F_DIVERGENCE_NAMES, get_f_divergence, k2, k3, k3_straight_through
-    from rlkl.losses import RPG_DIVERGENCES, rpg_loss
-    from rlkl.advantages import group_standardized
-    from rlkl.utility import finite_group_weight
+def _loss_vs_kl(seeds, est: str, direction: str, iw: bool = False, st: bool = False, off: bool = False) -> float:
+    """max over seeds of the relative error of E[∇ loss(est)] against ∇KL in ``direction``."""
+    errs = []
+    for s in seeds:
+        theta, ref = _state(s)
+        old = torch.randn(5, generator=torch.Generator().manual_seed(100 + s), dtype=torch.float64) if off else None
+        errs.append(_rel(_expected_loss_grad(theta, ref, est, iw, st, old), _kl_grad(theta, ref, direction)))
+    return max(errs)
 
-    seeds = range(3 if quick else 10)
-    rows = []
 
-    def loss_vs_kl(est, direction, iw=False, st=False, off=False):
-        def run():
-            errs = []
-            for s in seeds:
-                theta, ref = _state(s)
-                old = torch.randn(5, generator=torch.Generator().manual_seed(100 + s), dtype=torch.float64) if off else None
-                errs.append(_rel(_expected_loss_grad(theta, ref, est, iw, st, old), _kl_grad(theta, ref, direction)))
-            return max(errs)
-        return run
+def _k1_zero(seeds) -> float:
+    errs = []
+    for s in seeds:
+        theta, ref = _state(s)
+        errs.append(float(_expected_loss_grad(theta, ref, "k1").abs().max()))
+    return max(errs)
 
-    def k1_zero():
-        errs = []
+
+def _st_identity(seeds) -> float:
+    from rlkl.divergences import k2, k3, k3_straight_through
+
+    x = torch.linspace(-5, 5, 41, dtype=torch.float64).requires_grad_()
+    v = k3_straight_through(x)
+    (g,) = torch.autograd.grad(v.sum(), x)
+    (g2,) = torch.autograd.grad(k2(x).sum(), x)
+    return max(_rel(v.detach(), k3(x.detach())), _rel(g, g2))
+
+
+def _f_unbiased(seeds) -> float:
+    from rlkl.divergences import F_DIVERGENCE_NAMES, get_f_divergence
+
+    errs = []
+    for name in F_DIVERGENCE_NAMES:
+        div = get_f_divergence(name, alpha=0.5)
         for s in seeds:
             theta, ref = _state(s)
-            errs.append(float(_expected_loss_grad(theta, ref, "k1").abs().max()))
-        return max(errs)
+            logp, logq = torch.log_softmax(theta.detach(), -1), torch.log_softmax(ref, -1)
+            est = (logp.exp() * div.sampled_estimate(logp - logq)).sum()
+            exact = float(div.exact(theta.detach(), ref))
+            errs.append(abs(float(est) - exact) / max(abs(exact), 1e-300))
+    return max(errs)
 
-    rows.append(_check("k1 as a loss: E_pi[grad k1] = 0",
-                       "Tang & Munos arXiv 2506.09477 §3; docs/theory.md T2", k1_zero))
-    rows.append(_check("k2 as a loss: E_pi[grad k2] = grad KL(pi||ref) (local)",
-                       "Liu et al. arXiv 2510.01555; docs/theory.md T3",
-                       loss_vs_kl("k2", "reverse")))
-    rows.append(_check("k3 as a loss: E_pi[grad k3] = grad KL(ref||pi), FORWARD",
-                       "FRPO arXiv 2601.10201 App. B Table 3; docs/theory.md T4",
-                       loss_vs_kl("k3", "forward")))
-    rows.append(_check("rho*k3 under pi_old: E[grad] = grad KL(pi||ref), off-policy",
-                       "RPG arXiv 2505.17508 §2.2; docs/theory.md T5",
-                       loss_vs_kl("k3", "reverse", iw=True, off=True)))
-    rows.append(_check("k3+ (straight-through) = local reverse-KL gradient",
-                       "verl kl_penalty 'low_var_kl+'; docs/theory.md T6",
-                       loss_vs_kl("k3", "reverse", st=True)))
 
-    def st_identity():
-        x = torch.linspace(-5, 5, 41, dtype=torch.float64).requires_grad_()
-        v = k3_straight_through(x)
-        (g,) = torch.autograd.grad(v.sum(), x)
-        (g2,) = torch.autograd.grad(k2(x).sum(), x)
-        return max(_rel(v.detach(), k3(x.detach())), _rel(g, g2))
+def _first_advantage(r: tuple[float, ...], std: str) -> float:
+    """A_1 = (r_1 − mean(r)) / std(r) (ε = 0; population or Bessel std), 0 for an all-equal group — written out."""
+    G = len(r)
+    mean = sum(r) / G
+    ss = sum((x - mean) ** 2 for x in r)
+    if ss == 0.0:
+        return 0.0
+    return (r[0] - mean) / math.sqrt(ss / (G if std == "population" else G - 1))
 
-    rows.append(_check("straight-through: value = k3, gradient = grad k2",
-                       "verl PR #6058; docs/theory.md T6", st_identity))
 
-    def f_unbiased():
-        errs = []
-        for name in F_DIVERGENCE_NAMES:
-            div = get_f_divergence(name, alpha=0.5)
-            for s in seeds:
-                theta, ref = _state(s)
-                logp, logq = torch.log_softmax(theta.detach(), -1), torch.log_softmax(ref, -1)
-                est = (logp.exp() * div.sampled_estimate(logp - logq)).sum()
-                errs.append(abs(float(est - div.exact(theta.detach(), ref))) / max(abs(float(div.exact(theta.detach(), ref))), 1e-300))
-        return max(errs)
+def _wg_bruteforce(seeds) -> float:
+    from rlkl.utility import finite_group_weight
 
-    rows.append(_check("f-divergences: E_pi[f(u)/u] = D_f(pi||ref), all 10 members",
-                       "FRPO arXiv 2601.10201 Thm 4.1; docs/theory.md T8", f_unbiased))
+    errs = []
+    for G in (2, 3, 4):
+        for std in ("population", "bessel"):
+            for p in (0.2, 0.55):
+                # E[A_1 ∇log π(y_1)] = Σ over reward tuples P(r) A_1 (r_1 − p)/(p(1−p)) ∇p
+                total = 0.0
+                for r in itertools.product((0.0, 1.0), repeat=G):
+                    prob = p ** sum(r) * (1 - p) ** (G - sum(r))
+                    total += prob * _first_advantage(r, std) * (r[0] - p) / (p * (1 - p))
+                errs.append(abs(total - finite_group_weight(p, G, std)) / abs(total))
+    return max(errs)
 
-    def wg_bruteforce():
-        errs = []
-        for G in (2, 3, 4):
-            for std in ("population", "bessel"):
-                for p in (0.2, 0.55):
-                    # E[A_1 ∇log π(y_1)] = Σ over reward tuples P(r) A_1 (r_1 − p)/(p(1−p)) ∇p
-                    total = 0.0
-                    for r in itertools.product((0.0, 1.0), repeat=G):
-                        prob = p ** sum(r) * (1 - p) ** (G - sum(r))
-                        a1 = float(group_standardized(torch.tensor(r, dtype=torch.float64), G, 0.0, std)[0])
-                        total += prob * a1 * (r[0] - p) / (p * (1 - p))
-                    errs.append(abs(total - finite_group_weight(p, G, std)) / abs(total))
-        return max(errs)
 
-    rows.append(_check("w_G(p) = brute-force enumeration of G-tuples (G=2..4)",
-                       "derived here; docs/theory.md T12", wg_bruteforce))
+def _rpg_per_sample(seeds) -> float:
+    from rlkl.losses import RPG_DIVERGENCES, rpg_loss
 
-    def rpg_per_sample():
-        errs = []
-        g = torch.Generator().manual_seed(7)
-        logp = (-torch.rand(6, 3, generator=g, dtype=torch.float64) * 2).requires_grad_()
-        logp_old = logp.detach() + 0.3 * torch.randn(6, 3, generator=g, dtype=torch.float64)
-        adv = torch.randn(6, 1, generator=g, dtype=torch.float64).expand(6, 3).contiguous()
-        mask = torch.ones(6, 3, dtype=torch.bool)
-        for div in RPG_DIVERGENCES:
-            for level in ("token", "sequence"):
-                grads = []
-                for form in ("differentiable", "reinforce"):
-                    out = rpg_loss(logp, logp_old, adv, mask, div, form, 0.3, level)
-                    (gr,) = torch.autograd.grad(out.loss.sum(), logp)
-                    grads.append(gr)
-                errs.append(_rel(grads[0], grads[1]))
-        return max(errs)
+    errs = []
+    g = torch.Generator().manual_seed(7)
+    logp = (-torch.rand(6, 3, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    logp_old = logp.detach() + 0.3 * torch.randn(6, 3, generator=g, dtype=torch.float64)
+    adv = torch.randn(6, 1, generator=g, dtype=torch.float64).expand(6, 3).contiguous()
+    mask = torch.ones(6, 3, dtype=torch.bool)
+    for div in RPG_DIVERGENCES:
+        for level in ("token", "sequence"):
+            grads = []
+            for form in ("differentiable", "reinforce"):
+                out = rpg_loss(logp, logp_old, adv, mask, div, form, 0.3, level)
+                (gr,) = torch.autograd.grad(out.loss.sum(), logp)
+                grads.append(gr)
+            errs.append(_rel(grads[0], grads[1]))
+    return max(errs)
 
-    rows.append(_check("RPG: per-sample grad(differentiable) = grad(REINFORCE), 8 surrogates x 2 levels",
-                       "RPG arXiv 2505.17508 Prop. 4.1; docs/theory.md T14", rpg_per_sample))
-    rows += _rule_rows(seeds)
-    return rows
+
+#: (claim, source, check(seeds)) of the estimator identities
+_IDENTITIES = [
+    ("k1 as a loss: E_pi[grad k1] = 0", "Tang & Munos arXiv 2506.09477 §3; docs/theory.md T2", _k1_zero),
+    ("k2 as a loss: E_pi[grad k2] = grad KL(pi||ref) (local)", "Liu et al. arXiv 2510.01555; docs/theory.md T3",
+     lambda seeds: _loss_vs_kl(seeds, "k2", "reverse")),
+    ("k3 as a loss: E_pi[grad k3] = grad KL(ref||pi), FORWARD",
+     "FRPO arXiv 2601.10201 App. B Table 3; docs/theory.md T4", lambda seeds: _loss_vs_kl(seeds, "k3", "forward")),
+    ("rho*k3 under pi_old: E[grad] = grad KL(pi||ref), off-policy", "RPG arXiv 2505.17508 §2.2; docs/theory.md T5",
+     lambda seeds: _loss_vs_kl(seeds, "k3", "reverse", iw=True, off=True)),
+    ("k3+ (straight-through) = local reverse-KL gradient", "verl kl_penalty 'low_var_kl+'; docs/theory.md T6",
+     lambda seeds: _loss_vs_kl(seeds, "k3", "reverse", st=True)),
+    ("straight-through: value = k3, gradient = grad k2", "verl PR #6058; docs/theory.md T6", _st_identity),
+    ("f-divergences: E_pi[f(u)/u] = D_f(pi||ref), all 10 members", "FRPO arXiv 2601.10201 Thm 4.1; docs/theory.md T8",
+     _f_unbiased),
+    ("w_G(p) = brute-force enumeration of G-tuples (G=2..4)", "derived here; docs/theory.md T12", _wg_bruteforce),
+    ("RPG: per-sample grad(differentiable) = grad(REINFORCE), 8 surrogates x 2 levels",
+     "RPG arXiv 2505.17508 Prop. 4.1; docs/theory.md T14", _rpg_per_sample),
+]
+
+
+def verify_rows(quick: bool = True) -> list[Verdict]:
+    """Run the estimator-library checks; see module docstring."""
+    seeds = range(3 if quick else 10)
+    rows = [_check(claim, source, (lambda fn=fn: fn(seeds))) for claim, source, fn in _IDENTITIES]
+    return rows + _rule_rows(seeds)
 
 
 #: (claim, source, check) of the rules written out below; each check takes the seeds
