@@ -108,3 +108,16 @@ def test_distance_table_rows_per_point_with_a_beta():
     rows = F.distance_table(agg, ["no_kl", "grpo"])
     assert [(r["variant"], r["beta"]) for r in rows] == [("grpo", 0.1)]  # no_kl has no β, hence no optimum
     assert rows[0]["kl_to_opt_rev"][0] == pytest.approx(0.2)
+
+
+def test_claims_ledger_groups_runs_over_seeds():
+    from rlkl.experiments.claims_ledger import over_seeds
+
+    res = [{"method": "grpo", "beta": 0.1, "K": 1, "unclipped": False, "gap": g, "run": f"s{i}"}
+           for i, g in enumerate([1.0, 2.0, 3.0])]
+    res.append({"method": "grpo", "beta": 0.3, "K": 1, "unclipped": False, "gap": 5.0, "run": "x"})
+    rows = over_seeds(res)
+    assert [(r["beta"], r["n_seeds"]) for r in rows] == [(0.1, 3), (0.3, 1)]
+    m, lo, hi = rows[0]["gap"]
+    assert m == pytest.approx(2.0) and 1.0 <= lo < 2.0 < hi <= 3.0  # mean of 1, 2, 3 and a bootstrap interval
+    assert rows[1]["gap"] == (5.0, 5.0, 5.0) and "run" not in rows[0]
