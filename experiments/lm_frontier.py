@@ -9,7 +9,10 @@ exact (``rlkl.lm.exact``: the whole sequence distribution is enumerated on the t
 analytic optimum π*_β ∝ π_ref·e^{R/β} traces the best frontier any policy can reach, so each method's distance
 from it — and from π_ref's odds among equally rewarded answers (GX-Chen et al. arXiv 2510.20817) — is measured.
 
-    .venv/bin/python experiments/lm_frontier.py                         # divisor, 11 variants × 5 β × 5 seeds
+    .venv/bin/python experiments/lm_frontier.py                         # divisor, 11 variants × 4 β × 5 seeds
+    .venv/bin/python experiments/lm_frontier.py --workers 1 --out runs/exp/frontier --only no_kl grpo grpo_k1_loss \
+        grpo_k2_loss grpo_is_k3 grpo_k1_reward frpo rloo rpg_reinforce_urkl_K4 rpg_reinforce_urkl_K4_noclip
+                                            # docs/claims.md's run: 185 runs, ≈ 50 min on one (shared) core
     .venv/bin/python experiments/lm_frontier.py --seeds 0 1 --betas 0.03 0.3 --only grpo frpo --out runs/exp/f
     .venv/bin/python experiments/lm_frontier.py --reanalyze runs/experiments/lm_frontier-…    # no training
     .venv/bin/python experiments/lm_frontier.py --task addition                 # sampled (RB) KL, no optimum
@@ -34,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_BETAS = (0.01, 0.03, 0.1, 0.3, 1.0)
+#: β grid on the divisor task: from β = 3 (KL(π‖π_ref) ≈ 0.03, next to π_ref) to β = 0.1 (KL ≈ 1, next to no_kl's
+#: 1.2); a pilot at β = 0.01 landed on no_kl's point for frpo and RPG (KL 1.24 / 1.31 vs 1.21)
+DEFAULT_BETAS = (0.1, 0.3, 1.0, 3.0)
 EXACT_KEYS = {"reward": "exact_reward", "pass@1": "exact_pass@1", "pass@8": "exact_pass@8",
               "kl_rev_seq": "exact_kl_rev_seq", "kl_rev_tok": "exact_kl_rev_tok", "kl_fwd_seq": "exact_kl_fwd_seq",
               "entropy_seq": "exact_entropy_seq", "entropy_tok": "exact_entropy_tok", "odds_tv": "exact_odds_tv",
