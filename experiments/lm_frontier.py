@@ -254,11 +254,11 @@ def compare(results: list[dict], a: str, b: str, x: str, y: str) -> list[dict]:
 def _verdict(parts: dict[str, str]) -> str:
     """'reproduced' when every part holds with separated intervals, 'qualified' when some do, 'not separated' when
     none does but some hold on the means (the intervals overlap: inconclusive), 'not reproduced' when none holds
-    even on the means; parts are 'yes' / 'means' / 'no'."""
+    even on the means; parts are 'yes' / 'partly' (separated at some matched points) / 'means' / 'no'."""
     v = list(parts.values())
     if v and all(p == "yes" for p in v):
         return "reproduced"
-    if any(p == "yes" for p in v):
+    if any(p in ("yes", "partly") for p in v):
         return "qualified"
     if any(p == "means" for p in v):
         return "not separated"
@@ -266,13 +266,16 @@ def _verdict(parts: dict[str, str]) -> str:
 
 
 def _part(rows: list[dict], want: str) -> str:
-    """'yes' if ``want`` ('a_lower'/'a_higher') holds with separated intervals at every matched point, 'means' if
-    the means agree at every point, else 'no' (also with no overlap to compare on)."""
+    """'yes' if ``want`` ('a_lower'/'a_higher') holds with separated intervals at every matched point, 'partly' if
+    the means agree at every point and the intervals separate at some, 'means' if only the means agree, else 'no'
+    (also with no overlap to compare on)."""
     if not rows:
         return "no"
     if all(r[want] for r in rows):
         return "yes"
     mean_ok = [r["a_mean_lower"] if want == "a_lower" else not r["a_mean_lower"] for r in rows]
+    if all(mean_ok) and any(r[want] for r in rows):
+        return "partly"  # the means agree everywhere, the intervals separate at some matched points only
     return "means" if all(mean_ok) else "no"
 
 
@@ -490,7 +493,7 @@ def write_report(out: Path, results: list[dict], analysis: dict, args, seconds: 
     if analysis.get("distances"):
         lines += ["", "## Exact distance to each optimum at the point's β (KL(π‖π_opt) / TV)", "",
                   "| variant | β | π*_β (reverse KL) | forward-KL optimum | U_G optimum |", "|---|---|---|---|---|"]
-        cell = lambda r, a: (f"{_fmt(r['kl_to_opt_' + a])} / {r['tv_to_opt_' + a][0]:.3f}"  # noqa: E731
+        cell = lambda r, a: (f"{_fmt(r['kl_to_opt_' + a])} / {r.get('tv_to_opt_' + a, [math.nan])[0]:.3f}"  # noqa
                              if np.isfinite(r.get("kl_to_opt_" + a, [math.nan])[0]) else "—")
         lines += [f"| {r['variant']} | {r['beta']:g} | {cell(r, 'rev')} | {cell(r, 'fwd')} | {cell(r, 'ug')} |"
                   for r in analysis["distances"]]
@@ -533,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reanalyze:
         saved = json.loads((Path(args.reanalyze) / "experiment.json").read_text())
         args = argparse.Namespace(**{**saved["args"], "out": args.reanalyze, "reanalyze": None})
-        jobs, ref = saved["jobs"], saved["ref"]
+        keys = EXACT_KEYS if args.task == "divisor" else SAMPLED_KEYS  # today's metric set, not the saved one
+        jobs, ref = [{**j, "keys": keys} for j in saved["jobs"]], saved["ref"]
     else:
         out = Path(args.out or f"runs/experiments/lm_frontier-{time.strftime('%Y%m%d-%H%M%S')}")
         out.mkdir(parents=True, exist_ok=True)

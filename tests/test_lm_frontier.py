@@ -50,6 +50,9 @@ def test_compare_and_verdict_rules():
     assert F._verdict({"x": "yes", "y": "no"}) == "qualified"
     assert F._verdict({"x": "means"}) == "not separated"  # only the means agree: inconclusive
     assert F._verdict({"x": "means", "y": "no"}) == "not separated"
+    assert F._verdict({"x": "partly", "y": "no"}) == "qualified"
+    part = [dict(rows[0]), dict(rows[1], a_lower=False)]  # separated at one point, means lower at both
+    assert F._part(part, "a_lower") == "partly"
     assert F._verdict({"x": "no"}) == "not reproduced"
     assert F.compare(res, "a", "a_missing", "kl_rev_seq", "reward") == []
 
