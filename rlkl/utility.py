@@ -201,11 +201,13 @@ def mroueh_success_map(p_prev, p_ref: float, beta: float, eps: float = 0.0):
     Returns:
       p_n = h(p_{n−1}), same kind as ``p_prev``.
     """
-    if not 0.0 < p_ref < 1.0:
-        raise ValueError(f"p_ref must be in (0, 1), got {p_ref}")
-    if not beta > 0 or eps < 0:
-        raise ValueError(f"need beta > 0 and eps >= 0, got beta={beta}, eps={eps}")
-    t, is_tensor = _as_tensor(p_prev)
+    p_ref = check_real("p_ref", p_ref, low=0.0, high=1.0, low_open=True, high_open=True)
+    beta = check_real("beta", beta, low=0.0, low_open=True)
+    eps = check_real("eps", eps, low=0.0)
+    try:
+        t, is_tensor = _as_tensor(p_prev)
+    except ValueError as exc:
+        raise ValueError(f"p_prev: {exc}") from None
     sigma = torch.sqrt(t * (1.0 - t) + eps)
     odds = (1.0 - p_ref) / p_ref
     return _out(1.0 / (1.0 + odds * torch.exp(-1.0 / (beta * sigma))), is_tensor)
@@ -213,8 +215,9 @@ def mroueh_success_map(p_prev, p_ref: float, beta: float, eps: float = 0.0):
 
 def mroueh_success_sequence(p_ref: float, beta: float, n: int, eps: float = 0.0) -> list[float]:
     """[p_0 = p_ref, p_1, …, p_n] from iterating :func:`mroueh_success_map` (arXiv 2503.06639)."""
-    ps = [float(p_ref)]
-    for _ in range(int(n)):
+    n = check_int("n", n, low=0)
+    ps = [check_real("p_ref", p_ref, low=0.0, high=1.0, low_open=True, high_open=True)]
+    for _ in range(n):
         ps.append(float(mroueh_success_map(ps[-1], p_ref, beta, eps)))
     return ps
 
@@ -225,8 +228,10 @@ def mroueh_fixed_point(p_ref: float, beta: float, eps: float = 0.0, tol: float =
     Iterates :func:`mroueh_success_map` until two iterates differ by less than ``tol``; raises ValueError if that
     takes more than ``max_iter`` steps.
     """
-    p = float(p_ref)
-    for _ in range(int(max_iter)):
+    tol = check_real("tol", tol, low=0.0, low_open=True)
+    max_iter = check_int("max_iter", max_iter, low=1)
+    p = check_real("p_ref", p_ref, low=0.0, high=1.0, low_open=True, high_open=True)
+    for _ in range(max_iter):
         nxt = float(mroueh_success_map(p, p_ref, beta, eps))
         if abs(nxt - p) < tol:
             return nxt
@@ -249,9 +254,9 @@ def group_std_update_size(successes: int, group_size: int, std: StdKind = "popul
       the coefficient c (a float).
     """
     check_choice("std", std, ("population", "bessel"))
-    G, k = int(group_size), int(successes)
-    if G < 2 or not 0 <= k <= G or eps < 0:
-        raise ValueError(f"need group_size >= 2, 0 <= successes <= group_size and eps >= 0, got {G}, {k}, {eps}")
+    G = check_int("group_size", group_size, low=2)
+    k = check_int("successes", successes, low=0, high=G)
+    eps = check_real("eps", eps, low=0.0)
     if k in (0, G):
         return 0.0
     var_pop = k * (G - k) / G**2

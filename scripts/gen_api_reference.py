@@ -22,7 +22,7 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 MODULES = (
     "rlkl.divergences", "rlkl.utility", "rlkl.advantages", "rlkl.losses", "rlkl.components", "rlkl.objective",
     "rlkl.methods", "rlkl.options", "rlkl.sampling", "rlkl.toy", "rlkl.testing", "rlkl.integrations.flags",
-    "rlkl.integrations.translate", "rlkl.integrations.microbatch", "rlkl.lm.train", "rlkl.lm.sft", "rlkl.lm.metrics",
+    "rlkl.integrations.translate", "rlkl.integrations.rollout", "rlkl.integrations.microbatch", "rlkl.lm.train", "rlkl.lm.sft", "rlkl.lm.metrics",
     "rlkl.plot", "rlkl.plotting",
 )
 

@@ -21,6 +21,12 @@ stored files, so upstream drift shows as a failing, regenerable fixture.
   ``GRPOTrainer.__init__`` sets from the GRPOConfig, with the log-prob forward replaced by the batch's log-probs;
   each micro-batch gets TRL's ``num_items_in_batch`` of the whole generation batch and
   ``current_gradient_accumulation_steps``; the losses are summed as the HF Trainer accumulates them.
+
+Rollout-correction weights (tests/fixtures/peers/rollout): for each rollout-correction config, the weights the
+framework multiplies the policy loss by, on a seeded (trainer log-probs, engine log-probs, mask) batch — verl's
+``compute_rollout_correction_and_rejection_mask`` (as ``compute_rollout_correction_and_add_to_batch`` calls it) and
+TRL's rule, which lives inline in ``GRPOTrainer._generate_and_score_completions``: :func:`trl_is_rule` runs that
+block of TRL's own source (``inspect.getsource``) on the tensors, so the fixture is TRL's code, not a restatement.
 """
 
 from __future__ import annotations
@@ -270,6 +276,109 @@ def record_trl() -> dict[str, dict]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ rollout weights
+ROLLOUT_DIR = OUT / "rollout"
+_RC = "algorithm.rollout_correction."
+VERL_ROLLOUT_CASES = {
+    "is_token_default": {_RC + "rollout_is": "token"},
+    "is_token_icepop": {_RC + "rollout_is": "token", _RC + "rollout_is_threshold": "0.6_1.5"},
+    "is_sequence_tis": {_RC + "rollout_is": "sequence", _RC + "rollout_is_threshold": 3.0},
+    "is_sequence_icepop": {_RC + "rollout_is": "sequence", _RC + "rollout_is_threshold": "0.3_2.5"},
+}
+TRL_ROLLOUT_CASES = {
+    "sequence_mask_default": {},
+    "sequence_mask_both": {"vllm_importance_sampling_clip_min": 0.3, "vllm_importance_sampling_clip_max": 2.5},
+    "token_mask": {"vllm_importance_sampling_mode": "token_mask", "vllm_importance_sampling_clip_min": 0.6,
+                   "vllm_importance_sampling_clip_max": 1.5},
+    "token_truncate": {"vllm_importance_sampling_mode": "token_truncate", "vllm_importance_sampling_clip_max": 1.5},
+    "sequence_truncate": {"vllm_importance_sampling_mode": "sequence_truncate", "vllm_importance_sampling_clip_min": 0.5,
+                          "vllm_importance_sampling_clip_max": 2.0},
+}
+
+
+def mismatch_batch(seed: int, B: int = 8, T: int = 6) -> dict:
+    """Trainer log-probs, the engine's reported log-probs (log-ratios ~ 0.6·N(0, 1): token ratios around [0.3, 3],
+    sequence ratios e^{±1.5}) and right-padded masks, float64; padding holds junk the rules must ignore."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    logp_old = -torch.rand(B, T, generator=g, dtype=F64) * 2 - 0.05
+    logp_rollout = logp_old - 0.6 * torch.randn(B, T, generator=g, dtype=F64)
+    return {"logp_old": logp_old, "logp_rollout": logp_rollout.masked_fill(~mask, -7.0), "mask": mask}
+
+
+def _weights_fixture(framework, version, name, config, batch, weights, note) -> dict:
+    return {"framework": framework, "version": version, "case": name, "note": note, "config": config,
+            "batch": {k: _lists(batch[k]) for k in ("logp_old", "logp_rollout", "mask")}, "weights": _lists(weights),
+            "torch": torch.__version__.split("+")[0]}
+
+
+def record_verl_rollout() -> dict[str, dict]:
+    import verl
+    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_rejection_mask
+
+    out = {}
+    for seed, (name, flags) in enumerate(VERL_ROLLOUT_CASES.items()):
+        b = mismatch_batch(200 + seed)
+        cfg = {k[len(_RC):]: v for k, v in flags.items()}
+        proto, _, _ = compute_rollout_correction_and_rejection_mask(
+            old_log_prob=b["logp_old"], rollout_log_prob=b["logp_rollout"], response_mask=b["mask"].long(),
+            rollout_is=cfg["rollout_is"], rollout_is_threshold=cfg.get("rollout_is_threshold", 2.0))
+        out[f"verl_{name}"] = _weights_fixture(
+            "verl", verl.__version__, name, flags, b, proto.batch["rollout_is_weights"],
+            "rollout_corr_helper.compute_rollout_correction_and_rejection_mask(old_log_prob, rollout_log_prob, ...)")
+    return out
+
+
+def trl_is_rule():
+    """TRL's vLLM importance-sampling block, cut from ``GRPOTrainer._generate_and_score_completions``'s source:
+    ``rule(trainer, old_per_token_logps, sampling_per_token_logps, completion_mask) -> ratio`` ([B, T] or [B, 1])."""
+    import inspect
+    import math
+    import textwrap
+
+    from trl import GRPOTrainer
+
+    lines = inspect.getsource(GRPOTrainer._generate_and_score_completions).splitlines()
+    start = next(i for i, ln in enumerate(lines) if "per_token_logps_diff = (old_per_token_logps" in ln)
+    head = next(i for i in range(start, 0, -1) if lines[i].strip().startswith("if self.use_vllm and"))
+    indent = len(lines[head]) - len(lines[head].lstrip())
+    end = next(i for i in range(head + 1, len(lines))
+               if lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) <= indent)
+    body = textwrap.dedent("\n".join(lines[head + 1:end]))
+    code = compile(body, "<GRPOTrainer._generate_and_score_completions: vLLM IS block>", "exec")
+
+    def rule(trainer, old_per_token_logps, sampling_per_token_logps, completion_mask):
+        ns = {"self": trainer, "torch": torch, "math": math, "old_per_token_logps": old_per_token_logps,
+              "sampling_per_token_logps": sampling_per_token_logps, "completion_mask": completion_mask,
+              "tool_mask": None}
+        exec(code, ns)  # TRL's own statements, on these tensors
+        return ns["vllm_importance_sampling_ratio"]
+
+    return rule
+
+
+def record_trl_rollout() -> dict[str, dict]:
+    import trl
+    from trl import GRPOConfig
+
+    rule = trl_is_rule()
+    out = {}
+    for seed, (name, kwargs) in enumerate(TRL_ROLLOUT_CASES.items()):
+        b = mismatch_batch(300 + seed)
+        config = {"use_vllm": True, "num_generations": 4, **kwargs}
+        args = GRPOConfig(output_dir="/tmp/rlkl-peer-fixtures", use_cpu=True, bf16=False, report_to=[], **config)
+        trainer = SimpleNamespace(vllm_importance_sampling_mode=args.vllm_importance_sampling_mode,
+                                  vllm_importance_sampling_clip_min=args.vllm_importance_sampling_clip_min,
+                                  vllm_importance_sampling_clip_max=args.vllm_importance_sampling_clip_max)
+        ratio = rule(trainer, b["logp_old"], b["logp_rollout"], b["mask"].long())
+        w = ratio.expand_as(b["logp_old"]) * b["mask"]  # the loss multiplies it by the per-token loss, then masks
+        out[f"trl_{name}"] = _weights_fixture(
+            "trl", trl.__version__, name, config, b, w,
+            "GRPOTrainer._generate_and_score_completions' vLLM importance-sampling block (TRL's source), × mask")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("framework", choices=("verl", "trl"))
@@ -280,6 +389,11 @@ def main(argv=None) -> int:
     for name, fx in fixtures.items():
         (a.out / f"{name}.json").write_text(json.dumps(fx, indent=1) + "\n")
         print(f"wrote {a.out / (name + '.json')}: loss {fx['loss']:.17g}")
+    weights = record_verl_rollout() if a.framework == "verl" else record_trl_rollout()
+    (a.out / "rollout").mkdir(exist_ok=True)
+    for name, fx in weights.items():
+        (a.out / "rollout" / f"{name}.json").write_text(json.dumps(fx, indent=1) + "\n")
+        print(f"wrote {a.out / 'rollout' / (name + '.json')}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Tests of rlkl.advantages: GRPO/Dr. GRPO/RLOO/batch advantages, future return, reward-to-go, FRPO advantages.
 
 Hand-computed values (arithmetic in comments), slow loop references (per group, per token), hypothesis properties
-(permutation equivariance, shift/scale invariance, FRPO at β = 0), peer parity with verl and TRL (spec/peers.md
+(permutation equivariance, shift/scale invariance, FRPO at β = 0), peer parity with verl and TRL (the peers' source, restated in docs/integrations.md
 §1.1, §2.2) and input validation. float64 identities at 1e-12; float32 at rtol 1e-5 / atol 1e-6.
 """
 
@@ -320,11 +320,11 @@ def test_float32_paths(tb):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# peer parity (spec/peers.md §1.1 verl, §2.2 TRL), formulas restated as loops
+# peer parity with verl and TRL (their source, restated in docs/integrations.md), formulas restated as loops
 
 
 def verl_grpo_outcome_advantage(r: list[float], G: int, eps: float = 1e-6, norm_by_std: bool = True) -> list[float]:
-    """verl ``grpo`` (peers.md §1.1): A = (R − μ_g)/(σ_g + ε), σ Bessel (torch.std); size-1 group: μ = 0, σ = 1."""
+    """verl ``grpo`` (the peer's source): A = (R − μ_g)/(σ_g + ε), σ Bessel (torch.std); size-1 group: μ = 0, σ = 1."""
     out = []
     for g in range(0, len(r), G):
         grp = torch.tensor(r[g:g + G], dtype=F64)
@@ -334,7 +334,7 @@ def verl_grpo_outcome_advantage(r: list[float], G: int, eps: float = 1e-6, norm_
 
 
 def trl_grpo_advantage(r: list[float], G: int) -> list[float]:
-    """TRL GRPOTrainer ``scale_rewards="group"`` (peers.md §2.2): (R − μ)/(σ + 1e-4), σ Bessel."""
+    """TRL GRPOTrainer ``scale_rewards="group"`` (the peer's source): (R − μ)/(σ + 1e-4), σ Bessel."""
     grp = torch.tensor(r, dtype=F64).view(-1, G)
     mu = grp.mean(-1, keepdim=True).repeat_interleave(G, -1)
     sd = grp.std(-1, keepdim=True).repeat_interleave(G, -1)
@@ -435,7 +435,7 @@ def test_frpo_errors():
 
 
 def test_frpo_mixed_reward_dtype_raises():
-    # api.md: "float64 and float32 both accepted (all inputs one dtype)"; DESIGN.md: nothing is promoted silently.
+    # api.md: "float64 and float32 both accepted (all inputs one dtype)"; nothing is promoted silently.
     # float32 rewards with float64 log-probs (or the reverse) must raise instead of returning a promoted tensor.
     lp = t([[-1.0, -2.0], [-1.0, -0.5]])
     m = torch.ones(2, 2, dtype=torch.bool)

@@ -150,12 +150,13 @@ def test_example_script_command_line():
 
 def test_every_untranslatable_key_is_named_with_its_reason():
     t = translate_verl({"algorithm.adv_estimator": "grpo", "actor.entropy_coeff": 0.01, "actor.bogus": 1,
-                        "actor_rollout_ref.rollout.top_p": 0.9, "algorithm.filter_groups.enable": True})
+                        "algorithm.rollout_correction.rollout_rs": "token_k1",
+                        "algorithm.filter_groups.enable": True})
     assert t.method is None
     reasons = {k.key: k.reason for k in t.unsupported}
     assert "entropy bonus" in reasons[A + "entropy_coeff"]
     assert "unknown to verl 0.9.1" in reasons[A + "bogus"]
-    assert "truncated" in reasons["actor_rollout_ref.rollout.top_p"]
+    assert "response_mask" in reasons["algorithm.rollout_correction.rollout_rs"]
     assert "dynamic sampling" in reasons["algorithm.filter_groups.enable"]
     with pytest.raises(ValueError, match="entropy_coeff=0.01: an entropy bonus"):
         t.require_method("from_verl")
@@ -236,7 +237,7 @@ def test_trl_every_loss_type_and_options():
     assert "newer than 1.16" in translate_trl({}, trl_version="1.20").notes[0]
     with pytest.raises(ValueError, match="from 1.0 on"):
         translate_trl({}, trl_version="0.29")
-    for key, value, why in (("use_vllm", True, "vLLM"), ("top_entropy_quantile", 0.2, "highest-entropy"),
+    for key, value, why in (("repetition_penalty", 1.1, "repetition"), ("top_entropy_quantile", 0.2, "highest-entropy"),
                             ("mask_truncated_completions", True, "truncated"), ("entropy_coef", 0.01, "entropy"),
                             ("delta", 2.0, "two-sided clip"), ("scale_rewards", "batch", "batch std")):
         t = translate_trl({key: value})
@@ -324,7 +325,7 @@ def test_cli_audit_verl_file_with_overrides(capsys):
                  "--vocab", "3", "--horizon", "2"]) == 0
     out = capsys.readouterr().out
     assert "verl 0.9.1 config" in out and "BIASED" in out and "smallest change to exact" in out
-    assert "ignored (15, do not affect the objective)" in out
+    assert "ignored (14, do not affect the objective)" in out
 
 
 def test_cli_audit_trl_and_verl_overrides(capsys):

@@ -1,8 +1,8 @@
 """Tests of rlkl.divergences: k1/k2/k3, the straight-through k3+, the f-divergence family, exact and unnormalized KL.
 
-Three kinds of test (DESIGN.md): hand-computed values (arithmetic in the comments), equality with slow references
+Three kinds of test (the project's test conventions): hand-computed values (arithmetic in the comments), equality with slow references
 written as Python loops over categories, and hypothesis properties. Plus peer parity with verl/TRL/OpenRLHF's KL
-estimators (spec/peers.md §1.2, §2.3, §3.1), numerical stability and input validation.
+estimators (the peers' source, restated in docs/integrations.md), numerical stability and input validation.
 
 Tolerances: float64 identities at 1e-12 relative (round-off); float32 paths at rtol 1e-5 / atol 1e-6 against
 float64 (a float32 ulp is 6e-8; the f-divergence estimators lose a few ulps to cancellation near u = 1).
@@ -383,11 +383,11 @@ def test_float32_range_documented_in_module():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# peer parity (spec/peers.md §1.2 verl kl_penalty, §2.3 TRL, §3.1 OpenRLHF), formulas restated here
+# peer parity with verl kl_penalty, TRL and OpenRLHF (their source, restated in docs/integrations.md), formulas restated here
 
 
 def verl_kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, name: str) -> torch.Tensor:
-    """verl ``kl_penalty`` as recorded in peers.md §1.2 (restated, not copied)."""
+    """verl ``kl_penalty`` as recorded in the peer's source (restated, not copied)."""
     ell = logprob - ref_logprob
     if name.endswith("+"):
         value = verl_kl_penalty(logprob, ref_logprob, name[:-1])
@@ -404,12 +404,12 @@ def verl_kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, name: str)
 
 
 def trl_k3(logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """TRL GRPOTrainer per-token KL (peers.md §2.3): exp(ref − logp) − (ref − logp) − 1, no clamps."""
+    """TRL GRPOTrainer per-token KL (the peer's source): exp(ref − logp) − (ref − logp) − 1, no clamps."""
     return torch.exp(ref - logp) - (ref - logp) - 1.0
 
 
 def openrlhf_approx_kl(logp: torch.Tensor, base: torch.Tensor, estimator: str) -> torch.Tensor:
-    """OpenRLHF compute_approx_kl (peers.md §3.1): every estimator clamped to [−10, 10]."""
+    """OpenRLHF compute_approx_kl (the peer's source): every estimator clamped to [−10, 10]."""
     d = logp - base
     value = {"k1": d, "k2": 0.5 * d * d, "k3": torch.exp(-d) - 1 + d}[estimator]
     return torch.clamp(value, -10.0, 10.0)

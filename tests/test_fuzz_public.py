@@ -235,6 +235,25 @@ def _(data):
                  "log_q": (bad_tensor(lq, neg_inf_ok=True), "log_q")})
 
 
+@spec("divergences.rao_blackwell_kl+monte_carlo_kl")
+def _(data):
+    dtype = data.draw(DTYPE)
+    B, T, V = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 5))
+    mask = data.draw(masks(B, T))
+    if data.draw(st.booleans()):
+        a = data.draw(float_tensors((B, T, V), -30.0, 30.0, dtype=dtype))
+        b = data.draw(float_tensors((B, T, V), -30.0, 30.0, dtype=dtype))
+        bad_mask = st.sampled_from([mask.float(), mask[:, :0], None])
+        return Call(divergences.rao_blackwell_kl, {"logits": a, "logits_ref": b, "mask": mask}, ("logits", "logits_ref"),
+                    {"logits": (bad_tensor(a, shape_checked=False), "logits"),
+                     "logits_ref": (bad_tensor(b), "logits_ref"), "mask": (bad_mask, "mask")})
+    lp = data.draw(float_tensors((B, T), -20.0, -0.01, dtype=dtype))
+    lr = data.draw(float_tensors((B, T), -20.0, -0.01, dtype=dtype))
+    return Call(divergences.monte_carlo_kl, {"logp": lp, "logp_ref": lr, "mask": mask}, ("logp", "logp_ref"),
+                {"logp": (bad_tensor(lp, shape_checked=False), "logp"), "logp_ref": (bad_tensor(lr), "logp_ref"),
+                 "mask": (st.sampled_from([mask.float(), mask[:, :0], None]), "mask")})
+
+
 # -- advantages ---------------------------------------------------------------------------------------------------
 
 @st.composite
@@ -420,6 +439,42 @@ def _(data):
                                                       "advantage_fn": centred}, ("p",),
                 {"p": (BAD_P, "p"), "group_size": (st.sampled_from([1, 2.0, None]), "group_size"),
                  "advantage_fn": (st.sampled_from([None, 3, lambda r: r[:, :1]]), "advantage_fn")})
+
+
+@spec("utility.mroueh_success_map+mroueh_success_sequence+mroueh_fixed_point")
+def _(data):
+    """One step of the success recursion, n steps, or its fixed point (a recursion map: rlkl does not
+    differentiate it, so no gradient is checked)."""
+    which = data.draw(st.sampled_from(["map", "sequence", "fixed_point"]))
+    p_ref = data.draw(st.sampled_from([1e-9, 0.1, 0.5, 0.9, 1 - 1e-9]))
+    beta = data.draw(st.sampled_from([1e-3, 0.5, 2.0, 5.0, 1e3]))
+    eps = data.draw(st.sampled_from([0.0, 1e-6, 0.5]))
+    bad_real = st.sampled_from([math.nan, math.inf, -1.0, "1", None, True])
+    bad = {"p_ref": (st.sampled_from([0.0, 1.0, math.nan, -0.5, "0.5", None]), "p_ref"),
+           "beta": (st.sampled_from([0.0, math.nan, math.inf, -1.0, "1", None, True]), "beta"),
+           "eps": (bad_real, "eps")}
+    if which == "map":
+        p_prev = data.draw(st.one_of(probabilities(False), st.sampled_from([0.0, 1.0])))
+        bad["p_prev"] = (BAD_P, "p_prev")
+        return Call(utility.mroueh_success_map, {"p_prev": p_prev, "p_ref": p_ref, "beta": beta, "eps": eps}, (), bad)
+    if which == "sequence":
+        bad["n"] = (st.sampled_from([-1, 2.5, None, True]), "n")
+        return Call(utility.mroueh_success_sequence, {"p_ref": p_ref, "beta": beta, "n": data.draw(st.integers(0, 5)),
+                                                      "eps": eps}, (), bad)
+    bad["tol"] = (st.sampled_from([0.0, -1.0, math.nan, None]), "tol")
+    bad["max_iter"] = (st.sampled_from([0, 2.5, None]), "max_iter")
+    return Call(utility.mroueh_fixed_point, {"p_ref": p_ref, "beta": beta, "eps": eps, "tol": 1e-12,
+                                             "max_iter": 100_000}, (), bad)
+
+
+@spec("utility.group_std_update_size")
+def _(data):
+    G = data.draw(st.integers(2, 12))
+    return Call(utility.group_std_update_size, {"successes": data.draw(st.integers(0, G)), "group_size": G,
+                                                "std": data.draw(STD), "eps": data.draw(EPS)}, (),
+                {"successes": (st.sampled_from([-1, G + 1, 1.5, None]), "successes"),
+                 "group_size": (st.sampled_from([1, 0, 2.0, None]), "group_size"),
+                 "std": (BAD_NAME, "std"), "eps": (st.sampled_from([-1.0, math.nan, math.inf, "0"]), "eps")})
 
 
 # -- losses -------------------------------------------------------------------------------------------------------

@@ -465,3 +465,75 @@ def test_recorded_trl_fixtures_are_current():
         assert stored["config"] == fx["config"] and stored["batch"] == fx["batch"]
         assert fx["loss"] == pytest.approx(stored["loss"], rel=1e-13, abs=1e-15), name
         torch.testing.assert_close(torch.tensor(fx["grad"]), torch.tensor(stored["grad"]), rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vLLM importance sampling and the sampler keys (rlkl.integrations.rollout) against TRL's own code
+
+_MODES = [("sequence_mask", None, 3.0), ("sequence_mask", 0.3, 2.5), ("sequence_mask", None, None),
+          ("token_mask", 0.6, 1.5), ("token_mask", None, 1.2), ("token_truncate", None, 1.5),
+          ("token_truncate", 0.5, 2.0), ("sequence_truncate", 0.5, 2.0), ("sequence_truncate", 0.8, None)]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode,clip_min,clip_max", _MODES)
+def test_trl_is_rule_equals_the_translated_correction(mode, clip_min, clip_max):
+    """TRL's vLLM importance-sampling block (cut from GRPOTrainer's source and run on seeded tensors) gives the
+    weights of the correction from_trl translates the same GRPOConfig to (1e-12)."""
+    pytest.importorskip("trl", reason="TRL not installed: run scripts/test_integrations.sh trl")
+    from types import SimpleNamespace
+
+    from rlkl.integrations.flags import from_trl
+    from rlkl.methods import RolloutBatch
+
+    rec = _recorder()
+    rule = rec.trl_is_rule()
+    args = _grpo_config(use_vllm=True, vllm_importance_sampling_mode=mode, vllm_importance_sampling_clip_min=clip_min,
+                        vllm_importance_sampling_clip_max=clip_max, num_generations=4)
+    method = from_trl(args)
+    trainer = SimpleNamespace(vllm_importance_sampling_mode=mode, vllm_importance_sampling_clip_min=clip_min,
+                              vllm_importance_sampling_clip_max=clip_max)
+    for seed in range(3):
+        b = rec.mismatch_batch(400 + seed)
+        want = rule(trainer, b["logp_old"], b["logp_rollout"], b["mask"].long()).expand_as(b["logp_old"]) * b["mask"]
+        B = b["mask"].shape[0]
+        rb = RolloutBatch(b["logp_old"], b["logp_old"], b["mask"], torch.zeros(B, dtype=torch.float64), 4,
+                          logp_rollout=b["logp_rollout"])
+        torch.testing.assert_close(method.rollout_weights(rb), want.to(torch.float64), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.integration
+def test_trl_sampler_and_is_defaults_are_the_stated_ones():
+    pytest.importorskip("trl", reason="TRL not installed: run scripts/test_integrations.sh trl")
+    from rlkl.components import NoCorrection, SequenceMIS
+    from rlkl.integrations.flags import from_trl
+    from rlkl.integrations.rollout import trl_rollout_defaults
+    from rlkl.integrations.translate import translate_trl
+
+    d = _grpo_config().to_dict()
+    for key, value in trl_rollout_defaults((1, 16)).items():
+        assert d[key] == value, key
+    assert from_trl(_grpo_config()).correction == NoCorrection()  # transformers generation
+    t = translate_trl(_grpo_config(use_vllm=True, top_p=0.8, top_k=20))
+    assert t.method.correction == SequenceMIS(3.0) and t.sampler.top_p == 0.8 and t.sampler.top_k == 20
+    # the deprecated cap overrides clip_max in GRPOConfig.__post_init__, as in the translation
+    with pytest.warns(FutureWarning):
+        dep = _grpo_config(use_vllm=True, vllm_importance_sampling_cap=2.0)
+    assert dep.vllm_importance_sampling_clip_max == 2.0
+    assert from_trl({"use_vllm": True, "vllm_importance_sampling_cap": 2.0}).correction == SequenceMIS(2.0)
+
+
+@pytest.mark.integration
+def test_recorded_trl_rollout_fixtures_are_current():
+    pytest.importorskip("trl", reason="TRL not installed: run scripts/test_integrations.sh trl")
+    import json
+    from pathlib import Path
+
+    peers = Path(__file__).parent / "fixtures" / "peers" / "rollout"
+    live = _recorder().record_trl_rollout()
+    assert set(live) == {p.stem for p in peers.glob("trl_*.json")}
+    for name, fx in live.items():
+        stored = json.loads((peers / f"{name}.json").read_text())
+        assert stored["config"] == fx["config"] and stored["batch"] == fx["batch"]
+        torch.testing.assert_close(torch.tensor(fx["weights"]), torch.tensor(stored["weights"]), rtol=1e-13,
+                                   atol=1e-15)

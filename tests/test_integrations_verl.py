@@ -401,7 +401,7 @@ def test_verl_low_var_kl_path_audits_as_rlkl_grpo(off_policy, eos):
 
 def test_verl_low_var_kl_clamp_is_a_known_difference():
     """verl clamps the k3 *value* to [−10, 10] (and log π_ref/π to ±20): a token with k3 > 10 gets no KL
-    gradient in verl, while rlkl's k3 keeps it. Only there do the two differ (spec/peers.md §1.2)."""
+    gradient in verl, while rlkl's k3 keeps it. Only there do the two differ (the peers' source, restated in docs/integrations.md)."""
     logp = torch.tensor([[-0.1, -0.2], [-0.3, -0.1]], dtype=torch.float64, requires_grad=True)
     logp_ref = torch.tensor([[-0.2, -0.3], [2.8, -0.2]], dtype=torch.float64)  # row 1 token 0: k3 = e^3.1 − 4.1
     mask = torch.ones(2, 2, dtype=torch.bool)
@@ -496,4 +496,71 @@ def test_recorded_verl_fixtures_are_current():
         assert fx["loss"] == pytest.approx(stored["loss"], rel=1e-13, abs=1e-15), name
         torch.testing.assert_close(torch.tensor(fx["grad"]), torch.tensor(stored["grad"]), rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(torch.tensor(fx["advantages"]), torch.tensor(stored["advantages"]), rtol=1e-12,
+                                   atol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# algorithm.rollout_correction and the rollout sampler keys (rlkl.integrations.rollout) against verl's own code
+from verl.trainer.ppo import rollout_corr_helper as rch  # noqa: E402
+
+from rlkl.integrations.rollout import parse_verl_threshold  # noqa: E402
+
+
+@pytest.mark.parametrize("level,threshold", [("token", 2.0), ("token", "1.5"), ("token", "0.6_1.5"),
+                                             ("token", "0.2_5"), ("sequence", 2.0), ("sequence", 3.0),
+                                             ("sequence", "0.3_2.5"), ("sequence", "0.5_1.1")])
+def test_rollout_is_weights_equal_verl(level, threshold):
+    """verl's compute_rollout_correction_and_rejection_mask (log ρ = old_log_prob − rollout_log_prob) gives the
+    weights of the correction from_verl translates the config to, through Method.rollout_weights (1e-12)."""
+    rec = _recorder()
+    t = translate_verl({"algorithm.adv_estimator": "grpo", "actor_rollout_ref.rollout.n": 4,
+                        "algorithm.rollout_correction.rollout_is": level,
+                        "algorithm.rollout_correction.rollout_is_threshold": threshold})
+    m = t.require_method()
+    for seed in range(3):
+        b = rec.mismatch_batch(500 + seed)
+        proto, mask_out, _ = rch.compute_rollout_correction_and_rejection_mask(
+            old_log_prob=b["logp_old"], rollout_log_prob=b["logp_rollout"], response_mask=b["mask"].long(),
+            rollout_is=level, rollout_is_threshold=threshold)
+        B = b["mask"].shape[0]
+        rb = RolloutBatch(b["logp_old"], b["logp_old"], b["mask"], torch.zeros(B, dtype=torch.float64), G,
+                          logp_rollout=b["logp_rollout"])
+        torch.testing.assert_close(m.rollout_weights(rb), proto.batch["rollout_is_weights"], rtol=1e-12, atol=1e-14)
+        assert torch.equal(mask_out.bool(), b["mask"])  # IS alone leaves the response mask as it is
+
+
+@pytest.mark.parametrize("spec", [2.0, "2", "0.5_3", "1_1", "0.2_0.9", "-1", "0_2", "3_2", "abc", "", True])
+def test_threshold_parse_agrees_with_verl(spec):
+    try:
+        want = rch._parse_rollout_is_threshold(spec)
+    except (TypeError, ValueError):
+        with pytest.raises(ValueError):
+            parse_verl_threshold(spec)
+        return
+    assert parse_verl_threshold(spec) == want
+
+
+def test_rollout_correction_defaults_are_the_yamls():
+    """rlkl states the defaults of verl's config files (what Hydra composes; also checked key by key in
+    test_verls_own_ppo_trainer_yaml_every_key_classified), not of the RolloutCorrectionConfig dataclass, whose own
+    default rollout_is='sequence' a composed config never sees."""
+    import yaml
+    from verl.trainer.config.algorithm import RolloutCorrectionConfig
+
+    from rlkl.integrations.rollout import VERL_ROLLOUT_DEFAULTS
+
+    y = yaml.safe_load((VERL_CONFIG_DIR / "algorithm" / "rollout_correction.yaml").read_text())
+    for key, value in VERL_ROLLOUT_DEFAULTS.items():
+        if key.startswith("algorithm.rollout_correction."):
+            assert y[key.rsplit(".", 1)[1]] == value, key
+    assert RolloutCorrectionConfig().rollout_is == "sequence" and y["rollout_is"] is None
+
+
+def test_recorded_verl_rollout_fixtures_are_current():
+    live = _recorder().record_verl_rollout()
+    assert set(live) == {p.stem for p in (PEERS / "rollout").glob("verl_*.json")}
+    for name, fx in live.items():
+        stored = json.loads((PEERS / "rollout" / f"{name}.json").read_text())
+        assert stored["config"] == fx["config"] and stored["batch"] == fx["batch"]
+        torch.testing.assert_close(torch.tensor(fx["weights"]), torch.tensor(stored["weights"]), rtol=1e-13,
                                    atol=1e-15)

@@ -2,9 +2,9 @@
 RPG-Style Clip, and loss aggregation.
 
 Hand-computed values (arithmetic in comments), slow per-token loop references (PPO as verl writes it, RPG Tables 1/2/4
-and Algorithms 1/2 of arXiv 2505.17508 as spec/rpg.md restates them, aggregation), hypothesis properties (the RPG
+and Algorithms 1/2 of arXiv 2505.17508 as docs/theory.md restates them, aggregation), hypothesis properties (the RPG
 per-sample identity ∇ℓ_differentiable = ∇ℓ_REINFORCE, padding invariance, on-policy PPO = REINFORCE), peer parity
-with verl/OpenRLHF (spec/peers.md §1.4, §3.4) and input validation. float64 at 1e-12; float32 at rtol 1e-5.
+with verl/OpenRLHF (the peers' source, restated in docs/integrations.md) and input validation. float64 at 1e-12; float32 at rtol 1e-5.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def test_rpg_style_clip_by_hand():
     out = rpg_loss(logp, old12, t([[-1.0]]), m, "urkl", "reinforce", 0.1, clip=clip)
     assert close(out.loss, [[-12.9818879797456]]) and out.dual_clip_fraction.item() == 1.0
     # Alg. 1 (differentiable + clip), urkl, A = +1: Â = A − β log w = 0.95, w > 1.28 → loss −1.28·Â = −1.216 and,
-    # because Â depends on θ, gradient −1.28·∂Â/∂lp = +1.28·β = 0.128 (spec rpg.md §3.1)
+    # because Â depends on θ, gradient −1.28·∂Â/∂lp = +1.28·β = 0.128 (RPG arXiv 2505.17508, docs/theory.md)
     v, g = grad_of(lambda x: rpg_loss(x, old, t([[1.0]]), m, "urkl", "differentiable", 0.1, clip=clip).loss, logp)
     assert close(v, [[-1.216]]) and close(g, [[0.128]])
 
@@ -176,7 +176,7 @@ def test_aggregation_by_hand():
     assert aggregate(loss, m, "seq-mean-token-sum-norm").item() == pytest.approx(10 / 6, rel=1e-15)  # C = T = 3
     # a row with no valid token: the seq-mean modes average over the B' = 1 non-empty row; token-mean is unchanged;
     # sum-norm divides by the full batch size B = 2 (docstring: Σ/(B·C)).
-    # NOTE: peers.md §1.5 defines B for verl's sum-norm as "sequences with ≥ 1 valid token"; rlkl uses all rows.
+    # NOTE: the peer's source defines B for verl's sum-norm as "sequences with ≥ 1 valid token"; rlkl uses all rows.
     loss = t([[1.0, 2.0], [5.0, 5.0]])
     m = torch.tensor([[True, True], [False, False]])
     assert aggregate(loss, m, "token-mean").item() == 1.5
@@ -191,7 +191,7 @@ def test_aggregation_by_hand():
 
 def verl_vanilla_ppo(logp: float, logp_old: float, A: float, clip_low: float, clip_high: float,
                      dual_clip: float | None) -> float:
-    """verl ``vanilla`` per-token loss (peers.md §1.4): ρ = exp(clamp(log ρ, ±20));
+    """verl ``vanilla`` per-token loss (the peer's source): ρ = exp(clamp(log ρ, ±20));
     ℓ₁ = max(−ρA, −clip(ρ, 1−ε_lo, 1+ε_hi)A); for A < 0 additionally min(ℓ₁, −c·A)."""
     rho = math.exp(max(-20.0, min(20.0, logp - logp_old)))
     l1 = max(-rho * A, -min(max(rho, 1 - clip_low), 1 + clip_high) * A)
@@ -201,7 +201,7 @@ def verl_vanilla_ppo(logp: float, logp_old: float, A: float, clip_low: float, cl
 
 
 def openrlhf_ppo(logp: float, logp_old: float, A: float, eps: float, dual_clip: float | None) -> float:
-    """OpenRLHF PolicyLoss (peers.md §3.4): −min(ρA, clip(ρ)A); for A < 0 with dual clip −max(min(ρA, clip(ρ)A), cA)."""
+    """OpenRLHF PolicyLoss (the peer's source): −min(ρA, clip(ρ)A); for A < 0 with dual clip −max(min(ρA, clip(ρ)A), cA)."""
     rho = math.exp(max(-20.0, min(20.0, logp - logp_old)))
     inner = min(rho * A, min(max(rho, 1 - eps), 1 + eps) * A)
     if dual_clip is not None and A < 0:
@@ -465,7 +465,7 @@ def test_aggregation_matches_loop(tb, data):
 @given(tb=token_batches(log_ratio_bound=1.0), beta=finite_floats(0.0, 1.0), z=st.sampled_from([1.0, 0.5, 2.0]),
        data=st.data())
 def test_rpg_per_sample_gradient_identity(level, tb, beta, z, data):
-    # spec rpg.md §1.6: for every single sample, ∇ℓ_differentiable = −Weight·∇lp = ∇ℓ_REINFORCE (not only in
+    # RPG arXiv 2505.17508, docs/theory.md: for every single sample, ∇ℓ_differentiable = −Weight·∇lp = ∇ℓ_REINFORCE (not only in
     # expectation). Each token (token level) or response (sequence level) only touches its own log-probs, so the
     # gradient of the summed loss w.r.t. logp holds every sample's gradient separately.
     if level == "sequence":
@@ -495,7 +495,7 @@ def test_rpg_per_sample_gradient_identity(level, tb, beta, z, data):
 @given(tb=token_batches(on_policy=True), beta=finite_floats(0.0, 1.0), data=st.data())
 def test_rpg_reinforce_clip_has_no_effect_at_w_equal_1(tb, beta, data):
     # Alg. 2 at w ≡ 1 (first update after sampling): every branch is active, the update is the exact regularized
-    # gradient −Weight·∇lp (spec rpg.md §3.2)
+    # gradient −Weight·∇lp (RPG arXiv 2505.17508, docs/theory.md)
     A = data.draw(float_tensors(tb.logp.shape, -2.0, 2.0))
     for div in RPG_DIVERGENCES:
         _, g0 = grad_of(lambda x: rpg_loss(x, tb.logp_old, A, tb.mask, div, "reinforce", beta).loss, tb.logp)
@@ -616,7 +616,7 @@ def test_policy_loss_shape_mask_and_finiteness_errors(name):
 
 @pytest.mark.parametrize("name", list(POLICY_CALLS))
 def test_policy_loss_mixed_advantage_dtype_raises(name):
-    # api.md: all inputs one dtype; DESIGN.md: nothing broadcasts/promotes silently. losses._check_adv checks only the
+    # api.md: all inputs one dtype; nothing broadcasts/promotes silently. losses._check_adv checks only the
     # shape of `advantages`, so float32 advantages with float64 log-probs return a silently promoted float64 loss
     # (and float64 advantages turn a float32 run into float64).
     lp, lo, a, m = _std_inputs()

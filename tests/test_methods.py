@@ -156,7 +156,7 @@ def test_advantages_for_each_placement():
     lr_old = batch.logp_old - batch.logp_ref  # rollout-time log ratio (verl / OpenRLHF / FRPO use π_old)
     # grpo: group-standardized reward broadcast to every valid token
     assert torch.allclose(REGISTRY["grpo"].advantages(batch), group_standardized(R, G)[:, None] * m, atol=1e-15)
-    # verl GRPO + use_kl_in_reward: R − β Σ_t k1 fused *before* standardization (peers.md §1.3)
+    # verl GRPO + use_kl_in_reward: R − β Σ_t k1 fused *before* standardization (the peer's source)
     mth = REGISTRY["grpo_k1_reward"]
     fused = group_standardized(R - mth.beta * loop_seq_sum(lr_old, m), G)
     assert torch.allclose(mth.sequence_advantages(batch), fused, rtol=1e-12, atol=1e-12)
@@ -346,7 +346,7 @@ def test_from_trl_errors():
         from_trl({"importance_sampling_level": "tokens"})
 
 
-# peer formulas restated (spec/peers.md §1.1, §1.2, §1.4, §1.5, §2.2, §2.3) as per-token loops
+# peer formulas restated (the peers' source, restated in docs/integrations.md) as per-token loops
 
 
 def _group_adv(R: list[float], G: int, eps: float) -> list[float]:

@@ -67,3 +67,36 @@ def test_token_mean_over_micro_batches_is_not_over_the_batch():
     adv = torch.tensor(fx["advantages"], dtype=F64)
     whole = split_loss(method, b["logp"], b["logp_old"], b["logp_ref"], b["mask"], adv)
     assert abs(whole.item() - fx["loss"]) > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rollout-correction weights (tests/fixtures/peers/rollout): verl's compute_rollout_correction_and_rejection_mask
+# and TRL's vLLM importance-sampling block, recorded on seeded batches
+ROLLOUT = sorted((PEERS / "rollout").glob("*.json"))
+
+
+def test_rollout_weight_fixtures_exist_for_both_frameworks():
+    assert {p.name.split("_")[0] for p in ROLLOUT} == {"verl", "trl"}, \
+        "regenerate with scripts/record_peer_fixtures.py verl|trl"
+
+
+@pytest.mark.parametrize("path", ROLLOUT, ids=lambda p: p.stem)
+def test_rollout_weights_replay_against_rlkl(path):
+    """The translated Method's correction, through ``Method.rollout_weights`` (ρ = exp(logp_old − logp_rollout)),
+    gives the framework's weights to 1e-12; each fixture exercises its bound (a capped or a dropped weight)."""
+    fx = json.loads(path.read_text())
+    b = {k: torch.tensor(fx["batch"][k], dtype=F64) for k in ("logp_old", "logp_rollout")}
+    mask = torch.tensor(fx["batch"]["mask"], dtype=torch.bool)
+    if fx["framework"] == "verl":
+        tr = translate_verl({"algorithm.adv_estimator": "grpo", "actor_rollout_ref.rollout.n": 4, **fx["config"]})
+    else:
+        tr = translate_trl(fx["config"])
+    method = tr.require_method()
+    B = mask.shape[0]
+    rb = RolloutBatch(b["logp_old"], b["logp_old"], mask, torch.zeros(B, dtype=F64), 4, logp_rollout=b["logp_rollout"])
+    w = method.rollout_weights(rb)
+    want = torch.tensor(fx["weights"], dtype=F64)
+    torch.testing.assert_close(w, want, rtol=1e-12, atol=1e-14, msg=f"{fx['case']}: {method.correction!r}")
+    c = method.correction
+    raw = c.uncapped().weights(b["logp_old"] - b["logp_rollout"], mask)
+    assert c.bounded and bool(((want != raw) & mask).any()), "the fixture never reaches the bound"

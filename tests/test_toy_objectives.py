@@ -67,10 +67,10 @@ def test_token_wise_reverse_kl_is_the_sequence_kl_but_forward_is_not(eos):
     ref = TabularPolicy.random(mdp, seed=1).detached()
     seq = sequence_divergence(mdp, pi, ref, "reverse_kl")
     tok = token_f_divergence(mdp, pi, ref, "reverse_kl")
-    assert torch.allclose(seq, tok, rtol=1e-12)  # chain rule, prefixes from π (frpo.md §3)
+    assert torch.allclose(seq, tok, rtol=1e-12)  # chain rule, prefixes from π (FRPO arXiv 2601.10201 §3)
     fwd_seq = sequence_divergence(mdp, pi, ref, "forward_kl")
     fwd_tok = token_f_divergence(mdp, pi, ref, "forward_kl")
-    assert (fwd_seq - fwd_tok).abs().max() > 1e-3  # prefixes from π, not π_ref (frpo.md C4)
+    assert (fwd_seq - fwd_tok).abs().max() > 1e-3  # prefixes from π, not π_ref (FRPO arXiv 2601.10201, docs/theory.md)
 
 
 def test_local_gradient_differs_from_sequence_gradient_for_T_ge_2_and_agrees_for_T_1():

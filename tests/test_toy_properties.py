@@ -110,7 +110,7 @@ def test_biased_methods_show_exactly_the_predicted_bias_terms(s, name):
     predicted = set(rec["predicted_terms"])
     tnorm = float(res.target.norm())
     sizes = {k: float(v.norm()) / tnorm for k, v in res.terms.items()}
-    # off-policy: per-token ratios (rpg.md §8.32) and π_old's log-ratios inside a KL reward
+    # off-policy: per-token ratios (RPG arXiv 2505.17508) and π_old's log-ratios inside a KL reward
     extra = {"token_level_ratio", "stale_kl_reward"} if s["off"] else set()
     significant = {k for k, v in sizes.items() if v > 1e-6}
     assert significant <= predicted | extra, (sizes, rec)  # no unpredicted bias
@@ -130,7 +130,7 @@ def _kl_loss_method(estimator, beta, importance_weight=False, straight_through=F
 @given(setups(min_horizon=2, zero_rewards=True))
 def test_kl_losses_follow_local_fields_not_the_sequence_kl(s):
     """k1 loss: 0; k2 (and k3+) loss: local reverse KL ≠ sequence KL (T ≥ 2); k3 loss: local forward KL;
-    ρ·k3 off-policy: local reverse KL on π_old's states (spec frpo.md §4.5, rpg.md §2.3)."""
+    ρ·k3 off-policy: local reverse KL on π_old's states (FRPO arXiv 2601.10201 §4.5; RPG arXiv 2505.17508 §2.3; docs/theory.md)."""
     beta = max(s["beta"], 0.1)
     mdp, pi, ref, old = s["mdp"], s["pi"], s["ref"], s["old"]
     beh = old if old is not None else pi.detached()

@@ -1,4 +1,4 @@
-"""RPG (arXiv 2505.17508) gradient claims of spec/rpg.md §8 marked E (exact enumeration on a finite X: a T = 1
+"""RPG (arXiv 2505.17508) gradient claims of RPG arXiv 2505.17508 (restated in docs/theory.md) marked E (exact enumeration on a finite X: a T = 1
 tree), T (exact enumeration on a tree) or A (per-sample autograd identity). Numbers in the test names are the §8
 items. Every loss is the library's (``rlkl.losses.rpg_loss`` etc.); the engine only takes expectations.
 """

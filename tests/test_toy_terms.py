@@ -360,9 +360,9 @@ _EOS = TreeMDP.random(3, 3, 1, eos=True, seed=6)
 def test_planted_ppo_upper_bound_is_caught(monkeypatch):
     """1 + 2·ε_high as PPO's upper clip bound: the old audit ('undo the clip and re-run') explained it away."""
     assert _verdict("grpo", _FIXED, True, beta=0.2)["as_predicted"]
-    orig = loss_lib.ppo_clip_loss
-    monkeypatch.setattr(loss_lib, "ppo_clip_loss", lambda lp, lo, a, m, low=0.2, high=0.2, dual=None:
-                        orig(lp, lo, a, m, low, 2 * high, dual))
+    orig = loss_lib._ppo_clip  # the kernel behind ppo_clip_loss and PPOClip
+    monkeypatch.setattr(loss_lib, "_ppo_clip", lambda lp, lo, a, m, low, high, dual: orig(lp, lo, a, m, low, 2 * high,
+                                                                                         dual))
     r = _verdict("grpo", _FIXED, True, beta=0.2)
     assert not r["as_predicted"] and r["unexplained"] > 1e-4
 
@@ -389,33 +389,34 @@ def test_planted_group_standardization_bugs_are_caught(monkeypatch, bug):
 
 
 def test_planted_aggregation_and_future_return_bugs_are_caught(monkeypatch):
-    orig_agg = loss_lib.aggregate
+    orig_agg = loss_lib._aggregate  # the kernel behind aggregate and Aggregation
 
-    def agg_by_T(loss, mask, mode, horizon=None):  # seq-mean-token-mean dividing by T instead of |y|
-        if mode == "seq-mean-token-mean":
+    def agg_by_T(loss, mask, mode, horizon):  # seq-mean-token-mean dividing by T instead of |y|
+        if str(mode) == "seq-mean-token-mean":
             return ((loss * mask).sum(-1) / loss.shape[1]).mean()
         return orig_agg(loss, mask, mode, horizon)
 
-    monkeypatch.setattr(loss_lib, "aggregate", agg_by_T)
+    monkeypatch.setattr(loss_lib, "_aggregate", agg_by_T)
     assert not _verdict("grpo", _EOS, False)["as_predicted"]
-    monkeypatch.setattr(loss_lib, "aggregate", orig_agg)
-    orig_fr = adv_lib.future_return
-    monkeypatch.setattr(adv_lib, "future_return", lambda v, m, include_current: orig_fr(v, m, True))
+    monkeypatch.setattr(loss_lib, "_aggregate", orig_agg)
+    orig_fr = adv_lib._future_return  # the kernel behind future_return and FRPO's regularizer
+    monkeypatch.setattr(adv_lib, "_future_return", lambda v, m, include_current: orig_fr(v, m, True))
     r = _verdict("frpo", _FIXED, False)
     assert not r["as_predicted"] and r["unexplained"] > 1e-6
 
 
 def test_planted_estimator_and_rpg_clip_bugs_are_caught(monkeypatch):
-    monkeypatch.setattr(div_lib, "k3", lambda d: torch.exp(d) - 1.0 - d)  # k3 with the wrong sign of δ
+    # k3 with the wrong sign of δ, in the table the KL-loss kernel reads
+    monkeypatch.setitem(loss_lib._KL_VALUES, "k3", lambda d: torch.exp(d) - 1.0 - d)
     assert not _verdict("grpo", _FIXED, False, beta=0.2)["as_predicted"]
     monkeypatch.undo()
-    orig = loss_lib.rpg_loss
+    orig = loss_lib._rpg  # the kernel behind rpg_loss and the RPG policy loss
 
-    def rpg_c2(lp, lo, a, m, div, form, beta, level="token", clip=None, z_old=1.0):
+    def rpg_c2(lp, lo, a, m, div, form, beta, level, clip, z_old):
         clip = None if clip is None else RPGClip(clip.eps_low, clip.eps_high, 1.5)  # dual-clip constant c = 1.5
         return orig(lp, lo, a, m, div, form, beta, level, clip, z_old)
 
-    monkeypatch.setattr(loss_lib, "rpg_loss", rpg_c2)
+    monkeypatch.setattr(loss_lib, "_rpg", rpg_c2)
     assert not _verdict("rpg_reinforce_urkl", _FIXED, True, beta=0.1)["as_predicted"]
 
 

@@ -1,6 +1,6 @@
 """Tests of rlkl.utility: GRPO's implicit utility 2·arcsin√p and the exact finite-group weight w_G / utility U_G.
 
-Hand-computed closed forms (spec frpo.md §4.2, I3a), brute-force enumeration of all 2^G binary reward tuples with a
+Hand-computed closed forms (FRPO arXiv 2601.10201 §4.2), brute-force enumeration of all 2^G binary reward tuples with a
 loop GRPO advantage (G = 2..5), an independent closed form of U_G through the regularized incomplete beta function,
 and hypothesis properties (U_G' = w_G, symmetry, convergence to 1/√(p(1−p))).
 
@@ -64,7 +64,7 @@ def test_finite_group_weight_closed_forms_by_hand():
 
 
 def test_spec_weight_table_values():
-    # spec frpo.md §4.2 weight table (population std, ε = 0), 3 decimals; one vectorized call per G
+    # FRPO arXiv 2601.10201 §4.2 weight table (population std, ε = 0), 3 decimals; one vectorized call per G
     table = {4: {0.05: 1.710}, 5: {0.2: 1.824}, 8: {0.5: 1.856}, 16: {0.2: 2.346}, 64: {0.05: 4.336, 0.5: 1.984},
              256: {0.01: 9.311, 0.05: 4.539, 0.2: 2.492, 0.5: 1.996}}
     for G, row in table.items():

@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from rlkl.components import AggMode
+from rlkl.components import AggMode, NoCorrection
 from rlkl.integrations import translate as tr
 from rlkl.integrations.microbatch import TERM_DOC, TERM_NAME, BatchLayout, layout_term
 from rlkl.methods import REGISTRY, Method
@@ -36,7 +36,7 @@ __all__ = ["equivalent_method", "audit_config", "smallest_fix", "explain", "form
 
 #: groups an exact expectation may enumerate per prompt before the audit falls back to a smaller G
 MAX_AUDIT_GROUPS = 300_000
-_FIELDS = ("advantage", "policy_loss", "kl", "aggregation")
+_FIELDS = ("advantage", "policy_loss", "kl", "aggregation", "correction")
 
 
 def _known_methods() -> dict[str, Method]:
@@ -110,6 +110,31 @@ def audit_config(method: Method, layout: BatchLayout, mdps: Sequence[Any], seeds
                 cos = float((term * gap).sum() / (term.norm() * gap.norm())) if gap.norm() > 0 else float("nan")
                 rec["bias_terms"] = {**rec["bias_terms"], TERM_NAME: {"rel_norm": rel, "cosine_with_bias": cos}}
             records.append(rec)
+    return records
+
+
+def mismatch_config(t: tr.Translation, method: Method, mdps: Sequence[Any], seeds: Sequence[int], group_size: int,
+                    policy: str = "tabular", notes: Optional[list] = None) -> list[dict]:
+    """Mismatch-audit records (``rlkl.toy.mismatch.audit_mismatch``) of ``method`` behind the config's sampler: its
+    own correction, and no correction for comparison. ``[]`` when the sampler is the identity (q = π_old: every
+    correction weight is 1 and :func:`audit_config` is the whole story)."""
+    from rlkl.components import NoCorrection
+    from rlkl.toy.audit import make_setup
+    from rlkl.toy.mismatch import audit_mismatch
+
+    if t.sampler.is_identity:
+        return []
+    corrections = [method.correction] + ([] if isinstance(method.correction, NoCorrection) else [NoCorrection()])
+    records = []
+    for mdp in mdps:
+        for s in seeds:
+            pi, _, ref = make_setup(mdp, s, False, policy)
+            res = audit_mismatch(method, mdp, pi, t.sampler, ref, group_size, corrections,
+                                 setup={"seed": int(s), "policy": policy})
+            records += [r.record for r in res]
+    if notes is not None and not t.layout.is_group and method.aggregation.mode is AggMode.TOKEN_MEAN:
+        notes.append("the mismatch audit normalizes token-mean over each group (the batch_layout term of the "
+                     "exact audit above is not added to it)")
     return records
 
 
@@ -221,6 +246,21 @@ def explain(t: tr.Translation, mdps: Optional[Sequence[Any]] = None, seeds: Sequ
     G = _group_size(t, m, mdps, group_size, report["notes"])
     report["group_size"] = G
     report["audits"] = audit_config(m, t.layout, mdps, seeds, G, off_policy, policy, tol)
+    report["sampler"] = t.sampler.describe()
+    report["correction"] = m.correction.spec()
+    if not t.sampler.is_identity:
+        if off_policy:
+            report["notes"].append("the mismatch audit is at θ = θ_old: not run with --off-policy")
+        else:
+            Gm = min(G, group_size)
+            if Gm != G:
+                report["notes"].append(f"mismatch audit with G={Gm} (--group-size): its exact variance enumerates "
+                                       f"all ordered G-tuples")
+            report["mismatch"] = mismatch_config(t, m, mdps, seeds, Gm, policy, report["notes"])
+    elif not isinstance(m.correction, NoCorrection):
+        report["notes"].append(f"the sampler is π_old itself (no truncation on the toy trees): the correction "
+                               f"{m.correction.spec()} gives every token weight 1 there; set top_p / top_k / min_p "
+                               "to audit it against a truncated sampler")
     if fix:
         report["fix"] = smallest_fix(t, mdps, seeds, G, off_policy, policy, tol)
     return report
@@ -274,7 +314,9 @@ def format_report(rep: dict) -> str:
         lines.append(f"  {f:12s} {getattr(m, f)!r}")
     lines.append(f"  beta         {m.beta:g}    intended objective: {m.bound_objective(rep['group_size']).describe()}")
     lines.append("")
-    lines.append(f"exact audit on toy trees (G={rep['group_size']}; EXACT = E[grad loss] = -c grad J to 1e-8):")
+    behind = "; q = π_old, the sampler's mismatch below" if rep.get("mismatch") else ""
+    lines.append(f"exact audit on toy trees (G={rep['group_size']}{behind}; EXACT = E[grad loss] = -c grad J to "
+                 "1e-8):")
     for r in rep["audits"]:
         verdict = "EXACT" if r["config_exact"] else "BIASED"
         terms = ", ".join(f"{k}={v['rel_norm']:.2g}" for k, v in r["bias_terms"].items()) or "-"
@@ -282,10 +324,19 @@ def format_report(rep: dict) -> str:
         lines.append(f"  {mdp:<26} {verdict:<7} rel_error {r['config_rel_error']:.2e}  bias terms: {terms}")
     if any(TERM_NAME in r["bias_terms"] for r in rep["audits"]):
         lines.append(f"  ({TERM_NAME}: {TERM_DOC})")
+    lines.append(f"  sampler {rep.get('sampler', 'identity')} (relative to the τ-tempered π the trainer "
+                 f"differentiates); rollout correction {rep.get('correction', 'none')}")
+    if rep.get("mismatch"):
+        from rlkl.toy.mismatch_cli import format_records
+
+        lines.append("")
+        lines.append("rollout–trainer mismatch (the config's sampler; its correction and none):")
+        lines.append(format_records(rep["mismatch"]))
     fix = rep.get("fix")
     if fix:
         lines.append("")
-        lines.append(_fix_text(fix, t["framework"]))
+        lines.append(_fix_text(fix, t["framework"]) + (" (with q = π_old: the search does not change the sampler "
+                                                       "or the correction)" if rep.get("mismatch") else ""))
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from rlkl.integrations.rollout import VERL_REFUSED as _RO_REFUSED
 from rlkl.options import StrEnum
 
 __all__ = ["Kind", "Rule", "VERL_RULES", "TRL_RULES", "classify", "CATEGORIES"]
@@ -48,7 +49,6 @@ CATEGORIES = {
     "critic": "the value model (used by GAE only; rlkl's estimators are critic-free)",
     "framework": "framework internals (_target_ classes, Ray, transfer queues)",
     "unused": "a parameter of an option this config does not select",
-    "sampling": "sampling temperature: π is the temperature-τ policy and its log-probs use the same τ",
 }
 
 
@@ -95,7 +95,7 @@ _ROLLOUT_LEAVES = ("name", "mode", "nnodes", "n_gpus_per_node", "full_determinis
                    "dtype", "gpu_memory_utilization", "ignore_eos", "enforce_eager", "cudagraph_capture_sizes",
                    "free_cache_engine", "tensor_model_parallel_size", "data_parallel_size", "expert_parallel_size",
                    "pipeline_model_parallel_size", "max_num_batched_tokens", "max_model_len", "max_num_seqs",
-                   "enable_chunked_prefill", "enable_prefix_caching", "logprobs_mode", "scheduling_policy",
+                   "enable_chunked_prefill", "enable_prefix_caching", "scheduling_policy",
                    "load_format", "layered_summon", "log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu",
                    "log_prob_use_dynamic_bsz", "log_prob_max_token_len_per_gpu", "disable_log_stats",
                    "over_sample_rate", "multi_stage_wake_up", "router_config_path", "calculate_log_probs",
@@ -131,12 +131,18 @@ VERL_RULES: tuple[Rule, ...] = (
     _r("algorithm.use_pf_ppo", "ignored", "unused", "PF-PPO off", refuse=_truthy,
        refuse_reason="PF-PPO resamples the batch by reward: the sampling distribution is no longer π_old"),
     _r("algorithm.pf_ppo.*", "ignored", "unused", "PF-PPO settings"),
-    _r("algorithm.rollout_correction.rollout_is", "ignored", "unused", "no rollout importance weights",
-       refuse=_set, refuse_reason="rollout importance-sampling weights (training/inference mismatch) multiply the "
-       "loss by data-dependent weights no rlkl Method carries"),
-    _r("algorithm.rollout_correction.rollout_rs", "ignored", "unused", "no rejection sampling", refuse=_set,
-       refuse_reason="rollout rejection sampling drops tokens/sequences by their mismatch ratio"),
-    _r("algorithm.rollout_correction.*", "ignored", "unused", "rollout-correction settings"),
+    _r("algorithm.rollout_correction.rollout_is", "translated", reason="the Method's rollout correction: token / "
+       "sequence importance weights π_old/q (null: none)"),
+    _r("algorithm.rollout_correction.rollout_is_threshold", "translated", reason="C of TIS (w = min(ρ, C)) or "
+       "'L_U' of IcePop (w = ρ·1[L <= ρ <= U])"),
+    _r("algorithm.rollout_correction.rollout_rs", "translated", reason="null: no rejection sampling", refuse=_set,
+       refuse_reason=_RO_REFUSED["rollout_rs"]),
+    _r("algorithm.rollout_correction.rollout_rs_threshold", "ignored", "unused", "rollout_rs only"),
+    _r("algorithm.rollout_correction.rollout_is_batch_normalize", "translated", reason="False: raw weights",
+       refuse=_truthy, refuse_reason=_RO_REFUSED["rollout_is_batch_normalize"]),
+    _r("algorithm.rollout_correction.bypass_mode", "translated", reason="False: decoupled (π_old recomputed)",
+       refuse=_truthy, refuse_reason=_RO_REFUSED["bypass_mode"]),
+    _r("algorithm.rollout_correction.loss_type", "ignored", "unused", "bypass_mode only"),
     _r(_A + "use_kl_loss", "translated", reason="KL as a loss (KLLoss)"),
     _r(_A + "kl_loss_type", "translated", reason="the KL-loss estimator (k1/k2/k3, '+' straight-through)"),
     _r(_A + "kl_loss_coef", "translated", reason="β of the KL loss (and of rlkl's RPG surrogates)"),
@@ -174,12 +180,11 @@ VERL_RULES: tuple[Rule, ...] = (
     _r("trainer.n_gpus_per_node", "layout", reason="data-parallel size: no effect (global normalizers)"),
     _r("trainer.nnodes", "layout", reason="data-parallel size: no effect (global normalizers)"),
     # --- sampling: what the behaviour policy is
-    _r(_R + "temperature", "ignored", "sampling"),
-    _r(_R + "top_p", "ignored", "rollout engine", "1.0: no truncation", refuse=lambda v: float(v) != 1.0,
-       refuse_reason="nucleus sampling draws from a truncated π: the behaviour policy is not π_old (a training/"
-       "inference mismatch rlkl's audit does not model)"),
-    _r(_R + "top_k", "ignored", "rollout engine", "-1/0: no truncation", refuse=lambda v: int(v if v is not None else -1) > 0,
-       refuse_reason="top-k sampling draws from a truncated π: the behaviour policy is not π_old"),
+    _r(_R + "temperature", "translated", reason="τ of the sampler and of the actor's log-probs: π is the "
+       "τ-tempered policy (the sampler's temperature relative to it is 1)"),
+    _r(_R + "top_p", "translated", reason="the sampler's top-p (1.0: no truncation)"),
+    _r(_R + "top_k", "translated", reason="the sampler's top-k (-1 / 0: no truncation)"),
+    _r(_R + "logprobs_mode", "translated", reason="the log-probs the engine reports: processed (log q) or raw"),
     _r(_R + "do_sample", "ignored", "rollout engine", "sampling on", refuse=lambda v: not _truthy(v),
        refuse_reason="greedy decoding: the responses are not samples of π_old"),
     _r(_R + "multi_turn.enable", "ignored", "rollout engine", "single-turn", refuse=_truthy,
@@ -331,21 +336,23 @@ TRL_RULES: tuple[Rule, ...] = (
        "gradient_accumulation_steps)"),
     _r("generation_batch_size", "layout", reason="rows per generation batch (dapo's token-mean pool)"),
     # --- sampling: what the behaviour policy is
-    _r("temperature", "ignored", "sampling"),
-    _r("top_p", "ignored", "rollout engine", "1.0: no truncation", refuse=lambda v: float(v) != 1.0,
-       refuse_reason="nucleus sampling draws from a truncated π: the behaviour policy is not π_old"),
-    _r("top_k", "ignored", "rollout engine", "0: no truncation", refuse=lambda v: int(v or 0) > 0,
-       refuse_reason="top-k sampling draws from a truncated π: the behaviour policy is not π_old"),
-    _r("min_p", "ignored", "rollout engine", "null: no truncation", refuse=_set,
-       refuse_reason="min-p sampling draws from a truncated π: the behaviour policy is not π_old"),
+    _r("temperature", "translated", reason="τ of the sampler and of the trainer's log-probs: π is the τ-tempered "
+       "policy (the sampler's temperature relative to it is 1)"),
+    _r("top_p", "translated", reason="the sampler's top-p (1.0: no truncation)"),
+    _r("top_k", "translated", reason="the sampler's top-k (0: no truncation)"),
+    _r("min_p", "translated", reason="the sampler's min-p (null: no truncation)"),
     _r("repetition_penalty", "ignored", "rollout engine", "1.0: off", refuse=lambda v: float(v) != 1.0,
        refuse_reason="a repetition penalty samples from a modified π: the behaviour policy is not π_old"),
-    _r("vllm_importance_sampling_correction", "ignored", "rollout engine",
-       "applies only with use_vllm=True (then refused: see use_vllm)"),
-    _r("use_vllm", "ignored", "rollout engine", "transformers generation", refuse=_truthy,
-       refuse_reason="with vLLM, TRL multiplies the loss by vLLM/training importance ratios "
-       "(vllm_importance_sampling_correction, on by default); set use_vllm=False or "
-       "vllm_importance_sampling_correction=False and audit with the transformers sampler"),
+    _r("use_vllm", "translated", reason="the sampler: vLLM (with its importance-sampling correction) or "
+       "transformers generation (no correction)"),
+    _r("vllm_importance_sampling_correction", "translated", reason="with use_vllm: weight the policy loss by "
+       "π_old/q (the Method's rollout correction)"),
+    _r("vllm_importance_sampling_mode", "translated", reason="the correction's level and bound: token/sequence "
+       "× truncate/mask"),
+    _r("vllm_importance_sampling_clip_max", "translated", reason="C_max of the correction (TRL >= 1.6)"),
+    _r("vllm_importance_sampling_clip_min", "translated", reason="C_min of the correction (TRL >= 1.6)"),
+    _r("vllm_importance_sampling_cap", "translated", reason="C_max (TRL <= 1.5; deprecated from 1.6, overrides "
+       "clip_max when set)"),
     _r("vllm_*", "ignored", "rollout engine"),
     _r("generation_kwargs", "ignored", "rollout engine", "extra sampler arguments (not inspected)"),
     _r("cache_implementation", "ignored", "rollout engine"),

@@ -11,6 +11,11 @@ Values given as strings are parsed as the frameworks parse them: verl through Om
 (``"false"``, ``"no"``, ``"off"``, ``"0"`` → False; ``"1e-3"`` → 0.001), TRL through ``HfArgumentParser``'s rules
 (``string_to_bool``: yes/no, true/false, t/f, y/n, 1/0, case-insensitive; ``int()``, ``float()``).
 
+The inference engine's keys (verl ``algorithm.rollout_correction.*``, ``rollout.{temperature, top_k, top_p,
+logprobs_mode}``; TRL ``use_vllm``, ``vllm_importance_sampling_*``, ``temperature``, ``top_k``, ``top_p``,
+``min_p``) become the Method's ``correction`` and ``Translation.sampler`` (:mod:`rlkl.integrations.rollout`, with
+their version-gated defaults).
+
 The intended objective of a translated config is what the framework documents: E[R] − β·KL(π‖π_ref) with a KL
 (β > 0), E[R] without; an rlkl plug-in method (``adv_estimator=frpo``, ``rpg_*``) keeps its own claim.
 """
@@ -27,8 +32,10 @@ from rlkl.components import (CISPO, GSPO, RPG, AggMode, Aggregation, Estimator, 
 from rlkl.integrations.config_files import RawConfig, load_trl, load_verl
 from rlkl.integrations.keys import TRL_RULES, VERL_RULES, Kind, classify
 from rlkl.integrations.microbatch import BatchLayout, Pool
+from rlkl.integrations import rollout as ro
 from rlkl.methods import REGISTRY, Method
 from rlkl.objective import NO_REGULARIZER, REVERSE_KL_TO_REF
+from rlkl.sampling import Sampler
 
 __all__ = ["KeyReport", "Translation", "translate_verl", "translate_trl", "VERL_VERSION", "TRL_VERSIONS",
            "VERL_DEFAULTS", "trl_defaults"]
@@ -68,6 +75,9 @@ class Translation:
       rollout batch (steps after the first sample from an older policy).
       keys: every key given, classified; defaults: the translated/layout keys not given, with the default used.
       values: the effective value of every translated/layout key; notes: facts the user should know.
+      sampler: the inference engine's sampler relative to the τ-tempered π the trainer differentiates
+        (``rlkl.integrations.rollout``); the identity when nothing is truncated. The rollout correction is the
+        Method's ``correction``.
     """
 
     framework: str
@@ -81,6 +91,7 @@ class Translation:
     defaults: dict[str, Any]
     values: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    sampler: Sampler = field(default_factory=Sampler)
 
     def by_kind(self, kind: Kind | str) -> list[KeyReport]:
         return [k for k in self.keys if k.kind == Kind(kind)]
@@ -107,7 +118,9 @@ class Translation:
                                        "reason": k.reason, "where": k.where} for k in self.by_kind(kind)]
                          for kind in Kind},
                 "defaults": {k: _jsonable(v) for k, v in self.defaults.items()},
-                "values": {k: _jsonable(v) for k, v in self.values.items()}, "notes": list(self.notes)}
+                "values": {k: _jsonable(v) for k, v in self.values.items()}, "notes": list(self.notes),
+                "sampler": self.sampler.describe(),
+                "correction": self.method.correction.spec() if self.method is not None else None}
 
 
 def _jsonable(v: Any) -> Any:
@@ -132,11 +145,12 @@ VERL_DEFAULTS: dict[str, Any] = {
     _A + "policy_loss.loss_mode": "vanilla", _A + "entropy_coeff": 0.0, _R + "n": 1, _R + "response_length": 512,
     "data.max_response_length": 512, "data.train_batch_size": 1024, _A + "ppo_mini_batch_size": 256,
     _A + "ppo_epochs": 1, _A + "shuffle": False, "trainer.balance_batch": True, "algorithm.gamma": 1.0,
+    **ro.VERL_ROLLOUT_DEFAULTS,
 }
 _VERL_TYPES = {k: (bool if isinstance(v, bool) else int if isinstance(v, int) else float if isinstance(v, float)
                    else str) for k, v in VERL_DEFAULTS.items()}
 _VERL_TYPES.update({_A + "loss_scale_factor": int, _A + "entropy_coeff": float, _A + "rollout_n": int,
-                    "algorithm.kl_ctrl.kl_coef": float, _A + "kl_loss_coef": float})
+                    "algorithm.kl_ctrl.kl_coef": float, _A + "kl_loss_coef": float, **ro.VERL_ROLLOUT_TYPES})
 
 _VERL_KL = {"kl": Estimator.K1, "k1": Estimator.K1, "mse": Estimator.K2, "k2": Estimator.K2,
             "low_var_kl": Estimator.K3, "k3": Estimator.K3}
@@ -224,6 +238,10 @@ def translate_verl(source: Any = None, overrides: Any = (), name: str = "verl_co
         values[_R + "n"] = values[_A + "rollout_n"]
     notes: list[str] = []
     method = _verl_method(values, given, problems, notes, name)
+    correction = ro.verl_correction(values, problems, notes)
+    sampler = ro.verl_sampler(values, problems, notes)
+    if method is not None:
+        method = method.replace(correction=correction)
     # keys the user wrote (their file, overrides, mapping) — not the defaults Hydra composed in
     stated = set(where) | (set() if "composed by Hydra" in raw.origin else set(given))
     layout, G, steps = _verl_layout(values, method, problems, notes, stated)
@@ -232,7 +250,8 @@ def translate_verl(source: Any = None, overrides: Any = (), name: str = "verl_co
                          "version)", "verl")
     if any(k.kind is Kind.UNSUPPORTED for k in keys):
         method = None
-    return Translation("verl", VERL_VERSION, raw.origin, method, layout, G, steps, keys, defaults, values, notes)
+    return Translation("verl", VERL_VERSION, raw.origin, method, layout, G, steps, keys, defaults, values, notes,
+                       sampler)
 
 
 def _effective(given: dict, defaults: dict, types: dict, framework: str, problems: _Problems
@@ -483,7 +502,7 @@ def trl_defaults(version: tuple[int, int]) -> dict[str, Any]:
             "mask_truncated_completions": False, "top_entropy_quantile": 1.0, "entropy_coef": 0.0,
             "use_adaptive_entropy": False, "off_policy_mask_threshold": None, "num_iterations": 1,
             "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "steps_per_generation": None,
-            "generation_batch_size": None}
+            "generation_batch_size": None, **ro.trl_rollout_defaults(version)}
 
 
 _TRL_TYPES = {"beta": float, "loss_type": str, "epsilon": float, "epsilon_high": float, "delta": float,
@@ -491,7 +510,8 @@ _TRL_TYPES = {"beta": float, "loss_type": str, "epsilon": float, "epsilon_high":
               "max_completion_length": int, "num_generations": int, "mask_truncated_completions": bool,
               "top_entropy_quantile": float, "entropy_coef": float, "use_adaptive_entropy": bool,
               "off_policy_mask_threshold": float, "num_iterations": int, "per_device_train_batch_size": int,
-              "gradient_accumulation_steps": int, "steps_per_generation": int, "generation_batch_size": int}
+              "gradient_accumulation_steps": int, "steps_per_generation": int, "generation_batch_size": int,
+              **ro.TRL_ROLLOUT_TYPES}
 _TRL_AGG = {"grpo": AggMode.SEQ_MEAN_TOKEN_MEAN, "bnpo": AggMode.TOKEN_MEAN, "dapo": AggMode.TOKEN_MEAN,
             "dr_grpo": AggMode.SEQ_MEAN_TOKEN_SUM_NORM, "luspo": AggMode.SEQ_MEAN_TOKEN_SUM,
             "cispo": AggMode.TOKEN_MEAN}
@@ -518,6 +538,14 @@ def translate_trl(source: Any, name: str = "trl_config", trl_version: Any = None
         notes.append(f"TRL {version[0]}.{version[1]} is newer than 1.16, the newest release rlkl checked: 1.16's "
                      "defaults are assumed")
     method = _trl_method(values, given, problems, name, version)
+    for key in ("vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min"):
+        if key in given and version < (1, 6):
+            problems.add(key, f"not a field of TRL {version[0]}.{version[1]}'s GRPOConfig (added in 1.6; before "
+                         "it the cap is vllm_importance_sampling_cap and there is no lower bound)")
+    correction = ro.trl_correction(values, problems, notes, version)
+    sampler = ro.trl_sampler(values, problems, notes)
+    if method is not None:
+        method = method.replace(correction=correction)
     layout, G, steps = _trl_layout(values, method, problems, notes, num_processes)
     keys = _classify_all(given, raw.where, TRL_RULES, problems,
                          "not a field of TRL's GRPOConfig / TrainingArguments / ModelConfig / GRPOScriptArguments "
@@ -525,7 +553,7 @@ def translate_trl(source: Any, name: str = "trl_config", trl_version: Any = None
     if any(k.kind is Kind.UNSUPPORTED for k in keys):
         method = None
     return Translation("trl", f"{version[0]}.{version[1]}", raw.origin, method, layout, G, steps, keys, defaults,
-                       values, notes)
+                       values, notes, sampler)
 
 
 def _trl_advantage(scale: Any, problems: _Problems):

@@ -92,7 +92,10 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, "off_policy", False):
             raise ValueError("--off-policy is not supported with a sampler: the mismatch audit is at θ = θ_old")
         if any(getattr(args, k, None) for k in ("verl", "verl_overrides", "trl")):
-            raise ValueError("the sampler options audit registered methods (--method), not a --verl/--trl config")
+            raise ValueError("the sampler options audit registered methods (--method); a --verl/--trl config "
+                             "states its own sampler and correction (verl actor_rollout_ref.rollout.top_p/top_k, "
+                             "algorithm.rollout_correction.rollout_is; TRL top_p/top_k/min_p, use_vllm, "
+                             "vllm_importance_sampling_*)")
         sampler = _sampler(args)
         from rlkl.components import correction_from_spec
 
