@@ -14,8 +14,12 @@ For each N (one prompt, V = 10, T = 3..6, so N = 10^T) it times `rlkl.toy.expect
 and a per-response Python loop doing the same computation one response at a time (one `Method.loss` call and one
 autograd pass per response, the straightforward implementation). The loop runs on min(N, 2000) responses and is
 extrapolated linearly (it is linear in N by construction). GRPO runs up to N = 10^5 (its exact route evaluates
-N·G groups of G rows). Timings are reported with 1 and 2 intra-op threads: on a loaded machine the 2-thread pool
-can be much slower for the many mid-size tensor ops. Target: N = 10^5 in under a second on 2 cores.
+N·G groups of G rows). Timings are reported with 1 and 2 intra-op threads (on a loaded machine the engine itself
+drops to 1 thread: `rlkl.toy.mdp.threads_for`).
+
+The anchor: the machine's copy bandwidth, measured in the same run (best over the thread counts), and the minimal
+bytes each evaluation must touch (`minimal_bytes`); each row prints seconds / (bytes / bandwidth). Targets:
+``rpg_urkl_seq`` at N = 10^6 within 20× of that limit, ``grpo`` (G = 4) at N = 10^5 within 50×.
 Not a timed test; it prints the ratios.
 """
 
@@ -30,7 +34,7 @@ import torch
 from rlkl.components import Raw
 from rlkl.methods import get_method
 from rlkl.toy.expected import _call, _prepare, expected_gradient, loss_spec, make_batch
-from rlkl.toy.mdp import TreeMDP
+from rlkl.toy.mdp import TreeMDP, other_cores_busy
 from rlkl.toy.policies import TabularPolicy
 
 #: arguments of ``rlkl bench --quick``
@@ -60,6 +64,33 @@ def loop_seconds(method, mdp, pi, old, ref, limit: int = 2000) -> tuple[float, i
     return (time.perf_counter() - t0) * N / n, n
 
 
+def copy_bandwidth(mbytes: int = 256, repeats: int = 5) -> float:
+    """The machine's copy bandwidth in bytes/s, measured now: best of ``repeats`` copies of a ``mbytes`` MB float64
+    buffer into another (each copy reads and writes it: 2·size bytes moved)."""
+    src = torch.rand(mbytes * 2**20 // 8, dtype=torch.float64)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch of the pages
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 8 / best
+
+
+def minimal_bytes(label: str, mdp: TreeMDP, pi: TabularPolicy, G: int) -> int:
+    """The bytes an exact evaluation must touch at least (its bandwidth limit = bytes / copy bandwidth).
+
+    ``rpg_urkl_seq``: three ``[N, T]`` float64 log-prob arrays (π_θ, π_old, π_ref), the bool mask, the float64
+    rewards, the three policies' parameters and the gradient. ``grpo``: N·G (response, success count of the other
+    rows) rows of five ``[T]`` float64 arrays (log π_θ, log π_old, log π_ref, advantage, gradient)."""
+    N, T = mdp.num_responses, mdp.horizon
+    if label.startswith("grpo"):
+        return N * G * 5 * T * 8
+    params = pi.theta.numel() * 8
+    return 3 * N * T * 8 + N * T + N * 8 + 3 * params + params
+
+
 def _time(fn, repeats: int) -> tuple[float, float]:
     """(first-call seconds, best of the following ``repeats`` calls)."""
     t0 = time.perf_counter()
@@ -73,7 +104,7 @@ def _time(fn, repeats: int) -> tuple[float, float]:
     return first, (best if repeats else first), out
 
 
-def run(sizes: list[int], grpo_max: int = 5, repeats: int = 2) -> list[dict]:
+def run(sizes: list[int], grpo_max: int = 5, repeats: int = 2, bandwidth: float | None = None) -> list[dict]:
     rows = []
     for T in sizes:
         N = 10**T
@@ -86,17 +117,19 @@ def run(sizes: list[int], grpo_max: int = 5, repeats: int = 2) -> list[dict]:
             cases.append(("grpo(G=4)", get_method("grpo").replace(beta=0.1), None, 4))
         for label, method, beh, G in cases:
             first, best, eg = _time(lambda: expected_gradient(method, mdp, pi, beh, ref, group_size=G),
-                                    repeats if N <= 10**5 else 0)
+                                    repeats if N <= 10**5 else 1)
             if G == 1:
                 loop_s, ran = loop_seconds(method, mdp, pi, beh, ref, limit=1000)
             else:
                 loop_s, ran = float("nan"), 0
+            limit = minimal_bytes(label, mdp, pi, G) / bandwidth if bandwidth else float("nan")
             rows.append(dict(N=N, method=label, route=eg.route, groups=eg.num_groups, first=first, seconds=best,
-                             loop_seconds=loop_s, loop_ran=ran, speedup=loop_s / best))
+                             loop_seconds=loop_s, loop_ran=ran, speedup=loop_s / best, limit=limit,
+                             over_limit=best / limit))
             loop_txt = (f"loop {loop_s:9.1f}s (ran {ran}, extrapolated)  ratio ×{loop_s / best:,.0f}" if G == 1 else
                         "(a per-tuple loop would need N·G·G loss calls)")
             print(f"N={N:>9,}  {label:<13} {eg.route:<21} groups={eg.num_groups:>9,}  first {first:7.3f}s  "
-                  f"repeat {best:7.3f}s  {loop_txt}", flush=True)
+                  f"repeat {best:7.3f}s  ×{best / limit:6.1f} the bandwidth limit  {loop_txt}", flush=True)
     return rows
 
 
@@ -104,20 +137,33 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="stop at N = 10^5")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts to compare")
+    p.add_argument("--sizes", type=int, nargs="+", help="exponents T of N = 10^T (default 3 4 5 6; --quick: 3 4 5)")
     args = p.parse_args(argv)
-    sizes = [3, 4, 5] if args.quick else [3, 4, 5, 6]
+    sizes = args.sizes or ([3, 4, 5] if args.quick else [3, 4, 5, 6])
     print(f"torch {torch.__version__}, float64, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
-    print("first = first call (builds and caches the enumeration); repeat = best later call")
-    summary = {}
+    print("first = first call (builds and caches the enumeration); repeat = best later call; bandwidth limit = the "
+          "minimal bytes (benchmarks/exact_engine.py: minimal_bytes) at the copy bandwidth measured now")
+    targets = {"rpg_urkl_seq": (10**6, 20.0), "grpo(G=4)": (10**5, 50.0)}
+    results = []
+    measured = {}
+    for nt in args.threads:  # the anchor: the best copy bandwidth over the thread counts (the strictest limit)
+        torch.set_num_threads(nt)
+        measured[nt] = copy_bandwidth()
+    bandwidth = max(measured.values())
+    print("copy bandwidth " + ", ".join(f"{b / 1e9:.1f} GB/s ({nt} thread(s))" for nt, b in measured.items())
+          + f"; the limits use {bandwidth / 1e9:.1f} GB/s")
+    if other_cores_busy():
+        print("the other cores are busy (load average): the engine runs large enumerations on 1 thread too "
+              "(rlkl.toy.mdp.threads_for), so the thread counts below differ little")
     for nt in args.threads:
         torch.set_num_threads(nt)
         print(f"--- {nt} intra-op thread(s)")
-        rows = run(sizes)
-        n5 = [r for r in rows if r["N"] == 10**5 and r["method"] == "rpg_urkl_seq"]
-        if n5:
-            summary[nt] = n5[0]["seconds"]
-    for nt, sec in summary.items():
-        print(f"target N=10^5 under 1 s ({nt} thread(s)): {sec:.3f}s -> {'OK' if sec < 1 else 'MISSED'}")
+        results += [dict(r, threads=nt) for r in run(sizes, bandwidth=bandwidth)]
+    for label, (N, factor) in targets.items():
+        for r in (r for r in results if r["method"] == label and r["N"] == N):
+            verdict = "OK" if r["over_limit"] <= factor else "MISSED"
+            print(f"target {label} N={N:,} within {factor:.0f}× the bandwidth limit ({r['threads']} thread(s)): "
+                  f"{r['seconds']:.3f}s = {r['over_limit']:.1f}× -> {verdict}")
     return 0
 
 

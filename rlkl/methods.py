@@ -243,17 +243,22 @@ class Method:
         return self.objective.bind(beta=self.beta, group_size=group_size, std=std, eps=eps)
 
     # -- the computation -------------------------------------------------------------------------------------
-    def _check(self, logp: Tensor, batch: "RolloutBatch") -> None:
+    def _check(self, logp: Tensor, batch: "RolloutBatch", sequence_advantages: Tensor | None = None) -> None:
         """The boundary of :meth:`loss`: one host sync (logp finite; the batch validated itself)."""
-        validated(lambda: self._check_args(logp, batch), logp)
+        extra = () if not isinstance(sequence_advantages, Tensor) else (sequence_advantages,)
+        validated(lambda: self._check_args(logp, batch, sequence_advantages), logp, *extra)
 
-    def _check_args(self, logp: Tensor, batch: "RolloutBatch") -> None:
+    def _check_args(self, logp: Tensor, batch: "RolloutBatch", sequence_advantages: Tensor | None) -> None:
         if not isinstance(batch, RolloutBatch):
             raise ValueError(f"batch must be a RolloutBatch, got {type(batch).__name__}")
         check_float("logp", logp, shape=batch.logp_old.shape)
         if logp.dtype != batch.logp_old.dtype:
             raise ValueError(f"logp dtype {logp.dtype} differs from the batch's {batch.logp_old.dtype}")
-        if batch.group_size < self.advantage.min_group_size:
+        if sequence_advantages is not None:
+            check_float("sequence_advantages", sequence_advantages, shape=batch.logp_old.shape[:1])
+            if sequence_advantages.dtype != logp.dtype:
+                raise ValueError(f"sequence_advantages dtype {sequence_advantages.dtype} differs from logp's {logp.dtype}")
+        elif batch.group_size < self.advantage.min_group_size:
             raise ValueError(f"method {self.name!r} uses a group-based advantage ({type(self.advantage).__name__}) and "
                              f"needs group_size >= {self.advantage.min_group_size}, got {batch.group_size}")
 
@@ -376,12 +381,17 @@ class Method:
                 diagnostics[f"kl/{k.value}"] = masked_mean(kl_estimate(log_ratio, k.value), mask)
         return diagnostics
 
-    def loss(self, logp: Tensor, batch: "RolloutBatch", validate: bool = True) -> tuple[Tensor, "Diagnostics"]:
+    def loss(self, logp: Tensor, batch: "RolloutBatch", validate: bool = True,
+             sequence_advantages: Tensor | None = None) -> tuple[Tensor, "Diagnostics"]:
         """The method's scalar loss on a batch, and diagnostics.
 
         Args:
           logp: ``[B, T]`` log π_θ(a_t|s_t) of the sampled tokens under the current policy (differentiable).
           batch: the rollout (behaviour and reference log-probs, mask, rewards, group size).
+          validate: check ``logp`` (see below); False for a trusted caller.
+          sequence_advantages: ``[B]`` the rows' sequence advantages when computed elsewhere — the batch then holds
+            any rows of their groups (the exact engine's first rows; :meth:`sequence_advantages` of the whole
+            groups); its ``group_size`` is only read by a token step (REINFORCE++'s whitening) and diagnostics.
         Returns:
           (loss, diagnostics). −∇_θ loss is the method's update direction; which objective it ascends (in
           expectation over rollouts) is ``self.objective`` when the method is exact, otherwise the terms of
@@ -400,14 +410,15 @@ class Method:
         """
         if not validate:
             with trusted():
-                self._check(logp, batch)  # structure only
-                return self._loss(logp, batch, check_total=False)
-        self._check(logp, batch)
+                self._check(logp, batch, sequence_advantages)  # structure only
+                return self._loss(logp, batch, False, sequence_advantages)
+        self._check(logp, batch, sequence_advantages)
         with deferring(), trusted():
-            return self._loss(logp, batch, check_total=True)
+            return self._loss(logp, batch, True, sequence_advantages)
 
-    def _loss(self, logp: Tensor, batch: "RolloutBatch", check_total: bool) -> tuple[Tensor, "Diagnostics"]:
-        seq_adv = self._sequence_advantages(batch)
+    def _loss(self, logp: Tensor, batch: "RolloutBatch", check_total: bool, sequence_advantages: Tensor | None = None
+              ) -> tuple[Tensor, "Diagnostics"]:
+        seq_adv = self._sequence_advantages(batch) if sequence_advantages is None else sequence_advantages
         weights = self.rollout_weights(batch)
         total, diagnostics = self._loss_given_advantages(logp, batch.logp_old, batch.mask,
                                                          self._advantages(batch, seq_adv), batch.logp_ref, weights,

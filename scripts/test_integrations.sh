@@ -30,6 +30,9 @@ setup_venv() {  # $1 = framework; prints the venv's python
   if [ "$fw" = trl ]; then pins=("${TRL_PINS[@]}"); else pins=("${VERL_PINS[@]}"); fi
   stamp="torch==$TORCH_VERSION ${pins[*]}"
   if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.rlkl-stamp" 2>/dev/null)" = "$stamp" ]; then
+    # a venv built before the test extra gained pytest-xdist (the repository's addopts pass -n): add it
+    "$venv/bin/python" -c "import xdist" 2>/dev/null \
+      || "$venv/bin/python" -m pip install -q -c "$venv/rlkl-constraints.txt" "pytest-xdist>=3.5" >&2
     echo "$venv/bin/python"; return
   fi
   local t0=$SECONDS

@@ -160,3 +160,17 @@ def test_yardstick_of_the_reference_itself():
     assert res["exact_kl_rev_seq"] == 0.0 and res["exact_odds_tv"] == 0.0 and res["exact_kl_fwd_seq"] == 0.0
     assert 0 < res["exact_reward"] < 1 and res["exact_kl_to_opt_ug"] > 0
     assert E.enumerable(task) and not E.enumerable(make_task("addition", 2))
+
+
+def test_yardstick_reuses_the_optima_of_each_beta_only():
+    """The optima π_ref's metrics measure distances to are computed once per (β, group): a second β gets its own,
+    and every call equals sequence_metrics computing them afresh."""
+    task = make_task("divisor", 1)
+    ref, pi = _model(task, 4), _model(task, 5)
+    ys = E.Yardstick.build(ref, task, "cpu")
+    logp, _, _ = E.sequence_logprobs(pi, ys.prompts, ys.vocab_size, ys.max_len, ys.eos_id)
+    group = (4, "bessel", 1e-6)
+    for beta in (0.1, 0.5, 0.1):
+        fresh = E.sequence_metrics(logp, ys.logp_ref, ys.rewards, ys.lengths, beta, (1, 8), group)
+        assert ys.metrics(pi, beta, group=group) == {f"exact_{k}": v for k, v in fresh.items()}
+    assert set(ys._optima) == {(0.1, group), (0.5, group)}

@@ -88,6 +88,22 @@ def test_cli_trains_a_translated_verl_config(ref_path, tmp_path, capsys):
     assert json.loads((tmp_path / "trl" / "config.json").read_text())["method"] == "trl_config"
 
 
+def test_cli_train_carries_the_configs_sampler_and_correction(ref_path, tmp_path):
+    """The engine's top-p and verl's token TIS of a config reach the run: the sampler fields and the Method."""
+    out = tmp_path / "verl_top_p"
+    base = ["--ref", ref_path, "--difficulty", "1", "--steps", "1", "--prompts-per-step", "4", "--eval_prompts", "6",
+            "--eval_samples", "2", "--quiet", "--out", str(out)]
+    assert _cli(["--verl", str(FIX / "verl_grpo.yaml"), "actor_rollout_ref.rollout.top_p=0.8",
+                 "algorithm.rollout_correction.rollout_is=token", *base]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["top_p"] == 0.8 and saved["top_k"] == 0 and saved["logprobs"] == "processed"
+    assert Method.from_dict(json.loads(saved["method_json"])).correction.spec() == "token_tis:2"
+    # a flag given on the command line wins over the config's value
+    assert _cli(["--verl", str(FIX / "verl_grpo.yaml"), "actor_rollout_ref.rollout.top_p=0.8", "--top-p", "0.9",
+                 *base[:-1], str(tmp_path / "flag")]) == 0
+    assert json.loads((tmp_path / "flag" / "config.json").read_text())["top_p"] == 0.9
+
+
 def test_cli_method_sources_errors(ref_path, tmp_path, capsys):
     base = ["--ref", ref_path, "--difficulty", "1", "--quiet"]
     assert _cli(["--method", "grpo", "--verl-overrides", "algorithm.adv_estimator=grpo", *base]) == 2

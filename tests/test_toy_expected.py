@@ -123,3 +123,21 @@ def test_route_errors():
     other = TabularPolicy.random(TreeMDP.random(2, 2, 1, seed=1), seed=0)
     with pytest.raises(ValueError, match="different TreeMDP"):
         expected_gradient(get_method("grpo"), mdp, pi, other, group_size=2)
+
+
+@pytest.mark.parametrize("name,eos,real", [("grpo", False, False), ("frpo", False, True), ("dr_grpo", True, False),
+                                           ("rpg_urkl", False, False), ("gspo_token", False, True)])
+def test_first_rows_route_equals_brute_force(name, eos, real):
+    """The exchangeable reward route evaluates only row 1 of each (response, multiset of the others' rewards)
+    group, its advantage computed from the group's rewards: the same expectation as the brute-force loop over
+    ordered G-tuples (G = 3, off-policy, binary and real rewards, fixed length and EOS)."""
+    import rlkl.toy.expected as X
+
+    mdp, pi, old, ref = _setup(V=3 if eos else 2, T=2, P=2, eos=eos, reward="real" if real else "binary", seed=9,
+                               off=True)
+    m = get_method(name)
+    m = m.replace(beta=0.2) if m.beta > 0 else m
+    assert X._first_row_method(X.loss_spec(m, mdp, 3), "reward") is m  # the route under test runs
+    eg = expected_gradient(m, mdp, pi, old, ref, group_size=3, route="exchangeable", class_by="reward")
+    bf = brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=3)
+    assert _rel(eg.grad, bf) < 1e-12

@@ -114,3 +114,26 @@ def test_other_bad_inputs():
         TreeMDP.from_arrays(torch.full((1, 4), float("nan")), 2, 2)
     with pytest.raises(ValueError, match="binary"):
         TreeMDP.random(2, 2, reward="ternary")
+
+
+def test_large_enumerations_run_on_one_thread_when_the_other_cores_are_busy(monkeypatch):
+    """threads_for: a small tree always gets 1 intra-op thread; a large one keeps the setting on an idle machine
+    (1-minute load < cores − 0.5) and gets 1 thread when the load says the other cores are taken."""
+    import os
+
+    import rlkl.toy.mdp as M
+
+    small, large = TreeMDP.random(2, 2, 1, seed=0), TreeMDP.random(10, 5, 1, seed=0)  # 4·2 and 10^5·5 slots
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for load, want_large in ((0.9, 2), (1.6, 1)):
+            monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+            with M.threads_for(small):
+                assert torch.get_num_threads() == 1
+            with M.threads_for(large):
+                assert torch.get_num_threads() == want_large, load
+            assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(prev)

@@ -73,7 +73,19 @@ def _method_source(args: argparse.Namespace, overrides: dict) -> None:
         method = t.require_method("rlkl train")
         if t.group_size and "group_size" not in overrides:
             overrides["group_size"] = t.group_size  # G is part of the objective
+        _sampler_overrides(t.sampler, overrides)
     overrides["method_json"] = json.dumps(method.to_dict())
+
+
+def _sampler_overrides(sampler, overrides: dict) -> None:
+    """The config's inference-engine truncation (top-k / top-p / min-p, reported log-probs) as the trainer's
+    sampler fields, unless given on the command line. The translated sampler is relative to the τ-tempered π the
+    framework's trainer differentiates, so its temperature is 1 and carries over as the trainer's default."""
+    fields = {"top_k": sampler.top_k or 0, "top_p": sampler.top_p, "min_p": sampler.min_p,
+              "logprobs": getattr(sampler.logprobs, "value", sampler.logprobs)}
+    for key, value in fields.items():
+        if key not in overrides:
+            overrides[key] = value
 
 
 def _run(args: argparse.Namespace, overrides: dict) -> tuple[list[dict], str]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -163,22 +163,24 @@ def finite_group_optimum(logp_ref: torch.Tensor, rewards: torch.Tensor, beta: fl
         return cc - finite_group_weight(p_of(cc), group_size, std, eps)
 
     g = gap(c.expand(len(p_ref_c), -1))  # [n, grid]
-    best_c = torch.full_like(p_ref_c, float(c[0]))
-    best_j = torch.full_like(p_ref_c, -math.inf)
-    for j in range(grid - 1):
-        cross = (g[:, j] <= 0) & (g[:, j + 1] > 0) | (g[:, j] >= 0) & (g[:, j + 1] < 0)
-        if not bool(cross.any()):
-            continue
-        lo, hi = torch.full_like(p_ref_c, float(c[j])), torch.full_like(p_ref_c, float(c[j + 1]))
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            same = torch.sign(gap(mid[:, None])[:, 0]) == torch.sign(g[:, j])
-            lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
-        root = 0.5 * (lo + hi)
-        logpi = reverse_kl_optimum(logp_ref, rewards, beta, root)
-        J = finite_group_utility(p_of(root[:, None])[:, 0], group_size, std, eps) - beta * kl(logpi, logp_ref)
-        take = cross & (J > best_j)
-        best_c, best_j = torch.where(take, root, best_c), torch.where(take, J, best_j)
+    cross = (g[:, :-1] <= 0) & (g[:, 1:] > 0) | (g[:, :-1] >= 0) & (g[:, 1:] < 0)  # [n, grid−1] bracketed roots
+    rows, js = cross.nonzero(as_tuple=True)  # [K] every (row, bracket) pair, brackets ascending within a row
+    lo, hi, sign_lo = c[js], c[js + 1], torch.sign(g[rows, js])  # [K] all brackets bisected together
+    logit_k = logit_ref[rows]
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        w_mid = finite_group_weight(torch.sigmoid(logit_k + mid / beta), group_size, std, eps)
+        same = torch.sign(mid - w_mid) == sign_lo
+        lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+    root = 0.5 * (lo + hi)  # [K]
+    logpi = reverse_kl_optimum(logp_ref[rows], rewards[rows], beta, root)  # [K, M]
+    J = (finite_group_utility(torch.sigmoid(logit_k + root / beta), group_size, std, eps)
+         - beta * kl(logpi, logp_ref[rows]))
+    J = torch.where(torch.isnan(J), -math.inf, J)  # [K]
+    best_j = torch.full_like(p_ref_c, -math.inf).scatter_reduce(0, rows, J, "amax")  # [n] the best objective
+    first = torch.where((J == best_j[rows]) & (J > -math.inf), torch.arange(len(J)), len(J))  # ties: the first root
+    pick = torch.full(p_ref_c.shape, len(J), dtype=torch.long).scatter_reduce(0, rows, first, "amin")  # [n]
+    best_c = torch.where(pick < len(J), torch.cat([root, c[:1]])[pick], c[0])
     return reverse_kl_optimum(logp_ref, rewards, beta, best_c)
 
 
@@ -203,16 +205,28 @@ def correct_entropy(logp: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
     return entropy(torch.log_softmax(torch.where(best, logp, torch.full_like(logp, -math.inf)), dim=-1))
 
 
+def regularized_optima(logp_ref: torch.Tensor, rewards: torch.Tensor, beta: float,
+                       group: tuple[int, str, float] | None = None) -> dict[str, torch.Tensor]:
+    """The ``[n, M]`` log-probs of the optima :func:`sequence_metrics` measures distances to (β > 0): ``"rev"``
+    (:func:`reverse_kl_optimum`), ``"fwd"`` (:func:`forward_kl_optimum`) and, with ``group`` = (G, std, ε),
+    ``"ug"`` (:func:`finite_group_optimum`). They depend on π_ref, R and β only (a run computes them once)."""
+    out = {"rev": reverse_kl_optimum(logp_ref, rewards, beta), "fwd": forward_kl_optimum(logp_ref, rewards, beta)}
+    if group is not None:
+        out["ug"] = finite_group_optimum(logp_ref, rewards, beta, *group)
+    return out
+
+
 def sequence_metrics(logp: torch.Tensor, logp_ref: torch.Tensor, rewards: torch.Tensor, lengths: torch.Tensor,
-                     beta: float, ks: Sequence[int] = (1, 8), group: tuple[int, str, float] | None = None
-                     ) -> dict[str, float]:
+                     beta: float, ks: Sequence[int] = (1, 8), group: tuple[int, str, float] | None = None,
+                     optima: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Every exact metric of π against π_ref on the enumerated responses, averaged over the prompts (rows).
 
     Args:
         logp, logp_ref: ``[n, M]`` log π(y|x), log π_ref(y|x) over all responses; rewards ``[n, M]``;
         lengths ``[M]`` response lengths |y| (EOS counted); beta: the run's β (distances to the optima need
         β > 0); ks: the k of pass@k; group: (G, std, ε) of the finite-group optimum (GRPO-style advantages,
-        binary rewards).
+        binary rewards); optima: :func:`regularized_optima` of (logp_ref, rewards, beta, group) when computed
+        already (else computed here).
 
     Returns (docs/metrics.md, ``exact_…``): reward, pass@k, response_len, kl_rev_seq, kl_rev_tok, kl_fwd_seq,
     entropy_seq, entropy_tok, odds_tv, entropy_correct and, for β > 0, kl_to_opt_rev / tv_to_opt_rev (π*_β),
@@ -230,12 +244,10 @@ def sequence_metrics(logp: torch.Tensor, logp_ref: torch.Tensor, rewards: torch.
     for k in ks:
         out[f"pass@{k}"] = (1 - (1 - p.clamp(0, 1)) ** k).mean()
     if beta > 0:
-        for name, opt in (("rev", reverse_kl_optimum(logp_ref, rewards, beta)),
-                          ("fwd", forward_kl_optimum(logp_ref, rewards, beta))):
+        optima = regularized_optima(logp_ref, rewards, beta, group) if optima is None else optima
+        for name in ("rev", "fwd", "ug") if group is not None else ("rev", "fwd"):
+            opt = optima[name]
             out[f"kl_to_opt_{name}"], out[f"tv_to_opt_{name}"] = kl(logp, opt).mean(), tv(logp, opt).mean()
-        if group is not None:
-            opt = finite_group_optimum(logp_ref, rewards, beta, *group)
-            out["kl_to_opt_ug"], out["tv_to_opt_ug"] = kl(logp, opt).mean(), tv(logp, opt).mean()
     return {k: float(v) for k, v in out.items()}
 
 
@@ -258,6 +270,8 @@ class Yardstick:
     vocab_size: int
     max_len: int
     eos_id: int
+    # (β, group) -> regularized_optima: π_ref's optima, computed at the first eval of each β (data, not state)
+    _optima: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, base: torch.nn.Module, task, device, split: str = "train") -> "Yardstick":
@@ -272,5 +286,9 @@ class Yardstick:
                 group: tuple[int, str, float] | None = None) -> dict[str, float]:
         """``exact_…`` metrics of ``policy`` (:func:`sequence_metrics`, keys prefixed)."""
         logp, _, _ = sequence_logprobs(policy, self.prompts, self.vocab_size, self.max_len, self.eos_id)
-        res = sequence_metrics(logp, self.logp_ref, self.rewards, self.lengths, beta, ks, group)
+        key = (float(beta), group)
+        if beta > 0 and key not in self._optima:
+            self._optima[key] = regularized_optima(self.logp_ref, self.rewards, beta, group)
+        res = sequence_metrics(logp, self.logp_ref, self.rewards, self.lengths, beta, ks, group,
+                               self._optima.get(key))
         return {f"exact_{k}": v for k, v in res.items()}

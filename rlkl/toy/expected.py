@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from rlkl._checks import check_float, deferring, require, trusted, values_trusted
 from rlkl.options import AggMode, coerce
 from rlkl.toy.mdp import TreeMDP, threads_for  # noqa: F401  (threads_for re-exported)
 from rlkl.toy.policies import Policy
@@ -182,6 +183,7 @@ class _Data:
     kept_logmass: Optional[Tensor] = None  # [P·N, T] log π_old mass on the sampler's kept set
     chain_policy: Optional[Policy] = None  # the policy whose token log-probs the loss sees (π_θ, or π_θ^K replayed)
     sampled: Optional[Policy] = None  # the behaviour distribution q when a sampler is given
+    finite_sums: Optional[Tensor] = None  # [P·N] bool: the row sums of logp and logp_old are finite
 
 
 def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Optional[Policy],
@@ -200,14 +202,15 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         sampled = SampledPolicy(behaviour, sampler)
         if replay:
             policy, behaviour = replayed_policy(policy, sampled), replayed_policy(behaviour, sampled)
-    graph = policy.token_logp() if keep_graph else None  # one pass with the graph, reused by `_chain`
+    logp, graph = _token_logp(policy, keep_graph)  # the graph is reused by `_chain`
     with torch.no_grad():
-        logp = graph.detach() if graph is not None else policy.token_logp()
-        logp_old = logp if behaviour is policy else behaviour.token_logp()
-        logp_ref = ref.token_logp() if ref is not None else logp_old
-        seq_old = (logp_old if sampled is None else sampled.token_logp()).sum(-1).reshape(P, N)
+        logp_old = logp if behaviour is policy else _token_logp(behaviour, False)[0]
+        logp_ref = _token_logp(ref, False)[0] if ref is not None else logp_old
+        sum_pi, sum_old = logp.sum(-1), logp_old.sum(-1)  # [P·N]; a row is finite if its sum is (and vice versa
+        # unless the sum overflows: the checks below then look at the row itself)
+        seq_old = (sum_old if sampled is None else sampled.token_logp().sum(-1)).reshape(P, N)
         q = torch.softmax(seq_old, dim=-1)
-        target = logp.sum(-1).reshape(P, N).exp()
+        target = sum_pi.reshape(P, N).exp()
     live = mdp.prompt_probs > 0
     if sampled is not None:
         _check_sampler_support(mdp, q, logp_old, live)
@@ -219,12 +222,13 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
             f"e.g. prompt {x}, response {mdp.responses()[n]}): the expected gradient under π_old cannot see them; "
             "use a behaviour policy with full support on the target's support")
     support = (q > 0).reshape(-1)
-    if ref is not None and not bool(torch.isfinite(logp_ref[support]).all()):
+    if ref is not None and not _rows_finite(logp_ref, logp_ref.sum(-1), support):
         raise ValueError("the reference policy has zero probability on a response in the support of the behaviour "
                          "policy: the KL to π_ref is infinite")
-    _, _, mask, rewards = mdp.stacked()
-    data = _Data(logp, logp_old, logp_ref, mask, rewards, q, mdp.prompt_probs, N, mdp.horizon, graph,
-                 chain_policy=policy)
+    e = mdp.enumerate()
+    mask = e.mask if P == 1 else e.mask.repeat(P, 1)  # [P·N, T] as `TreeMDP.stacked` (no copy for one prompt)
+    data = _Data(logp, logp_old, logp_ref, mask, mdp.rewards.reshape(-1), q, mdp.prompt_probs, N, mdp.horizon,
+                 graph, chain_policy=policy, finite_sums=torch.isfinite(sum_pi) & torch.isfinite(sum_old))
     if sampled is not None:
         data.sampled = sampled
         data.logp_rollout = sampled.reported_token_logp()
@@ -243,6 +247,48 @@ def _check_sampler_support(mdp: TreeMDP, q: Tensor, logp_old: Tensor, live: Tens
                          f"response {mdp.responses()[n]}): the importance ratio π_old/q is undefined there")
 
 
+@dataclass
+class _NodeGraph:
+    """The chain rule at the node level: ``nlp`` = ``[P, S, V]`` node log-probs with their graph to θ; the token
+    log-probs are the gather ``nlp.reshape(P, S·V)[:, flat]`` (``flat`` = node·V + token per response slot)."""
+
+    nlp: Tensor
+    flat: Tensor  # [N·T] long
+    mask: Optional[Tensor] = None  # [N·T] bool, False on padding (None: fixed length, no padding)
+
+
+def _flat_token_index(mdp: TreeMDP) -> Tensor:
+    """``[N·T]`` index node·V + token of every response slot (0 on padding), cached on the tree."""
+    cache = mdp._cache
+    if "flat_token_index" not in cache:
+        e = mdp.enumerate()
+        cache["flat_token_index"] = (e.node_index * mdp.vocab_size + e.tokens).reshape(-1)
+    return cache["flat_token_index"]
+
+
+def _token_logp(policy: Policy, keep_graph: bool) -> tuple[Tensor, Any]:
+    """(``[P·N, T]`` detached token log-probs, what `_chain` needs to apply the chain rule to θ, or None).
+
+    A policy that keeps the generic `Policy.token_logp` (a gather of its node log-probs) is evaluated with one
+    flat ``index_select`` and its chain rule applied at the node level — the same values, bit for bit, without an
+    autograd graph over the ``[P·N, T]`` gather; a policy with its own ``token_logp`` through autograd."""
+    mdp = policy.mdp
+    if type(policy).token_logp is not Policy.token_logp:
+        graph = policy.token_logp() if keep_graph else None
+        with torch.no_grad():
+            return (graph.detach() if graph is not None else policy.token_logp()), graph
+    nlp = policy.node_log_probs() if keep_graph else None
+    with torch.no_grad():
+        src = nlp.detach() if nlp is not None else policy.node_log_probs()  # [P, S, V]
+        P, T = src.shape[0], mdp.horizon
+        flat = _flat_token_index(mdp)
+        tok = src.reshape(P, -1).index_select(1, flat).view(P * mdp.num_responses, T)
+        if not mdp.fixed_length:
+            tok = torch.where(mdp.enumerate().mask.repeat(P, 1), tok, 0.0)  # 0 on padding
+    mask = None if mdp.fixed_length else mdp.enumerate().mask.reshape(-1)
+    return tok, (_NodeGraph(nlp, flat, mask) if keep_graph else None)
+
+
 def make_batch(data: _Data, rows: Tensor, group_size: int):
     """A `RolloutBatch` of the enumerated responses ``rows`` (``[B]`` indices into the stacked enumeration).
 
@@ -254,12 +300,57 @@ def make_batch(data: _Data, rows: Tensor, group_size: int):
                         **extra)
 
 
-def _call(spec: LossSpec, logp: Tensor, batch) -> Tensor:
-    out = spec.loss_fn(logp, batch)
+def _engine_method(spec: LossSpec) -> Any:
+    """The Method whose own ``loss`` ``spec`` runs (``loss_spec(method)``), or None for another callable."""
+    from rlkl.methods import Method
+
+    owner = getattr(spec.loss_fn, "__self__", None)
+    if isinstance(owner, Method) and getattr(spec.loss_fn, "__func__", None) is Method.loss:
+        return owner
+    return None
+
+
+def _call(spec: LossSpec, logp: Tensor, batch, **loss_kwargs) -> Tensor:
+    """The scalar loss of ``spec`` on one batch. Inside the engine's trusted block (values validated once,
+    `_check_support_values`) a Method's loss runs with ``validate=False``: no host sync; the finiteness of the loss
+    is a deferred check (`rlkl._checks.require`)."""
+    method = _engine_method(spec) if values_trusted() else None
+    if method is not None:
+        out = method.loss(logp, batch, validate=False, **loss_kwargs)
+    else:
+        out = spec.loss_fn(logp, batch, **loss_kwargs)
     loss = out[0] if isinstance(out, tuple) else out
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ValueError(f"{spec.name}: loss_fn must return a scalar tensor (or (scalar, diagnostics))")
+    if method is not None:
+        require(torch.isfinite(loss), _raise_nonfinite_loss)
     return loss
+
+
+def _raise_nonfinite_loss() -> None:
+    raise ValueError("loss contains non-finite values (nan/inf); check the log-probs upstream")
+
+
+def _rows_finite(x: Tensor, sums: Tensor, rows: Tensor) -> bool:
+    """True when every row ``rows`` (``[B]`` bool) of ``x`` (``[B, T]``) is finite, read from the row sums ``[B]``
+    (one pass already made), and from the rows themselves only when a sum is not finite (an overflow)."""
+    if bool((torch.isfinite(sums) | ~rows).all()):
+        return True
+    return bool(torch.isfinite(x[rows]).all())
+
+
+def _check_support_values(data: _Data) -> None:
+    """The engine's one validation of the values its trusted loss calls read: the log-probs of every response in
+    the support of a live prompt are finite (the messages of ``Method.loss`` / ``RolloutBatch``)."""
+    rows = ((data.rho > 0)[:, None] & (data.q > 0)).reshape(-1)
+    if data.finite_sums is not None and bool((data.finite_sums | ~rows).all()):
+        return  # every row's sum is finite, so is every entry
+    check_float("logp", data.logp[rows])
+    check_float("logp_old", data.logp_old[rows])
+
+
+def _raise_variable_token_mean() -> None:
+    raise ValueError("token-mean with variable lengths couples the rows of a group; use another route")
 
 
 def _group_factors(spec: LossSpec, mask: Tensor, G: int, per_row_unit: bool) -> Tensor:
@@ -276,8 +367,7 @@ def _group_factors(spec: LossSpec, mask: Tensor, G: int, per_row_unit: bool) -> 
         total = mask.sum().to(torch.float64)
         if per_row_unit:
             lengths = mask.sum(-1).to(torch.float64)
-            if bool((lengths != lengths[0]).any()):
-                raise ValueError("token-mean with variable lengths couples the rows of a group; use another route")
+            require((lengths == lengths[0]).all(), _raise_variable_token_mean)
             return (total / lengths).to(torch.float64)
         per_group = mask.view(-1, G, mask.shape[1]).sum((1, 2)).to(torch.float64)  # [B/G]
         return (total / per_group).repeat_interleave(G)
@@ -285,18 +375,26 @@ def _group_factors(spec: LossSpec, mask: Tensor, G: int, per_row_unit: bool) -> 
     return torch.full((B,), float(n_units), dtype=torch.float64)
 
 
-def _accumulate(spec: LossSpec, data: _Data, rows: Tensor, weights: Tensor, coef: Tensor, G: int,
-                per_row_unit: bool) -> None:
-    """Add Σ_rows weight·∂L_group/∂logp into ``coef`` (``[P·N, T]``) for one chunk of complete groups."""
+def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tensor, coef: Tensor, G: int,
+                per_row_unit: bool, unit_scale: float = 1.0, **loss_kwargs) -> None:
+    """Add Σ_rows weight·∂L_group/∂logp into ``coef`` (``[P·N, T]``) for one chunk of complete groups.
+
+    ``rows``: indices into the stacked enumeration, or a slice of consecutive rows (then the batch holds views, no
+    copies). ``unit_scale`` multiplies the group factors (the first-row route: 1/G)."""
     batch = make_batch(data, rows, G)
-    leaf = data.logp[rows].requires_grad_(True)  # advanced indexing: a fresh leaf, 0 on padding
-    loss = _call(spec, leaf, batch)
+    leaf = data.logp[rows].detach().requires_grad_(True)  # a fresh leaf (a view for a slice), 0 on padding
+    loss = _call(spec, leaf, batch, **loss_kwargs)
     (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
     if g is None:
         return
     factor = _group_factors(spec, batch.mask, G, per_row_unit)
+    if unit_scale != 1.0:
+        factor = factor * unit_scale
     contrib = g * (weights * factor).unsqueeze(1)
-    coef.index_add_(0, rows, contrib)
+    if isinstance(rows, slice):
+        coef[rows] += contrib  # each row once
+    else:
+        coef.index_add_(0, rows, contrib)
 
 
 def _chunks(n_groups: int, G: int, T: int, chunk_slots: int):
@@ -324,10 +422,20 @@ class ExpectedGradient:
     extra: dict = field(default_factory=dict)
 
 
-def _chain(policy: Policy, coef: Tensor, tl: Optional[Tensor] = None) -> Tensor:
-    """Σ_{y,t} coef[y, t]·∇_θ log π_θ(a_t|s_t) (one backward pass through the enumerated log-probs)."""
-    tl = policy.token_logp() if tl is None else tl
-    (g,) = torch.autograd.grad(tl, policy.theta, grad_outputs=coef, allow_unused=True)
+def _chain(policy: Policy, coef: Tensor, tl: Any = None) -> Tensor:
+    """Σ_{y,t} coef[y, t]·∇_θ log π_θ(a_t|s_t) (one backward pass through the enumerated log-probs; at the node
+    level for a `_NodeGraph`: the per-slot coefficients summed into node·token entries, then one backward)."""
+    if isinstance(tl, _NodeGraph):
+        P = tl.nlp.shape[0]
+        grad_nlp = torch.zeros(P, tl.nlp[0].numel(), dtype=coef.dtype)
+        slots = coef.view(P, -1)  # [P, N·T]
+        if tl.mask is not None:  # padding is a constant 0 in the token log-probs: no gradient reaches θ from it
+            slots = torch.where(tl.mask, slots, 0.0)
+        grad_nlp.index_add_(1, tl.flat, slots)
+        outputs, grads = tl.nlp, grad_nlp.view_as(tl.nlp)
+    else:
+        outputs, grads = (policy.token_logp() if tl is None else tl), coef
+    (g,) = torch.autograd.grad(outputs, policy.theta, grad_outputs=grads, allow_unused=True)
     if g is None:
         return torch.zeros_like(policy.theta)
     return g
@@ -349,19 +457,22 @@ def _route_per_sample(spec, data, coef, chunk_slots):
         w_all.append(data.rho[x] * data.q[x, sup])
     rows = torch.cat(rows_all)
     w = torch.cat(w_all)
-    # pad to a multiple of G with zero-weight copies (the batch must hold whole groups)
     n = rows.shape[0]
+    first = int(rows[0])
+    consecutive = int(rows[-1]) - first + 1 == n  # rows are increasing: consecutive iff the span is n
     per = max(G, (chunk_slots // max(1, data.T)) // G * G)
-    count = 0
     for start in range(0, n, per):
-        r = rows[start:start + per]
-        ww = w[start:start + per]
-        pad = (-r.shape[0]) % G
-        if pad:
+        stop = min(n, start + per)
+        ww = w[start:stop]
+        pad = (-(stop - start)) % G
+        if consecutive and not pad:
+            _accumulate(spec, data, slice(first + start, first + stop), ww, coef, G, per_row_unit=True)
+            continue
+        r = rows[start:stop]
+        if pad:  # pad to a multiple of G with zero-weight copies (the batch must hold whole groups)
             r = torch.cat([r, r[:1].repeat(pad)])
             ww = torch.cat([ww, torch.zeros(pad, dtype=ww.dtype)])
         _accumulate(spec, data, r, ww, coef, G, per_row_unit=True)
-        count += 1
     return n
 
 
@@ -429,52 +540,98 @@ def _log_multinomial(ms: Tensor, log_q: Tensor, num_classes: int) -> Tensor:
     return log_coef + term.sum(-1)
 
 
+def _classes(data: _Data, x: int, class_by: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(support, class of each supported response, class probabilities, a representative response per class)."""
+    sup = _support(data, x)
+    qx = data.q[x]
+    if class_by == "reward":
+        values, inv = torch.unique(data.rewards[x * data.N + sup], return_inverse=True)
+        K = values.shape[0]
+        class_q = torch.zeros(K, dtype=torch.float64).index_add_(0, inv, qx[sup])
+        first = torch.full((K,), sup.shape[0], dtype=torch.long).scatter_reduce_(
+            0, inv, torch.arange(sup.shape[0]), "amin")  # first supported response of each class
+        return sup, inv, class_q, sup[first]
+    if class_by == "response":
+        return sup, torch.arange(sup.shape[0]), qx[sup], sup
+    raise ValueError(f"class_by must be 'reward' or 'response', got {class_by!r}")
+
+
+def _other_rows(data: _Data, x: int, sup: Tensor, class_q: Tensor, G: int, class_by: str, max_groups: int
+                ) -> tuple[Tensor, Tensor]:
+    """The multisets of the other G − 1 rows' classes ``[M, G−1]`` with nonzero probability and their
+    multinomial probabilities ``[M]`` (ValueError beyond ``max_groups`` groups)."""
+    K = class_q.shape[0]
+    M = math.comb(K + G - 2, G - 1)
+    count = sup.shape[0] * M
+    if count > max_groups:
+        raise ValueError(f"exchangeable enumeration too large for prompt {x}: {sup.shape[0]} responses × "
+                         f"C({K}+{G}-2, {G}-1) = {M:,} multisets of the other G−1 rows ({class_by} classes) = "
+                         f"{count:,} groups > max_groups={max_groups:,}")
+    ms = _multisets(K, G - 1)  # [M, G−1]
+    log_pm = _log_multinomial(ms, torch.log(class_q), K)  # [M]
+    keep = torch.isfinite(log_pm)
+    return ms[keep], log_pm[keep].exp()
+
+
 def _route_exchangeable(spec, data, coef, class_by, max_groups, chunk_slots):
     G = spec.group_size
     P, N = data.q.shape
+    first_rows = _first_row_method(spec, class_by)
     total = 0
     for x in range(P):
         if data.rho[x] == 0:
             continue
-        sup = _support(data, x)
-        qx = data.q[x]
-        if class_by == "reward":
-            r = data.rewards[x * N + sup]
-            values, inv = torch.unique(r, return_inverse=True)
-            K = values.shape[0]
-            class_q = torch.zeros(K, dtype=torch.float64).index_add_(0, inv, qx[sup])
-            reps = torch.empty(K, dtype=torch.long)
-            for c in range(K):
-                reps[c] = sup[(inv == c).nonzero()[0, 0]]
-        elif class_by == "response":
-            K = sup.shape[0]
-            class_q = qx[sup]
-            reps = sup
-        else:
-            raise ValueError(f"class_by must be 'reward' or 'response', got {class_by!r}")
-        M = math.comb(K + G - 2, G - 1)
-        count = sup.shape[0] * M
-        if count > max_groups:
-            raise ValueError(f"exchangeable enumeration too large for prompt {x}: {sup.shape[0]} responses × "
-                             f"C({K}+{G}-2, {G}-1) = {M:,} multisets of the other G−1 rows ({class_by} classes) = "
-                             f"{count:,} groups > max_groups={max_groups:,}")
-        ms = _multisets(K, G - 1)  # [M, G−1]
-        log_pm = _log_multinomial(ms, torch.log(class_q), K)  # [M]
-        keep = torch.isfinite(log_pm)
-        ms, pm = ms[keep], log_pm[keep].exp()
+        sup, inv, class_q, reps = _classes(data, x, class_by)
+        ms, pm = _other_rows(data, x, sup, class_q, G, class_by, max_groups)
+        n1, Mk = sup.shape[0], ms.shape[0]
+        w1 = (data.rho[x] * data.q[x][sup]).repeat_interleave(Mk) * pm.repeat(n1) * G  # row-1 weight (× G: symmetry)
+        total += n1 * Mk
+        if first_rows is not None:
+            _first_rows_of_prompt(spec, first_rows, data, coef, x, sup, inv, reps, ms, w1, chunk_slots)
+            continue
         others = x * N + reps[ms]  # [M, G−1]
-        n1 = sup.shape[0]
-        Mk = ms.shape[0]
         first = (x * N + sup).repeat_interleave(Mk)  # [n1·M]
-        rest = others.repeat(n1, 1)  # [n1·M, G−1]
-        rows = torch.cat([first.unsqueeze(1), rest], dim=1)  # [n1·M, G]
-        w1 = (data.rho[x] * qx[sup]).repeat_interleave(Mk) * pm.repeat(n1) * G  # row-1 weight (× G: symmetry)
+        rows = torch.cat([first.unsqueeze(1), others.repeat(n1, 1)], dim=1)  # [n1·M, G]
         weights = torch.zeros(rows.shape[0], G, dtype=torch.float64)
         weights[:, 0] = w1
-        total += rows.shape[0]
         for a, b in _chunks(rows.shape[0], G, data.T, chunk_slots):
             _accumulate(spec, data, rows[a:b].reshape(-1), weights[a:b].reshape(-1), coef, G, per_row_unit=False)
     return total
+
+
+def _first_row_method(spec: LossSpec, class_by: str) -> Any:
+    """The Method whose row-1 loss the exchangeable reward route can evaluate alone, or None.
+
+    When row 1's gradient depends on the other rows only through their rewards (coupling ``"rewards"``) and the
+    advantage has no token step (the identity `Advantage.token_step`: REINFORCE++'s whitening reads the other rows'
+    token advantages), only row 1 of each group carries weight: its sequence advantage comes from the group's
+    rewards, and its loss is evaluated on a batch of first rows alone (``Method.loss(..., sequence_advantages=)``)
+    — 1/G of the rows the full groups have."""
+    from rlkl.components import Advantage
+
+    method = _engine_method(spec)
+    if method is None or class_by != "reward" or spec.coupling != "rewards":
+        return None
+    return method if type(method.advantage).token_step is Advantage.token_step else None
+
+
+def _first_rows_of_prompt(spec, method, data, coef, x, sup, inv, reps, ms, w1, chunk_slots) -> None:
+    """Row 1 of every (response, multiset of the others' reward classes) group of prompt ``x``, G − 1 rows fewer per
+    group: the sequence advantage of row 1 for each (row-1 class, multiset) pair, then the first rows in chunks."""
+    G, N, T = spec.group_size, data.N, data.T
+    K, Mk = reps.shape[0], ms.shape[0]
+    values = data.rewards[x * N + reps]  # [K] reward of each class
+    lengths = data.mask[x * N + reps].sum(-1).to(values.dtype)  # [K] (read only by length-aware advantages)
+    cls = torch.cat([torch.arange(K).repeat_interleave(Mk).unsqueeze(1), ms.repeat(K, 1)], dim=1)  # [K·M, G]
+    adv = method.advantage.compute(values[cls].reshape(-1), G, lengths[cls].reshape(-1))  # [K·M·G]
+    adv1 = adv.view(K, Mk, G)[:, :, 0][inv].reshape(-1)  # [n1·M] row-1 advantage of each entry
+    rows1 = (x * N + sup).repeat_interleave(Mk)  # [n1·M]
+    per = max(1, chunk_slots // max(1, T))
+    for a in range(0, rows1.shape[0], per):
+        b = min(rows1.shape[0], a + per)
+        # a batch of first rows: its units are rows, the group's are groups of G rows (factor 1/G)
+        _accumulate(spec, data, rows1[a:b], w1[a:b], coef, 1, per_row_unit=True, unit_scale=1.0 / G,
+                    sequence_advantages=adv1[a:b])
 
 
 def choose_route(spec: LossSpec, mdp: TreeMDP, max_groups: int = DEFAULT_MAX_GROUPS) -> tuple[str, Optional[str]]:
@@ -534,27 +691,35 @@ def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, c
         route, auto_class = choose_route(spec, mdp, max_groups)
         class_by = class_by or auto_class
     coef = torch.zeros_like(data.logp)
+    if _engine_method(spec) is None:  # a callable: called as it is, on batches it validates itself
+        n, class_by = _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots)
+    else:  # a Method: its values validated once here, its loss calls trusted (no host sync), checks deferred
+        _check_support_values(data)
+        with deferring(), trusted():
+            n, class_by = _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots)
+    grad = _chain(policy, coef, data.logp_graph)
+    return ExpectedGradient(grad, coef, route if route != "exchangeable" else f"exchangeable[{class_by}]", n,
+                            time.perf_counter() - t0)
+
+
+def _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots) -> tuple[int, Optional[str]]:
+    """Accumulate the route's coefficients into ``coef``; returns (groups or rows evaluated, class_by)."""
     if route == "per_sample":
         if spec.coupling != "none":
             raise ValueError(f"route 'per_sample' needs a row-separable loss; {spec.name} has coupling {spec.coupling!r}")
-        n = _route_per_sample(spec, data, coef, chunk_slots)
-    elif route == "tuples":
-        n = _route_tuples(spec, data, coef, max_groups, chunk_slots, loop=spec.aggregation is None)
-    elif route == "loop":
-        n = _route_tuples(spec, data, coef, max_groups, chunk_slots, loop=True)
-    elif route == "exchangeable":
+        return _route_per_sample(spec, data, coef, chunk_slots), class_by
+    if route == "tuples":
+        return _route_tuples(spec, data, coef, max_groups, chunk_slots, loop=spec.aggregation is None), class_by
+    if route == "loop":
+        return _route_tuples(spec, data, coef, max_groups, chunk_slots, loop=True), class_by
+    if route == "exchangeable":
         if spec.coupling == "batch" or spec.aggregation is None:
             raise ValueError("route 'exchangeable' needs a known aggregation and group-local coupling")
         cb = class_by or ("reward" if spec.coupling in ("none", "rewards") else "response")
         if cb == "reward" and spec.coupling == "full":
             raise ValueError(f"{spec.name}: rows couple beyond rewards (coupling 'full'); use class_by='response'")
-        n = _route_exchangeable(spec, data, coef, cb, max_groups, chunk_slots)
-        class_by = cb
-    else:
-        raise ValueError(f"unknown route {route!r}")
-    grad = _chain(policy, coef, data.logp_graph)
-    return ExpectedGradient(grad, coef, route if route != "exchangeable" else f"exchangeable[{class_by}]", n,
-                            time.perf_counter() - t0)
+        return _route_exchangeable(spec, data, coef, cb, max_groups, chunk_slots), cb
+    raise ValueError(f"unknown route {route!r}")
 
 
 def brute_force_expected_gradient(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy] = None,

@@ -27,6 +27,7 @@ or real.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -406,12 +407,24 @@ class TreeMDP:
 SMALL_PROBLEM_SLOTS = 200_000
 
 
+def other_cores_busy() -> bool:
+    """True when the 1-minute load average shows the other cores taken: load >= cores − 0.5 (this process counts
+    about 1). A pool of intra-op threads then waits on preempted workers (measured: 2 threads 2.4× slower than 1
+    on a loaded 2-core machine, ``rlkl bench exact_engine``)."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # no load average on this platform: assume idle
+        return False
+    return load >= (os.cpu_count() or 1) - 0.5
+
+
 @contextlib.contextmanager
 def threads_for(mdp: "TreeMDP"):
-    """Run small enumerations on one intra-op thread (restored afterwards); large ones keep the setting."""
+    """Run an enumeration on one intra-op thread (restored afterwards) when it is small or when the machine's other
+    cores are busy (`other_cores_busy`); a large one on an idle machine keeps the setting."""
     slots = mdp.num_prompts * mdp.num_responses * mdp.horizon
     prev = torch.get_num_threads()
-    if slots >= SMALL_PROBLEM_SLOTS or prev == 1:
+    if prev == 1 or (slots >= SMALL_PROBLEM_SLOTS and not other_cores_busy()):
         yield
         return
     torch.set_num_threads(1)
