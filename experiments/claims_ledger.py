@@ -6,7 +6,10 @@ the tests and the frontier experiment). Each sub-command prints the numbers its 
     .venv/bin/python experiments/claims_ledger.py groups RUN_DIR...     # group std (update size) and silent groups
 
 RUN_DIR is an `rlkl train` run directory (its final checkpoint is the policy, its reference π_ref); `rb_kl` needs the
-divisor task (every response enumerated). Results are printed as one line per run, ordered by exact KL.
+divisor task (every response enumerated). Results are printed as one line per run; ``--over_seeds`` then prints,
+per (method, β, K, unclipped), the mean and 95 % percentile-bootstrap interval over the runs' seeds of every number:
+
+    .venv/bin/python experiments/claims_ledger.py k3_gap runs/exp/frontier/runs/grpo-b*-s* --over_seeds
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ import json
 from pathlib import Path
 
 import torch
+
+
+def _settings(run_dir: str) -> dict:
+    """K (updates per batch) and the clip switch of a run, from its config.json (to group runs over seeds)."""
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    return {"K": int(cfg.get("updates_per_batch") or 1), "unclipped": bool(cfg.get("unclipped"))}
 
 
 def _load(run_dir: str):
@@ -117,19 +126,40 @@ def groups(run_dir: str) -> dict:
                 r["group_std_mean"] for r in train[-10:]) / 10}
 
 
+def over_seeds(results: list[dict]) -> list[dict]:
+    """One row per configuration (method, β, K, unclipped): every numeric field as (mean, low, high) over seeds."""
+    from rlkl.experiments.lm_frontier import bootstrap_ci
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["beta"], r.get("K", 1), r.get("unclipped", False)), []).append(r)
+    out = []
+    for (method, beta, k, unclipped), rows in groups.items():
+        nums = {f: bootstrap_ci([x[f] for x in rows]) for f, v in rows[0].items()
+                if isinstance(v, float) and f != "beta"}
+        out.append({"method": method, "beta": beta, "K": k, "unclipped": unclipped, "n_seeds": len(rows), **nums})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["rb_kl", "k3_gap", "groups"])
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--over_seeds", action="store_true", help="also print mean [95%% bootstrap interval] per config")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     fn = {"rb_kl": rb_vs_mc, "k3_gap": k3_gradient_gap, "groups": groups}[args.what]
-    res = [{"run": r, **fn(r)} for r in args.run_dirs]
+    res = [{"run": r, **_settings(r), **fn(r)} for r in args.run_dirs]
     for r in res:
         print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    agg = over_seeds(res) if args.over_seeds else []
+    for a in agg:
+        print(f"{a['method']} β={a['beta']:g} K={a['K']}{' unclipped' if a['unclipped'] else ''} "
+              f"({a['n_seeds']} seeds): " + "  ".join(f"{k}={v[0]:.4g} [{v[1]:.4g}, {v[2]:.4g}]" for k, v in
+                                                      a.items() if isinstance(v, tuple)))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"runs": res, "over_seeds": agg} if agg else res, indent=1) + "\n")
     return 0
 
 

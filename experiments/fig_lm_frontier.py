@@ -1,7 +1,7 @@
 """Figure 10 data: the LM frontiers (``experiments/lm_frontier.py``): reward, entropy, odds and forward KL against
 exact KL(π‖π_ref) over a β sweep per method, with bootstrap intervals over seeds, and the analytic optimum.
 
-Full mode runs that experiment (divisor task, cpu_tiny, 11 variants × 5 β × 5 seeds; about an hour on 2 cores)
+Full mode runs that experiment (divisor task, cpu_tiny, 11 variants × 4 β × 5 seeds; about an hour on 2 cores)
 into ``<out_dir>/frontier_run`` — or, when ``RLKL_FRONTIER_RUN`` names a finished run dir of it, re-analyses that
 one (no training). Quick mode runs a tiny version with the same library calls (a 60-step SFT reference, two
 variants × two β × two seeds × 4 RL steps): a smoke test of the pipeline, not evidence.

@@ -3,7 +3,8 @@
 reward against exact sequence KL(π‖π_ref) and (b) against the per-token KL, with the analytic optimum π*_β ∝
 π_ref·e^{R/β} as the best reachable frontier (black); (c) sequence entropy, (d) the odds distance among correct
 answers (0 at every KL-regularized optimum), (e) forward against reverse KL, all against the reverse KL; (f) each
-method's KL to the optimum of its own claimed objective against β. Legends use registry method names."""
+method's KL to the optimum of its own claimed objective against β. Legends use registry method names; panel (a)
+writes β next to the grpo points (all variants share the β grid, named in the legend title)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
 
 from rlkl.experiments import read_json
-from rlkl.plotting import apply_style, panel_label, save
+from rlkl.plotting import MIN_FONT, apply_style, panel_label, save
 
 PALETTE = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#882255", "#44AA99",
            "#999933", "#AA4499", "#6699CC")
@@ -74,6 +75,20 @@ def _own_optimum(ax, d, styles, labels):
     ax.xaxis.set_major_formatter(LogFormatterSciNotation())
 
 
+#: the variant whose points carry their β in panel (a) (every variant shares the β grid; the legend names it)
+BETA_LABELLED = "grpo"
+
+
+def _beta_labels(ax, d, name, styles):
+    """Write β next to each point of one variant (panel a), so the order of β along every curve is readable."""
+    _, x = _series(d, name, "kl_rev_seq")
+    betas, y = _series(d, name, "reward")
+    for b, xi, yi in zip(betas, x[:, 0], y[:, 0]):
+        if np.isfinite(xi) and np.isfinite(yi):
+            ax.annotate(f"β={b:g}", (xi, yi), xytext=(4, -10), textcoords="offset points", fontsize=MIN_FONT,
+                        color=styles[name]["color"])
+
+
 def plot(data_path, out_stem):
     d = read_json(data_path)
     names, front = d["names"], d.get("optimum_frontier")
@@ -90,6 +105,8 @@ def plot(data_path, out_stem):
                 _errorbar(ax, x, y, styles[n], labels[n])
                 x_max, y_max = max(x_max, np.nanmax(x)), max(y_max, np.nanmax(y))
         _optimum(ax, front, xkey, ykey, x_max)
+        if letter == "a":
+            _beta_labels(ax, d, BETA_LABELLED if BETA_LABELLED in names else names[-1], styles)
         if ykey == "kl_fwd_seq":  # the optimum's forward KL explodes as β -> 0: keep the data in view
             ax.set_ylim(0, 1.25 * y_max if y_max > 0 else 1)
         ax.set(xlabel=xl, ylabel=yl)
@@ -100,7 +117,10 @@ def plot(data_path, out_stem):
         axes.flat[5].axis("off")
     panel_label(axes.flat[5], "f")
     handles, labs = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labs, loc="outside lower center", ncol=4, fontsize=8)
+    betas = ", ".join(f"{b:g}" for b in d["args"]["betas"])
+    fig.legend(handles, labs, loc="outside lower center", ncol=4, fontsize=8,
+               title=f"registry method; one point per β ∈ {{{betas}}} (no_kl: one point), β written on {BETA_LABELLED} in (a)",
+               title_fontsize=8)
     a = d["args"]
     quick = "quick" in d.get("mode", "")
     fig.suptitle(("QUICK SMOKE RUN (not evidence): " if quick else "") +

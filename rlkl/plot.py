@@ -5,7 +5,7 @@ with the β actually used) and ``metrics.jsonl`` (one JSON row per step; evaluat
 definitions in docs/metrics.md). The default panels are the training reward, eval pass@1 and pass@k (largest k
 logged), the exact sequence KL(π‖π_ref) and the exact token entropy on the eval prompts, and the total clip fraction
 (low + high + dual). ``--keys`` plots any logged keys instead. The legend names each run by its registry method and
-β (and its seed, and the run dir when those are not unique).
+β (with K and "unclipped" where the run set them; and its seed, and the run dir when those are not unique).
 
     rlkl plot runs/train/grpo runs/train/frpo                 # -> runs/plot/curves.png and .pdf
     rlkl plot runs/exp/*/runs/* --out runs/plot/all --smooth 10
@@ -33,17 +33,20 @@ DEFAULT_PANELS = (("reward_mean", "training reward"),
 
 @dataclass(frozen=True)
 class Run:
-    """One run dir as read back: its name, the method and β it trained with, its seed and metric rows."""
+    """One run dir as read back: its name, the method and β it trained with, its seed and metric rows; ``settings``
+    names the TrainConfig choices that change the method's loss (K updates per batch, the clip removed)."""
 
     path: Path
     method: str
     beta: float | None
     seed: int | None
     rows: tuple[dict, ...]
+    settings: tuple[str, ...] = ()
 
     def label(self, with_seed: bool, with_dir: bool) -> str:
         beta = "β=?" if self.beta is None else f"β={self.beta:g}"
-        out = f"{self.method}, {beta}"
+        name = f"{self.method} ({', '.join(self.settings)})" if self.settings else self.method
+        out = f"{name}, {beta}"
         if with_seed and self.seed is not None:
             out += f", seed {self.seed}"
         if with_dir:
@@ -72,7 +75,18 @@ def load_run(run_dir: str | Path) -> Run:
     beta = config.get("beta")
     if beta is None:  # config.json keeps None when the registry default was used: the β is in method.json
         beta = method.get("beta")
-    return Run(path, str(name), None if beta is None else float(beta), config.get("seed"), tuple(rows))
+    return Run(path, str(name), None if beta is None else float(beta), config.get("seed"), tuple(rows),
+               _settings(config))
+
+
+def _settings(config: dict) -> tuple[str, ...]:
+    """The loss-changing TrainConfig choices of a run, as legend text: ``K=4`` (updates per batch), ``unclipped``."""
+    out = []
+    if int(config.get("updates_per_batch") or 1) > 1:
+        out.append(f"K={int(config['updates_per_batch'])}")
+    if config.get("unclipped"):
+        out.append("unclipped")
+    return tuple(out)
 
 
 def _read_json(path: Path) -> dict:
@@ -108,7 +122,7 @@ def series(run: Run, key: str) -> tuple[list[int], list[float]]:
 def labels(runs: list[Run]) -> list[str]:
     """Legend entry of each run: "method, β=…", plus the seed when runs share method and β, plus the run dir
     name when that is still not unique."""
-    seeds_differ = len({(r.method, r.beta) for r in runs}) < len(runs)
+    seeds_differ = len({(r.method, r.settings, r.beta) for r in runs}) < len(runs)
     out = [r.label(with_seed=seeds_differ, with_dir=False) for r in runs]
     if len(set(out)) < len(out):
         out = [r.label(with_seed=seeds_differ, with_dir=True) for r in runs]

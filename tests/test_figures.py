@@ -133,3 +133,21 @@ def test_plot_rejects_what_is_not_a_run_dir(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"step": 0}\nnot json\n')
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "metrics.jsonl:2 is not a JSON row" in capsys.readouterr().err
+
+
+def test_plot_labels_name_k_and_unclipped(tmp_path):
+    """Frontier runs of one RPG method with and without its clip get distinct labels without the dir name."""
+    from rlkl.plot import labels, load_run
+
+    dirs = []
+    for name, extra in (("clip", {"updates_per_batch": 4}), ("noclip", {"updates_per_batch": 4, "unclipped": True}),
+                        ("k1", {})):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = {"method": "rpg_reinforce_urkl", "beta": 0.3, "seed": 0, "updates_per_batch": 1, "unclipped": False}
+        (d / "config.json").write_text(json.dumps({**cfg, **extra}))
+        (d / "metrics.jsonl").write_text('{"step": 0, "eval_pass@1": 0.5}\n')
+        dirs.append(d)
+    got = labels([load_run(d) for d in dirs])
+    assert got == ["rpg_reinforce_urkl (K=4), β=0.3", "rpg_reinforce_urkl (K=4, unclipped), β=0.3",
+                   "rpg_reinforce_urkl, β=0.3"]
