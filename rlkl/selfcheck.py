@@ -203,7 +203,8 @@ _RULES = [
      "3.2, 3.6, Alg. 2; docs/theory.md T14, T17", "check_rpg_rule"),
     ("RPG-Style Clip (Alg. 1): loss value with the regularized advantage", "RPG arXiv 2505.17508 Alg. 1; "
      "docs/theory.md T17", "check_rpg_clip_value_rule"),
-    ("w_G, U_G, U' = brute force, 24-node quadrature, autograd", "FRPO arXiv 2601.10201 Prop. 3.1; docs/theory.md T12",
+    ("w_G, U_G, U', E[A_1|r_1] = brute force, 24-node quadrature, autograd",
+     "FRPO arXiv 2601.10201 Prop. 3.1; docs/theory.md T12",
      "check_utility_rule"),
     ("unclipped(): PPO, CISPO, GSPO give -A*ratio on every token", "Schulman et al. arXiv 1707.06347; "
      "docs/theory.md T17", "check_unclipped_rule"),
@@ -577,6 +578,27 @@ def check_utility_rule(seeds) -> float:
     q = torch.tensor([0.1, 0.37, 0.5, 0.9], dtype=torch.float64).requires_grad_()
     (d,) = torch.autograd.grad((2 * torch.asin(torch.sqrt(q))).sum(), q)
     errs.append(_rel(grpo_utility_grad(q.detach()), d))
+    return max(errs + [_conditional_means_error()])
+
+
+def _conditional_means_error() -> float:
+    """conditional_advantage_means (any equivariant advantage) against E[A_1 | r_1] summed over every G-tuple."""
+    from rlkl.utility import conditional_advantage_means
+
+    def skewed(r: torch.Tensor) -> torch.Tensor:  # equivariant, not symmetric in r: r_i·(1 + Σ r) − mean(r)
+        rows = [[x * (1.0 + sum(row)) - sum(row) / len(row) for x in row] for row in r.tolist()]
+        return torch.tensor(rows, dtype=torch.float64)
+
+    errs = []
+    for G in (2, 3, 4):
+        for p in (0.2, 0.55):
+            ref = {1.0: 0.0, 0.0: 0.0}
+            for r in itertools.product((0.0, 1.0), repeat=G):
+                prob_rest = p ** sum(r[1:]) * (1 - p) ** (G - 1 - sum(r[1:]))  # P(r_2..r_G)
+                ref[r[0]] += prob_rest * float(skewed(torch.tensor([r], dtype=torch.float64))[0, 0])
+            got = conditional_advantage_means(p, G, skewed)
+            errs += [abs(got[0] - ref[1.0]) / max(abs(ref[1.0]), 1e-12), abs(got[1] - ref[0.0]) / max(abs(ref[0.0]),
+                                                                                                     1e-12)]
     return max(errs)
 
 
