@@ -686,7 +686,8 @@ def _all_components() -> dict[str, type]:
     while todo:
         cls = todo.pop()
         for sub in cls.__subclasses__():
-            out[sub.__name__] = sub
+            if not sub.__name__.startswith("_"):  # private bases (e.g. _TruncatedIS) are not kinds
+                out[sub.__name__] = sub
             todo.append(sub)
     return out
 
@@ -794,7 +795,37 @@ class NoCorrection(RolloutCorrection):
 
 
 @dataclass(frozen=True)
-class TokenTIS(RolloutCorrection):
+class _TruncatedIS(RolloutCorrection):
+    """Truncated IS, w = clamp(ratio, floor, cap), at the level of the subclass (shared fields and answers).
+
+    Attributes:
+      cap: C > 1 or None; floor: in (0, 1) or None.
+    """
+
+    bound_term: ClassVar[str | None] = "cap_truncation"
+    _spec_name: ClassVar[str] = ""
+    cap: float | None = 2.0
+    floor: float | None = None
+
+    def __post_init__(self):
+        _check_cap(self, "cap")
+        _check_floor(self, "floor")
+
+    @property
+    def bounded(self) -> bool:
+        return self.cap is not None or self.floor is not None
+
+    def uncapped(self) -> "_TruncatedIS":
+        return type(self)(None, None)
+
+    def spec(self) -> str:
+        if not self.bounded:
+            return f"{self._spec_name}_is"
+        return f"{self._spec_name}_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
+
+
+@dataclass(frozen=True)
+class TokenTIS(_TruncatedIS):
     """Token-level truncated IS: w_t = clamp(ρ_t, floor, cap) (``rlkl.sampling.token_is_weights``).
 
     verl ``algorithm.rollout_correction.rollout_is=token`` with ``rollout_is_threshold`` = cap (default 2.0); TRL
@@ -805,32 +836,14 @@ class TokenTIS(RolloutCorrection):
       cap: C > 1 or None; floor: in (0, 1) or None.
     """
 
-    bound_term: ClassVar[str | None] = "cap_truncation"
-    cap: float | None = 2.0
-    floor: float | None = None
-
-    def __post_init__(self):
-        _check_cap(self, "cap")
-        _check_floor(self, "floor")
+    _spec_name: ClassVar[str] = "token"
 
     def weights(self, log_ratio, mask):
         return _sampling().token_is_weights(log_ratio, mask, self.cap, self.floor)
 
-    @property
-    def bounded(self) -> bool:
-        return self.cap is not None or self.floor is not None
-
-    def uncapped(self) -> "TokenTIS":
-        return TokenTIS(None, None)
-
-    def spec(self) -> str:
-        if not self.bounded:
-            return "token_is"
-        return f"token_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
-
 
 @dataclass(frozen=True)
-class SequenceTIS(RolloutCorrection):
+class SequenceTIS(_TruncatedIS):
     """Sequence-level truncated IS: w_i = clamp(Π_t ρ_{i,t}, floor, cap) on every token of row i.
 
     verl ``rollout_is=sequence``; TRL ``vllm_importance_sampling_mode="sequence_truncate"``. ``cap=None``: plain
@@ -840,28 +853,10 @@ class SequenceTIS(RolloutCorrection):
       cap: C > 1 or None; floor: in (0, 1) or None.
     """
 
-    bound_term: ClassVar[str | None] = "cap_truncation"
-    cap: float | None = 2.0
-    floor: float | None = None
-
-    def __post_init__(self):
-        _check_cap(self, "cap")
-        _check_floor(self, "floor")
+    _spec_name: ClassVar[str] = "seq"
 
     def weights(self, log_ratio, mask):
         return _sampling().sequence_is_weights(log_ratio, mask, self.cap, self.floor)
-
-    @property
-    def bounded(self) -> bool:
-        return self.cap is not None or self.floor is not None
-
-    def uncapped(self) -> "SequenceTIS":
-        return SequenceTIS(None, None)
-
-    def spec(self) -> str:
-        if not self.bounded:
-            return "seq_is"
-        return f"seq_tis:{_fmt(self.cap) if self.floor is None else _fmt(self.floor, self.cap)}"
 
 
 @dataclass(frozen=True)
