@@ -40,3 +40,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def ref_path(tmp_path_factory):
+    """A small noisy-SFT reference on 1-digit addition (a few seconds on one core), shared by the LM tests; a
+    module that needs another reference defines its own ``ref_path`` (test_lm_runs.py, test_lm_train_methods.py)."""
+    from rlkl.lm.sft import SFTConfig, train_sft
+
+    out = tmp_path_factory.mktemp("ref")
+    cfg = SFTConfig(task="addition", difficulty=1, n_layer=1, n_head=2, d_model=32, steps=300, batch_size=64, lr=1e-2,
+                    warmup_steps=10, noise_rate=0.3, eval_prompts=6, eval_samples=4, eval_every=300, num_threads=1)
+    train_sft(cfg, out, progress=False)
+    return str(out / "reference.pt")

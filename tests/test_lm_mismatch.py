@@ -10,22 +10,12 @@ import torch
 
 from rlkl.lm.metrics import mismatch_metrics
 from rlkl.lm.model import sample, sample_engine
-from rlkl.lm.sft import SFTConfig, load_reference, train_sft
+from rlkl.lm.sft import load_reference
 from rlkl.lm.train import TrainConfig, build_method, build_sampler, collect_rollout, compute_loss, train
 from rlkl.methods import get_method
 from rlkl.sampling import Sampler, kept_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def ref_path(tmp_path_factory):
-    """A small noisy-SFT reference on 1-digit addition (a few seconds on one core)."""
-    out = tmp_path_factory.mktemp("ref")
-    cfg = SFTConfig(task="addition", difficulty=1, n_layer=1, n_head=2, d_model=32, steps=300, batch_size=64, lr=1e-2,
-                    warmup_steps=10, noise_rate=0.3, eval_prompts=6, eval_samples=4, eval_every=300, num_threads=1)
-    train_sft(cfg, out, progress=False)
-    return str(out / "reference.pt")
 
 
 def _cfg(ref_path, **kw):

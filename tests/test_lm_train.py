@@ -19,16 +19,6 @@ from rlkl.methods import Method, RolloutBatch, get_method
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in the root conftest.py
 
 
-@pytest.fixture(scope="module")
-def ref_path(tmp_path_factory):
-    """A small noisy-SFT reference on 1-digit addition (a few seconds on one core)."""
-    out = tmp_path_factory.mktemp("ref")
-    cfg = SFTConfig(task="addition", difficulty=1, n_layer=1, n_head=2, d_model=32, steps=300, batch_size=64, lr=1e-2,
-                    warmup_steps=10, noise_rate=0.3, eval_prompts=6, eval_samples=4, eval_every=300, num_threads=1)
-    train_sft(cfg, out, progress=False)
-    return str(out / "reference.pt")
-
-
 def _cfg(ref_path, **kw):
     base = dict(method="grpo", task="addition", difficulty=1, ref=ref_path, steps=4, prompts_per_step=4, group_size=4,
                 lr=1e-3, warmup_steps=2, eval_every=2, eval_prompts=6, eval_samples=4, checkpoint_every=100,
