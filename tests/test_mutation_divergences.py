@@ -70,6 +70,10 @@ def test_registry_name_round_trips(name):
 def test_alpha_names():
     assert get_f_divergence("alpha", 0.5).name == "alpha=0.5"
     assert get_f_divergence("alpha=2").name == "alpha=2" and get_f_divergence("alpha=-1.5").name == "alpha=-1.5"
+    # everything after the first "=" is the number: "alpha=0.5=2" is not a number (not α = 0.5, 2 or 1)
+    for bad in ("alpha=0.5=2", "alpha=1=0.5"):
+        with pytest.raises(ValueError, match="must be a number"):
+            get_f_divergence(bad)
 
 
 @pytest.mark.parametrize("name", list(F_MP))
