@@ -85,6 +85,12 @@ class CharTokenizer:
         return "".join(out)
 
 
+@functools.lru_cache(maxsize=None)
+def _tokenizer(alphabet: str) -> CharTokenizer:
+    """One shared tokenizer per alphabet (the verifier asks for it on every rollout)."""
+    return CharTokenizer(alphabet)
+
+
 def split_hash(keys: torch.Tensor, split_seed: int) -> torch.Tensor:
     """Deterministic hash of int64 problem keys in [0, 1000) (two Lehmer rounds mod 2^31 - 1)."""
     h = keys.remainder(_HASH_M)  # [n] < 2^31, so products below stay < 2^62 (no int64 overflow)
@@ -151,7 +157,7 @@ class Task:
     # ---- shared machinery -------------------------------------------------------------------------
     @property
     def tokenizer(self) -> CharTokenizer:
-        return CharTokenizer(self.alphabet)
+        return _tokenizer(self.alphabet)
 
     @property
     def vocab_size(self) -> int:
