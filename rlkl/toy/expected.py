@@ -165,13 +165,54 @@ def loss_spec(method_or_fn: Any, mdp: TreeMDP, group_size: Optional[int] = None,
 
 
 # ------------------------------------------------------------------------------------------------ data
+class _Tokens:
+    """The ``[P·N, T]`` token log-probs of one policy (detached; 0 on padding), read a chunk of rows at a time.
+
+    For a policy with the generic `Policy.token_logp` (a gather of its node log-probs) only the node table
+    ``[P, S·V]`` is kept and each chunk gathers its own rows (`rows`): the same values, bit for bit, as the whole
+    array, which is built only when read whole (`full`). Another policy gives the whole array at once."""
+
+    __slots__ = ("table", "flat", "mask", "N", "T", "_full")
+
+    def __init__(self, table: Optional[Tensor], flat: Optional[Tensor], mask: Optional[Tensor], N: int, T: int,
+                 full: Optional[Tensor] = None):
+        self.table, self.flat, self.mask, self.N, self.T, self._full = table, flat, mask, N, T, full
+
+    def full(self) -> Tensor:
+        if self._full is None:
+            P = self.table.shape[0]
+            self._full = self.rows(slice(0, P * self.N))
+        return self._full
+
+    def rows(self, rows: Tensor | slice) -> Tensor:
+        """``[B, T]`` the rows ``rows`` (indices b = x·N + n, or a slice of consecutive rows)."""
+        if self._full is not None:
+            return self._full[rows]
+        P, N, T = self.table.shape[0], self.N, self.T
+        if isinstance(rows, slice) and P == 1:
+            idx = self.flat[rows.start * T:rows.stop * T]  # a view: no index is built
+            mask = None if self.mask is None else self.mask[rows]
+        else:
+            if isinstance(rows, slice):
+                rows = torch.arange(rows.start, rows.stop)
+            x = torch.div(rows, N, rounding_mode="floor")
+            n = rows - x * N
+            idx = (self.flat.view(N, T)[n] + (x * self.table.shape[1]).unsqueeze(1)).reshape(-1)
+            mask = None if self.mask is None else self.mask[n]
+        tok = self.table.view(-1).index_select(0, idx).view(-1, T)
+        return tok if mask is None else torch.where(mask, tok, 0.0)  # 0 on padding
+
+
 @dataclass
 class _Data:
-    """Stacked enumeration data of the three policies (rows b = x·N + n)."""
+    """Stacked enumeration data of the three policies (rows b = x·N + n).
 
-    logp: Tensor  # [P·N, T] current policy, detached
-    logp_old: Tensor  # [P·N, T]
-    logp_ref: Tensor  # [P·N, T]
+    ``logp`` / ``logp_old`` / ``logp_ref`` are the ``[P·N, T]`` arrays, built when first read; the routes read
+    their chunks with `take` (gathered from the node tables, no ``[P·N, T]`` array at all)."""
+
+    tok: _Tokens  # current policy, detached
+    tok_old: _Tokens
+    tok_ref: _Tokens
     mask: Tensor  # [P·N, T]
     rewards: Tensor  # [P·N]
     q: Tensor  # [P, N] behaviour distribution (normalized)
@@ -184,6 +225,23 @@ class _Data:
     chain_policy: Optional[Policy] = None  # the policy whose token log-probs the loss sees (π_θ, or π_θ^K replayed)
     sampled: Optional[Policy] = None  # the behaviour distribution q when a sampler is given
     finite_sums: Optional[Tensor] = None  # [P·N] bool: the row sums of logp and logp_old are finite
+
+    @property
+    def logp(self) -> Tensor:
+        return self.tok.full()
+
+    @property
+    def logp_old(self) -> Tensor:
+        return self.tok_old.full()
+
+    @property
+    def logp_ref(self) -> Tensor:
+        return self.tok_ref.full()
+
+    def take(self, name: str, rows: Tensor | slice) -> Tensor:
+        """Rows ``rows`` of the field ``name`` (the token log-probs gathered for these rows only)."""
+        tokens = {"logp": self.tok, "logp_old": self.tok_old, "logp_ref": self.tok_ref}.get(name)
+        return tokens.rows(rows) if tokens is not None else getattr(self, name)[rows]
 
 
 def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Optional[Policy],
@@ -202,18 +260,19 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         sampled = SampledPolicy(behaviour, sampler)
         if replay:
             policy, behaviour = replayed_policy(policy, sampled), replayed_policy(behaviour, sampled)
-    logp, graph = _token_logp(policy, keep_graph)  # the graph is reused by `_chain`
+    tok, graph = _token_logp(policy, keep_graph)  # the graph is reused by `_chain`
     with torch.no_grad():
-        logp_old = logp if behaviour is policy else _token_logp(behaviour, False)[0]
-        logp_ref = _token_logp(ref, False)[0] if ref is not None else logp_old
-        sum_pi, sum_old = logp.sum(-1), logp_old.sum(-1)  # [P·N]; a row is finite if its sum is (and vice versa
-        # unless the sum overflows: the checks below then look at the row itself)
+        tok_old = tok if behaviour is policy else _token_logp(behaviour, False)[0]
+        tok_ref = _token_logp(ref, False)[0] if ref is not None else tok_old
+        sum_pi = _sequence_sums(tok, mdp)  # [P·N]; a row is finite if its sum is (and vice versa unless the sum
+        sum_old = sum_pi if tok_old is tok else _sequence_sums(tok_old, mdp)  # overflows: the checks below then
+        # look at the row itself)
         seq_old = (sum_old if sampled is None else sampled.token_logp().sum(-1)).reshape(P, N)
         q = torch.softmax(seq_old, dim=-1)
         target = sum_pi.reshape(P, N).exp()
     live = mdp.prompt_probs > 0
     if sampled is not None:
-        _check_sampler_support(mdp, q, logp_old, live)
+        _check_sampler_support(mdp, q, tok_old.full(), live)
     bad = (q == 0) & (target > 0) & live[:, None]
     if sampled is None and bool(bad.any()):  # under a sampler, the cut mass is the bias being measured
         x, n = [int(v) for v in bad.nonzero()[0]]
@@ -222,12 +281,13 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
             f"e.g. prompt {x}, response {mdp.responses()[n]}): the expected gradient under π_old cannot see them; "
             "use a behaviour policy with full support on the target's support")
     support = (q > 0).reshape(-1)
-    if ref is not None and not _rows_finite(logp_ref, logp_ref.sum(-1), support):
+    sum_ref = None if ref is None else (sum_old if tok_ref is tok_old else _sequence_sums(tok_ref, mdp))
+    if ref is not None and not _rows_finite(tok_ref, sum_ref, support):
         raise ValueError("the reference policy has zero probability on a response in the support of the behaviour "
                          "policy: the KL to π_ref is infinite")
     e = mdp.enumerate()
     mask = e.mask if P == 1 else e.mask.repeat(P, 1)  # [P·N, T] as `TreeMDP.stacked` (no copy for one prompt)
-    data = _Data(logp, logp_old, logp_ref, mask, mdp.rewards.reshape(-1), q, mdp.prompt_probs, N, mdp.horizon,
+    data = _Data(tok, tok_old, tok_ref, mask, mdp.rewards.reshape(-1), q, mdp.prompt_probs, N, mdp.horizon,
                  graph, chain_policy=policy, finite_sums=torch.isfinite(sum_pi) & torch.isfinite(sum_old))
     if sampled is not None:
         data.sampled = sampled
@@ -266,27 +326,57 @@ def _flat_token_index(mdp: TreeMDP) -> Tensor:
     return cache["flat_token_index"]
 
 
-def _token_logp(policy: Policy, keep_graph: bool) -> tuple[Tensor, Any]:
-    """(``[P·N, T]`` detached token log-probs, what `_chain` needs to apply the chain rule to θ, or None).
+def _token_logp(policy: Policy, keep_graph: bool) -> tuple[_Tokens, Any]:
+    """(the detached token log-probs `_Tokens`, what `_chain` needs to apply the chain rule to θ, or None).
 
-    A policy that keeps the generic `Policy.token_logp` (a gather of its node log-probs) is evaluated with one
-    flat ``index_select`` and its chain rule applied at the node level — the same values, bit for bit, without an
-    autograd graph over the ``[P·N, T]`` gather; a policy with its own ``token_logp`` through autograd."""
+    A policy that keeps the generic `Policy.token_logp` (a gather of its node log-probs) keeps its node table and
+    has its chain rule applied at the node level — the same values, bit for bit, without an autograd graph over
+    the ``[P·N, T]`` gather (nor that array); a policy with its own ``token_logp`` through autograd."""
     mdp = policy.mdp
+    N, T = mdp.num_responses, mdp.horizon
     if type(policy).token_logp is not Policy.token_logp:
         graph = policy.token_logp() if keep_graph else None
         with torch.no_grad():
-            return (graph.detach() if graph is not None else policy.token_logp()), graph
+            full = graph.detach() if graph is not None else policy.token_logp()
+        return _Tokens(None, None, None, N, T, full=full), graph
     nlp = policy.node_log_probs() if keep_graph else None
     with torch.no_grad():
         src = nlp.detach() if nlp is not None else policy.node_log_probs()  # [P, S, V]
-        P, T = src.shape[0], mdp.horizon
-        flat = _flat_token_index(mdp)
-        tok = src.reshape(P, -1).index_select(1, flat).view(P * mdp.num_responses, T)
-        if not mdp.fixed_length:
-            tok = torch.where(mdp.enumerate().mask.repeat(P, 1), tok, 0.0)  # 0 on padding
-    mask = None if mdp.fixed_length else mdp.enumerate().mask.reshape(-1)
-    return tok, (_NodeGraph(nlp, flat, mask) if keep_graph else None)
+    flat = _flat_token_index(mdp)
+    mask = None if mdp.fixed_length else mdp.enumerate().mask
+    tokens = _Tokens(src.reshape(src.shape[0], -1), flat, mask, N, T)
+    return tokens, (_NodeGraph(nlp, flat, None if mask is None else mask.reshape(-1)) if keep_graph else None)
+
+
+def _prefix_index(mdp: TreeMDP) -> tuple[list[tuple[int, int, Tensor]], Tensor, Tensor]:
+    """The tree's prefix recursion, cached: per depth t ≥ 1 (first node id, end, ``[nodes]`` parent·V + token of
+    each node), and per response its last slot's node and node·V + token (``[N]`` each)."""
+    cache = mdp._cache
+    if "prefix_index" not in cache:
+        e, V = mdp.enumerate(), mdp.vocab_size
+        levels = []
+        for t in range(1, mdp.horizon):
+            ids = (e.node_depth == t).nonzero().squeeze(1)  # depth-major: a contiguous range of ids
+            levels.append((int(ids[0]), int(ids[-1]) + 1, e.node_parent[ids] * V + e.node_parent_token[ids]))
+        last = (e.lengths - 1).unsqueeze(1)
+        node = e.node_index.gather(1, last).squeeze(1)
+        cache["prefix_index"] = (levels, node, node * V + e.tokens.gather(1, last).squeeze(1))
+    return cache["prefix_index"]
+
+
+def _sequence_sums(tokens: _Tokens, mdp: TreeMDP) -> Tensor:
+    """``[P·N]`` Σ_t log π(a_t|s_t) per response. From a node table by the prefix recursion (c(root) = 0,
+    c(child) = c(parent) + log π(token|parent); a response's sum is c(its last node) + its last log-prob): the
+    tokens added left to right, O(nodes + responses) instead of a pass over ``[P·N, T]``."""
+    if tokens.table is None:
+        return tokens.full().sum(-1)
+    table = tokens.table  # [P, S·V]
+    levels, last_node, last_flat = _prefix_index(mdp)
+    cum = torch.zeros(table.shape[0], mdp.num_nodes, dtype=table.dtype)
+    for start, stop, parent_flat in levels:
+        cum[:, start:stop] = cum.index_select(1, torch.div(parent_flat, mdp.vocab_size, rounding_mode="floor")) \
+            + table.index_select(1, parent_flat)
+    return (cum.index_select(1, last_node) + table.index_select(1, last_flat)).reshape(-1)
 
 
 def make_batch(data: _Data, rows: Tensor, group_size: int):
@@ -296,8 +386,8 @@ def make_batch(data: _Data, rows: Tensor, group_size: int):
     from rlkl.methods import RolloutBatch
 
     extra = {k: getattr(data, k)[rows] for k in ("logp_rollout", "kept_logmass") if getattr(data, k) is not None}
-    return RolloutBatch(data.logp_old[rows], data.logp_ref[rows], data.mask[rows], data.rewards[rows], group_size,
-                        **extra)
+    return RolloutBatch(data.take("logp_old", rows), data.take("logp_ref", rows), data.mask[rows], data.rewards[rows],
+                        group_size, **extra)
 
 
 def _engine_method(spec: LossSpec) -> Any:
@@ -331,12 +421,12 @@ def _raise_nonfinite_loss() -> None:
     raise ValueError("loss contains non-finite values (nan/inf); check the log-probs upstream")
 
 
-def _rows_finite(x: Tensor, sums: Tensor, rows: Tensor) -> bool:
+def _rows_finite(x: "_Tokens", sums: Tensor, rows: Tensor) -> bool:
     """True when every row ``rows`` (``[B]`` bool) of ``x`` (``[B, T]``) is finite, read from the row sums ``[B]``
     (one pass already made), and from the rows themselves only when a sum is not finite (an overflow)."""
     if bool((torch.isfinite(sums) | ~rows).all()):
         return True
-    return bool(torch.isfinite(x[rows]).all())
+    return bool(torch.isfinite(x.full()[rows]).all())
 
 
 def _check_support_values(data: _Data) -> None:
@@ -382,7 +472,7 @@ def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tens
     ``rows``: indices into the stacked enumeration, or a slice of consecutive rows (then the batch holds views, no
     copies). ``unit_scale`` multiplies the group factors (the first-row route: 1/G)."""
     batch = make_batch(data, rows, G)
-    leaf = data.logp[rows].detach().requires_grad_(True)  # a fresh leaf (a view for a slice), 0 on padding
+    leaf = data.take("logp", rows).detach().requires_grad_(True)  # a fresh leaf, 0 on padding
     loss = _call(spec, leaf, batch, **loss_kwargs)
     (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
     if g is None:
@@ -515,7 +605,7 @@ def _route_tuples(spec, data, coef, max_groups, chunk_slots, loop=False):
 def _accumulate_single(spec, data, rows, weights, coef, G):
     """One group per loss call (any aggregation, batch-level statistics included): factor 1."""
     batch = make_batch(data, rows, G)
-    leaf = data.logp[rows].requires_grad_(True)
+    leaf = data.take("logp", rows).requires_grad_(True)
     loss = _call(spec, leaf, batch)
     (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
     if g is not None:
@@ -690,7 +780,7 @@ def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, c
     if route == "auto":
         route, auto_class = choose_route(spec, mdp, max_groups)
         class_by = class_by or auto_class
-    coef = torch.zeros_like(data.logp)
+    coef = torch.zeros(data.q.numel(), data.T, dtype=torch.float64)
     if _engine_method(spec) is None:  # a callable: called as it is, on batches it validates itself
         n, class_by = _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots)
     else:  # a Method: its values validated once here, its loss calls trusted (no host sync), checks deferred
