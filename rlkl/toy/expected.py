@@ -50,8 +50,9 @@ Tensor = torch.Tensor
 COUPLINGS = ("none", "rewards", "full", "batch")
 #: default cap on the number of groups an exact expectation may enumerate
 DEFAULT_MAX_GROUPS = 2_000_000
-#: rows × T per loss call (memory of one chunk)
-DEFAULT_CHUNK_SLOTS = 1 << 21
+#: rows × T per loss call (memory of one chunk: 1 MiB per float64 [B, T] array, so a chunk's ~30 intermediates stay in
+#: L2/L3; measured on 2 cores: as fast as 2^21 in CPU time, less memory)
+DEFAULT_CHUNK_SLOTS = 1 << 17
 
 
 # ------------------------------------------------------------------------------------------------ loss spec
@@ -184,10 +185,17 @@ class _Tokens:
             self._full = self.rows(slice(0, P * self.N))
         return self._full
 
-    def rows(self, rows: Tensor | slice) -> Tensor:
-        """``[B, T]`` the rows ``rows`` (indices b = x·N + n, or a slice of consecutive rows)."""
+    def rows(self, rows: Tensor | slice, index: Optional[tuple] = None) -> Tensor:
+        """``[B, T]`` the rows ``rows`` (indices b = x·N + n, or a slice of consecutive rows); ``index``: their
+        `index` (shared by the policies of one chunk)."""
         if self._full is not None:
             return self._full[rows]
+        idx, mask = self.index(rows) if index is None else index
+        tok = self.table.view(-1).index_select(0, idx).view(-1, self.T)
+        return tok if mask is None else torch.where(mask, tok, 0.0)  # 0 on padding
+
+    def index(self, rows: Tensor | slice) -> tuple[Tensor, Optional[Tensor]]:
+        """(``[B·T]`` flat index of the rows' token slots into the ``[P·S·V]`` node table, ``[B, T]`` mask or None)."""
         P, N, T = self.table.shape[0], self.N, self.T
         if isinstance(rows, slice) and P == 1:
             idx = self.flat[rows.start * T:rows.stop * T]  # a view: no index is built
@@ -195,12 +203,14 @@ class _Tokens:
         else:
             if isinstance(rows, slice):
                 rows = torch.arange(rows.start, rows.stop)
-            x = torch.div(rows, N, rounding_mode="floor")
-            n = rows - x * N
-            idx = (self.flat.view(N, T)[n] + (x * self.table.shape[1]).unsqueeze(1)).reshape(-1)
+            if P == 1:
+                n, idx = rows, self.flat.view(N, T)[rows].reshape(-1)
+            else:
+                x = torch.div(rows, N, rounding_mode="floor")
+                n = rows - x * N
+                idx = (self.flat.view(N, T)[n] + (x * self.table.shape[1]).unsqueeze(1)).reshape(-1)
             mask = None if self.mask is None else self.mask[n]
-        tok = self.table.view(-1).index_select(0, idx).view(-1, T)
-        return tok if mask is None else torch.where(mask, tok, 0.0)  # 0 on padding
+        return idx, mask
 
 
 @dataclass
@@ -225,6 +235,7 @@ class _Data:
     chain_policy: Optional[Policy] = None  # the policy whose token log-probs the loss sees (π_θ, or π_θ^K replayed)
     sampled: Optional[Policy] = None  # the behaviour distribution q when a sampler is given
     finite_sums: Optional[Tensor] = None  # [P·N] bool: the row sums of logp and logp_old are finite
+    _last_index: Optional[tuple] = field(default=None, repr=False)  # (rows, `_Tokens.index(rows)`)
 
     @property
     def logp(self) -> Tensor:
@@ -238,10 +249,22 @@ class _Data:
     def logp_ref(self) -> Tensor:
         return self.tok_ref.full()
 
+    def token_index(self, rows: Tensor | slice) -> tuple[Tensor, Optional[Tensor]]:
+        """`_Tokens.index` of ``rows`` (kept for the last ``rows``: one build per chunk)."""
+        last = self._last_index
+        if last is None or last[0] is not rows:
+            last = self._last_index = (rows, self.tok.index(rows))
+        return last[1]
+
     def take(self, name: str, rows: Tensor | slice) -> Tensor:
-        """Rows ``rows`` of the field ``name`` (the token log-probs gathered for these rows only)."""
+        """Rows ``rows`` of the field ``name`` (the token log-probs gathered for these rows only; the gather index
+        of the last ``rows`` is kept, so the three policies of one chunk build it once)."""
         tokens = {"logp": self.tok, "logp_old": self.tok_old, "logp_ref": self.tok_ref}.get(name)
-        return tokens.rows(rows) if tokens is not None else getattr(self, name)[rows]
+        if tokens is None:
+            return getattr(self, name)[rows]
+        if tokens.table is None or self.tok.table is None or tokens.table.shape != self.tok.table.shape:
+            return tokens.rows(rows)
+        return tokens.rows(rows, self.token_index(rows))
 
 
 def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Optional[Policy],
@@ -465,9 +488,34 @@ def _group_factors(spec: LossSpec, mask: Tensor, G: int, per_row_unit: bool) -> 
     return torch.full((B,), float(n_units), dtype=torch.float64)
 
 
-def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tensor, coef: Tensor, G: int,
+class _Coef:
+    """Where the routes add Σ weight·∂L/∂logp: the ``[P·N, T]`` per-slot coefficients (``dense``), or — when the
+    chain rule runs at the node level (`_NodeGraph`) and nobody asked for them — straight into the ``[P, S·V]``
+    node-token gradient (each chunk's slots summed into their node·token entries: no ``[P·N, T]`` array; the same
+    sums as the dense chain rule when rows come once each in increasing order)."""
+
+    def __init__(self, data: _Data, dense: bool):
+        self.data = data
+        node_level = isinstance(data.logp_graph, _NodeGraph) and data.tok.table is not None and not dense
+        self.node = torch.zeros_like(data.tok.table) if node_level else None  # [P, S·V]
+        self.dense = None if node_level else torch.zeros(data.q.numel(), data.T, dtype=torch.float64)
+
+    def add(self, rows: Tensor | slice, contrib: Tensor) -> None:
+        """Add ``contrib`` ``[B, T]`` at the rows ``rows`` (a slice: each row once; indices may repeat)."""
+        if self.node is not None:
+            idx, mask = self.data.token_index(rows)
+            if mask is not None:  # padding is a constant 0 in the token log-probs: no gradient reaches θ from it
+                contrib = torch.where(mask, contrib, 0.0)
+            self.node.view(-1).index_add_(0, idx, contrib.reshape(-1))
+        elif isinstance(rows, slice):
+            self.dense[rows] += contrib
+        else:
+            self.dense.index_add_(0, rows, contrib)
+
+
+def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tensor, coef: _Coef, G: int,
                 per_row_unit: bool, unit_scale: float = 1.0, **loss_kwargs) -> None:
-    """Add Σ_rows weight·∂L_group/∂logp into ``coef`` (``[P·N, T]``) for one chunk of complete groups.
+    """Add Σ_rows weight·∂L_group/∂logp into ``coef`` (`_Coef`) for one chunk of complete groups.
 
     ``rows``: indices into the stacked enumeration, or a slice of consecutive rows (then the batch holds views, no
     copies). ``unit_scale`` multiplies the group factors (the first-row route: 1/G)."""
@@ -480,11 +528,7 @@ def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tens
     factor = _group_factors(spec, batch.mask, G, per_row_unit)
     if unit_scale != 1.0:
         factor = factor * unit_scale
-    contrib = g * (weights * factor).unsqueeze(1)
-    if isinstance(rows, slice):
-        coef[rows] += contrib  # each row once
-    else:
-        coef.index_add_(0, rows, contrib)
+    coef.add(rows, g * (weights * factor).unsqueeze(1))
 
 
 def _chunks(n_groups: int, G: int, T: int, chunk_slots: int):
@@ -500,31 +544,43 @@ class ExpectedGradient:
 
     Attributes:
       grad: E[∇_θ L], shaped like ``policy.theta``.
-      coef: ``[P·N, T]`` E-weighted ∂L/∂logp per (response, token): grad = Σ coef·∇_θ logp.
+      coef: ``[P·N, T]`` E-weighted ∂L/∂logp per (response, token): grad = Σ coef·∇_θ logp. When the chain rule
+        ran at the node level (no ``[P·N, T]`` array was needed) it is computed on first read, by the same route
+        over the same data (the same values, bit for bit, as accumulating it the first time).
       route: the route used; num_groups: groups (or rows) evaluated; seconds: wall time.
     """
 
     grad: Tensor
-    coef: Tensor
     route: str
     num_groups: int
     seconds: float
     extra: dict = field(default_factory=dict)
+    _coef: Optional[Tensor] = field(default=None, repr=False)
+    _coef_fn: Optional[Callable[[], Tensor]] = field(default=None, repr=False)
+
+    @property
+    def coef(self) -> Tensor:
+        if self._coef is None:
+            self._coef, self._coef_fn = self._coef_fn(), None
+        return self._coef
 
 
-def _chain(policy: Policy, coef: Tensor, tl: Any = None) -> Tensor:
+def _chain(policy: Policy, coef: _Coef, tl: Any = None) -> Tensor:
     """Σ_{y,t} coef[y, t]·∇_θ log π_θ(a_t|s_t) (one backward pass through the enumerated log-probs; at the node
-    level for a `_NodeGraph`: the per-slot coefficients summed into node·token entries, then one backward)."""
+    level for a `_NodeGraph`: the per-slot coefficients summed into node·token entries — by the routes already
+    when ``coef.node`` — then one backward)."""
     if isinstance(tl, _NodeGraph):
         P = tl.nlp.shape[0]
-        grad_nlp = torch.zeros(P, tl.nlp[0].numel(), dtype=coef.dtype)
-        slots = coef.view(P, -1)  # [P, N·T]
-        if tl.mask is not None:  # padding is a constant 0 in the token log-probs: no gradient reaches θ from it
-            slots = torch.where(tl.mask, slots, 0.0)
-        grad_nlp.index_add_(1, tl.flat, slots)
+        grad_nlp = coef.node
+        if grad_nlp is None:
+            grad_nlp = torch.zeros(P, tl.nlp[0].numel(), dtype=coef.dense.dtype)
+            slots = coef.dense.view(P, -1)  # [P, N·T]
+            if tl.mask is not None:  # padding is a constant 0 in the token log-probs: no gradient reaches θ from it
+                slots = torch.where(tl.mask, slots, 0.0)
+            grad_nlp.index_add_(1, tl.flat, slots)
         outputs, grads = tl.nlp, grad_nlp.view_as(tl.nlp)
     else:
-        outputs, grads = (policy.token_logp() if tl is None else tl), coef
+        outputs, grads = (policy.token_logp() if tl is None else tl), coef.dense
     (g,) = torch.autograd.grad(outputs, policy.theta, grad_outputs=grads, allow_unused=True)
     if g is None:
         return torch.zeros_like(policy.theta)
@@ -609,7 +665,7 @@ def _accumulate_single(spec, data, rows, weights, coef, G):
     loss = _call(spec, leaf, batch)
     (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
     if g is not None:
-        coef.index_add_(0, rows, g * weights.unsqueeze(1))
+        coef.add(rows, g * weights.unsqueeze(1))
 
 
 def _multisets(num_classes: int, size: int) -> Tensor:
@@ -674,11 +730,12 @@ def _route_exchangeable(spec, data, coef, class_by, max_groups, chunk_slots):
         sup, inv, class_q, reps = _classes(data, x, class_by)
         ms, pm = _other_rows(data, x, sup, class_q, G, class_by, max_groups)
         n1, Mk = sup.shape[0], ms.shape[0]
-        w1 = (data.rho[x] * data.q[x][sup]).repeat_interleave(Mk) * pm.repeat(n1) * G  # row-1 weight (× G: symmetry)
+        wq = data.rho[x] * data.q[x][sup]  # [n1] ρ(x)·q(y_1)
         total += n1 * Mk
         if first_rows is not None:
-            _first_rows_of_prompt(spec, first_rows, data, coef, x, sup, inv, reps, ms, w1, chunk_slots)
+            _first_rows_of_prompt(spec, first_rows, data, coef, x, sup, inv, reps, ms, wq, pm, chunk_slots)
             continue
+        w1 = wq.repeat_interleave(Mk) * pm.repeat(n1) * G  # row-1 weight (× G: symmetry)
         others = x * N + reps[ms]  # [M, G−1]
         first = (x * N + sup).repeat_interleave(Mk)  # [n1·M]
         rows = torch.cat([first.unsqueeze(1), others.repeat(n1, 1)], dim=1)  # [n1·M, G]
@@ -705,23 +762,29 @@ def _first_row_method(spec: LossSpec, class_by: str) -> Any:
     return method if type(method.advantage).token_step is Advantage.token_step else None
 
 
-def _first_rows_of_prompt(spec, method, data, coef, x, sup, inv, reps, ms, w1, chunk_slots) -> None:
+def _first_rows_of_prompt(spec, method, data, coef, x, sup, inv, reps, ms, wq, pm, chunk_slots) -> None:
     """Row 1 of every (response, multiset of the others' reward classes) group of prompt ``x``, G − 1 rows fewer per
-    group: the sequence advantage of row 1 for each (row-1 class, multiset) pair, then the first rows in chunks."""
+    group: the sequence advantage of row 1 for each (row-1 class, multiset) pair, then the first rows in chunks.
+
+    Entry j = i·M + k of the n1·M first rows is response ``sup[i]`` with multiset ``k``: weight
+    ρ(x)q(y_i)·P(multiset k)·G (× G: symmetry), advantage that of row 1 of (class of y_i, multiset k); each chunk
+    builds its own rows, weights and advantages (no n1·M arrays)."""
     G, N, T = spec.group_size, data.N, data.T
     K, Mk = reps.shape[0], ms.shape[0]
     values = data.rewards[x * N + reps]  # [K] reward of each class
     lengths = data.mask[x * N + reps].sum(-1).to(values.dtype)  # [K] (read only by length-aware advantages)
     cls = torch.cat([torch.arange(K).repeat_interleave(Mk).unsqueeze(1), ms.repeat(K, 1)], dim=1)  # [K·M, G]
     adv = method.advantage.compute(values[cls].reshape(-1), G, lengths[cls].reshape(-1))  # [K·M·G]
-    adv1 = adv.view(K, Mk, G)[:, :, 0][inv].reshape(-1)  # [n1·M] row-1 advantage of each entry
-    rows1 = (x * N + sup).repeat_interleave(Mk)  # [n1·M]
+    adv_first = adv.view(K, Mk, G)[:, :, 0]  # [K, M] row-1 advantage per (row-1 class, multiset)
+    rows_of = x * N + sup  # [n1]
     per = max(1, chunk_slots // max(1, T))
-    for a in range(0, rows1.shape[0], per):
-        b = min(rows1.shape[0], a + per)
+    for a in range(0, sup.shape[0] * Mk, per):
+        j = torch.arange(a, min(sup.shape[0] * Mk, a + per))
+        i = torch.div(j, Mk, rounding_mode="floor")
+        k = j - i * Mk
         # a batch of first rows: its units are rows, the group's are groups of G rows (factor 1/G)
-        _accumulate(spec, data, rows1[a:b], w1[a:b], coef, 1, per_row_unit=True, unit_scale=1.0 / G,
-                    sequence_advantages=adv1[a:b])
+        _accumulate(spec, data, rows_of[i], wq[i] * pm[k] * G, coef, 1, per_row_unit=True, unit_scale=1.0 / G,
+                    sequence_advantages=adv_first[inv[i], k])
 
 
 def choose_route(spec: LossSpec, mdp: TreeMDP, max_groups: int = DEFAULT_MAX_GROUPS) -> tuple[str, Optional[str]]:
@@ -780,16 +843,25 @@ def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, c
     if route == "auto":
         route, auto_class = choose_route(spec, mdp, max_groups)
         class_by = class_by or auto_class
-    coef = torch.zeros(data.q.numel(), data.T, dtype=torch.float64)
-    if _engine_method(spec) is None:  # a callable: called as it is, on batches it validates itself
-        n, class_by = _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots)
-    else:  # a Method: its values validated once here, its loss calls trusted (no host sync), checks deferred
+    method_given = _engine_method(spec) is not None
+    if method_given:  # a Method: its values validated once here, its loss calls trusted (no host sync)
         _check_support_values(data)
-        with deferring(), trusted():
-            n, class_by = _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots)
+
+    def run(dense: bool) -> tuple[_Coef, int, Optional[str]]:
+        coef = _Coef(data, dense)
+        if not method_given:  # a callable: called as it is, on batches it validates itself
+            return (coef, *_run_route(spec, data, coef, route, class_by, max_groups, chunk_slots))
+        with deferring(), trusted():  # the loss calls' derived checks deferred
+            return (coef, *_run_route(spec, data, coef, route, class_by, max_groups, chunk_slots))
+
+    # node level only where each row is added once, in increasing order (per_sample): the node sums then add the
+    # slots in the order the dense chain rule does, bit for bit; routes that revisit rows keep the dense array
+    coef, n, class_by = run(dense=route != "per_sample")
     grad = _chain(policy, coef, data.logp_graph)
-    return ExpectedGradient(grad, coef, route if route != "exchangeable" else f"exchangeable[{class_by}]", n,
-                            time.perf_counter() - t0)
+    label = route if route != "exchangeable" else f"exchangeable[{class_by}]"
+    if coef.dense is not None:
+        return ExpectedGradient(grad, label, n, time.perf_counter() - t0, _coef=coef.dense)
+    return ExpectedGradient(grad, label, n, time.perf_counter() - t0, _coef_fn=lambda: run(dense=True)[0].dense)
 
 
 def _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots) -> tuple[int, Optional[str]]:
