@@ -292,12 +292,12 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         # look at the row itself)
         seq_old = (sum_old if sampled is None else sampled.token_logp().sum(-1)).reshape(P, N)
         q = torch.softmax(seq_old, dim=-1)
-        target = sum_pi.reshape(P, N).exp()
     live = mdp.prompt_probs > 0
     if sampled is not None:
         _check_sampler_support(mdp, q, tok_old.full(), live)
-    bad = (q == 0) & (target > 0) & live[:, None]
-    if sampled is None and bool(bad.any()):  # under a sampler, the cut mass is the bias being measured
+    bad = (q == 0) & live[:, None]  # then where the target has mass (its exp is read only where q = 0)
+    if sampled is None and bool(bad.any()) and bool((bad := bad & (sum_pi.reshape(P, N).exp() > 0)).any()):
+        # under a sampler, the cut mass is the bias being measured
         x, n = [int(v) for v in bad.nonzero()[0]]
         raise ValueError(
             f"behaviour policy has zero probability where the target policy has mass ({int(bad.sum())} response(s), "
