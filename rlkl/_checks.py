@@ -14,6 +14,7 @@ one and evaluated together when the block ends (the same ``ValueError``, raised 
 from __future__ import annotations
 
 import contextvars
+import math
 from typing import Callable, Sequence, TypeVar
 
 import torch
@@ -73,7 +74,10 @@ class DeferredChecks:
         if not self._items:
             return
         items, self._items = self._items, []
-        if bool(torch.stack([ok for ok, _ in items]).all()):
+        ok = items[0][0]
+        for more, _ in items[1:]:
+            ok = ok & more
+        if bool(ok):
             return
         for ok, fail in items:
             if not bool(ok):
@@ -111,13 +115,36 @@ def require(ok: Tensor, fail: Callable[[], None]) -> None:
             fail()
 
 
-def _sums_finite(tensors: Sequence[Tensor]) -> Tensor:
-    """0-dim bool, True when every tensor's sum is finite — then every entry is (an inf or nan entry makes the
-    sum inf or nan); False may also mean a sum of finite entries overflowed (callers then check entry-wise)."""
+def _folded(tensors: Sequence[Tensor], mask: Tensor | None, rows: bool, also: Callable[[], Tensor] | None
+            ) -> Tensor | None:
+    """0-dim s = (Σ_k Σ x_k) / d, finite when every tensor's entries are finite (an inf or nan entry makes the sum
+    inf or nan) and d ≠ 0, with d = max(mask) (``rows``: the min over rows of each row's max) · ``also()`` (a 0-dim
+    bool): a failed condition gives d = 0 and a non-finite s. A non-finite s may also mean that a sum of finite
+    entries overflowed — callers then run the entry-wise checks, which decide. None: the mask is empty.
+
+    One number for every value condition of a public call: a few 0-dim ops and one host sync, instead of a
+    reduction and a sync per condition (at a small call the checks cost these ops, not the passes over the data)."""
+    if mask is not None and mask.numel() == 0:
+        return None  # an empty mask selects no token; the caller's checks say so
     with torch.no_grad():
-        if len(tensors) == 1:
-            return torch.isfinite(tensors[0].sum())
-        return torch.isfinite(torch.stack([t.sum() for t in tensors])).all()
+        s = None
+        for t in tensors:
+            s = t.sum() if s is None else s + t.sum()
+        if s is None:
+            s = torch.ones((), device=mask.device if mask is not None else None)
+        if mask is not None:
+            m = mask.view(torch.uint8)  # a bool tensor's bytes are 0 / 1
+            s = s / (m.amax(-1).amin() if rows else m.amax())
+        if also is not None:
+            s = s / also()
+        return s
+
+
+def _values_ok(tensors: Sequence[Tensor], mask: Tensor | None = None, rows: bool = False,
+               also: Callable[[], Tensor] | None = None) -> bool:
+    """One host sync: the conditions of :func:`_folded` hold (False may also mean an overflowing sum)."""
+    s = _folded(tensors, mask, rows, also)
+    return s is not None and math.isfinite(float(s))
 
 
 SUPPORTED_FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
@@ -131,7 +158,9 @@ def validated(check: Callable[[], _T], *tensors: Tensor, mask: Tensor | None = N
     finite, that ``mask`` selects a token, (``rows``) that every row of ``mask`` does and that the 0-dim bool
     ``also()`` holds (a value condition ``check`` tests itself when not trusted). Any failure re-runs
     ``check`` with its value checks, in its own order, so the error is the one users always got. Inside
-    :func:`trusted` no value is read. Returns what ``check`` returns."""
+    :func:`trusted` no value is read; inside :func:`deferring` the value condition is recorded as the block's
+    next deferred check (its failure re-runs ``check``), so the block ends with one sync for the inputs and the
+    checks of what it computed. Returns what ``check`` returns."""
     if _TRUSTED.get():
         return check()
     try:
@@ -139,14 +168,12 @@ def validated(check: Callable[[], _T], *tensors: Tensor, mask: Tensor | None = N
             out = check()
     except ValueError:
         return check()
-    ok = _sums_finite(tensors) if tensors else torch.ones((), dtype=torch.bool)
-    if mask is not None:
-        ok = ok & mask.any()
-        if rows:
-            ok = ok & mask.any(-1).all()
-    if also is not None:
-        ok = ok & also()
-    return out if bool(ok) else check()
+    checks = _DEFERRED.get()
+    if checks is not None:  # inside deferring(): the values are the block's next deferred check (one sync at its end)
+        s = _folded(tensors, mask, rows, also)
+        checks.add(torch.isfinite(s) if s is not None else torch.zeros((), dtype=torch.bool), check)
+        return out
+    return out if _values_ok(tensors, mask, rows, also) else check()
 
 
 def check_float(name: str, x: Tensor, ndim: int | None = None, shape: Sequence[int] | None = None,
@@ -171,7 +198,7 @@ def check_float(name: str, x: Tensor, ndim: int | None = None, shape: Sequence[i
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if shape is not None and tuple(x.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
-    if finite and not _TRUSTED.get() and not (bool(_sums_finite([x])) or bool(torch.isfinite(x).all())):
+    if finite and not _TRUSTED.get() and not (_values_ok([x]) or bool(torch.isfinite(x).all())):
         raise ValueError(f"{name} contains non-finite values (nan/inf); check the log-probs upstream")
     return x
 
@@ -244,7 +271,7 @@ def check_token_tensors(mask: Tensor, **tensors: Tensor) -> tuple[int, int]:
             shape = _check_token_tensors(mask, tensors)
     except ValueError:
         return _check_token_tensors(mask, tensors)
-    if bool(_sums_finite(list(tensors.values())) & mask.any()):
+    if _values_ok(list(tensors.values()), mask):
         return shape
     return _check_token_tensors(mask, tensors)
 

@@ -244,7 +244,8 @@ class Method:
 
     # -- the computation -------------------------------------------------------------------------------------
     def _check(self, logp: Tensor, batch: "RolloutBatch", sequence_advantages: Tensor | None = None) -> None:
-        """The boundary of :meth:`loss`: one host sync (logp finite; the batch validated itself)."""
+        """The boundary of :meth:`loss`: logp's structure now, its values (finite) in one host sync — at the end of
+        the caller's ``deferring`` block when there is one; the batch validated itself."""
         extra = () if not isinstance(sequence_advantages, Tensor) else (sequence_advantages,)
         validated(lambda: self._check_args(logp, batch, sequence_advantages), logp, *extra)
 
@@ -328,11 +329,13 @@ class Method:
             self._check_given(logp, logp_old, mask, advantages, logp_ref, token_weights)  # structure only
             return self._loss_given_advantages(logp, logp_old, mask, advantages, logp_ref, token_weights)
         extra = tuple(t for t in (logp_ref, token_weights) if t is not None)
-        validated(lambda: self._check_given(logp, logp_old, mask, advantages, logp_ref, token_weights), logp, logp_old,
-                  advantages, *extra, mask=mask, also=None if token_weights is None else lambda: ~(token_weights < 0).any())
-        with deferring(), trusted():
-            return self._loss_given_advantages(logp, logp_old, mask, advantages, logp_ref, token_weights,
-                                               check_total=True)
+        with deferring():  # one host sync at the end: the inputs' values (first), then the loss's finiteness
+            validated(lambda: self._check_given(logp, logp_old, mask, advantages, logp_ref, token_weights), logp,
+                      logp_old, advantages, *extra, mask=mask,
+                      also=None if token_weights is None else lambda: ~(token_weights < 0).any())
+            with trusted():
+                return self._loss_given_advantages(logp, logp_old, mask, advantages, logp_ref, token_weights,
+                                                   check_total=True)
 
     def _check_given(self, logp, logp_old, mask, advantages, logp_ref, token_weights) -> None:
         """The checks of :meth:`loss_given_advantages`, in the order their errors are raised."""
@@ -401,10 +404,10 @@ class Method:
           ``advantage/mean|std``, ``zero_advantage_group_fraction`` — computed when first read
           (:class:`Diagnostics`), so a caller that reads none (the exact engine) pays for none.
 
-        Validation: ``logp`` is checked here (one host sync) and the batch checked itself when it was built; the
-        computation then reads no value on the host, and one more sync at the end checks that the loss is finite
-        (finite inputs can still overflow a per-token loss) and any check of a derived value (an overflowing FRPO
-        term, an empty row of a sequence-level loss). ``validate=False`` is for trusted callers that validated
+        Validation: ``logp`` is checked here and the batch checked itself when it was built; the computation reads
+        no value on the host, and one sync at the end checks ``logp``'s values (their error comes first), that the
+        loss is finite (finite inputs can still overflow a per-token loss) and any check of a derived value (an
+        overflowing FRPO term, an empty row of a sequence-level loss). ``validate=False`` is for trusted callers that validated
         ``logp`` themselves (the exact engine): no host sync at all; inside an ``rlkl._checks.deferring`` block the
         derived checks are collected there.
         """
@@ -412,9 +415,10 @@ class Method:
             with trusted():
                 self._check(logp, batch, sequence_advantages)  # structure only
                 return self._loss(logp, batch, False, sequence_advantages)
-        self._check(logp, batch, sequence_advantages)
-        with deferring(), trusted():
-            return self._loss(logp, batch, True, sequence_advantages)
+        with deferring():  # one host sync at the end: logp's values (first), then the derived checks
+            self._check(logp, batch, sequence_advantages)
+            with trusted():
+                return self._loss(logp, batch, True, sequence_advantages)
 
     def _loss(self, logp: Tensor, batch: "RolloutBatch", check_total: bool, sequence_advantages: Tensor | None = None
               ) -> tuple[Tensor, "Diagnostics"]:
