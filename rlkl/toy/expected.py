@@ -538,7 +538,6 @@ def _chunks(n_groups: int, G: int, T: int, chunk_slots: int):
 
 
 # ------------------------------------------------------------------------------------------------ result
-@dataclass
 class ExpectedGradient:
     """Result of `expected_gradient`.
 
@@ -546,23 +545,25 @@ class ExpectedGradient:
       grad: E[∇_θ L], shaped like ``policy.theta``.
       coef: ``[P·N, T]`` E-weighted ∂L/∂logp per (response, token): grad = Σ coef·∇_θ logp. When the chain rule
         ran at the node level (no ``[P·N, T]`` array was needed) it is computed on first read, by the same route
-        over the same data (the same values, bit for bit, as accumulating it the first time).
+        over the same data (the same values, bit for bit, as accumulating it the first time); the constructor
+        takes the tensor or a zero-argument function giving it.
       route: the route used; num_groups: groups (or rows) evaluated; seconds: wall time.
     """
 
-    grad: Tensor
-    route: str
-    num_groups: int
-    seconds: float
-    extra: dict = field(default_factory=dict)
-    _coef: Optional[Tensor] = field(default=None, repr=False)
-    _coef_fn: Optional[Callable[[], Tensor]] = field(default=None, repr=False)
+    def __init__(self, grad: Tensor, coef: Tensor | Callable[[], Tensor], route: str, num_groups: int,
+                 seconds: float, extra: Optional[dict] = None):
+        self.grad, self._coef, self.route, self.num_groups, self.seconds = grad, coef, route, num_groups, seconds
+        self.extra = {} if extra is None else extra
 
     @property
     def coef(self) -> Tensor:
-        if self._coef is None:
-            self._coef, self._coef_fn = self._coef_fn(), None
+        if not isinstance(self._coef, Tensor):
+            self._coef = self._coef()
         return self._coef
+
+    def __repr__(self) -> str:
+        return (f"ExpectedGradient(grad={self.grad!r}, route={self.route!r}, num_groups={self.num_groups}, "
+                f"seconds={self.seconds:.3g})")
 
 
 def _chain(policy: Policy, coef: _Coef, tl: Any = None) -> Tensor:
@@ -859,9 +860,8 @@ def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, c
     coef, n, class_by = run(dense=route != "per_sample")
     grad = _chain(policy, coef, data.logp_graph)
     label = route if route != "exchangeable" else f"exchangeable[{class_by}]"
-    if coef.dense is not None:
-        return ExpectedGradient(grad, label, n, time.perf_counter() - t0, _coef=coef.dense)
-    return ExpectedGradient(grad, label, n, time.perf_counter() - t0, _coef_fn=lambda: run(dense=True)[0].dense)
+    lazy = coef.dense if coef.dense is not None else (lambda: run(dense=True)[0].dense)
+    return ExpectedGradient(grad, lazy, label, n, time.perf_counter() - t0)
 
 
 def _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots) -> tuple[int, Optional[str]]:
