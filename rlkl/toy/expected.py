@@ -235,6 +235,7 @@ class _Data:
     chain_policy: Optional[Policy] = None  # the policy whose token log-probs the loss sees (π_θ, or π_θ^K replayed)
     sampled: Optional[Policy] = None  # the behaviour distribution q when a sampler is given
     finite_sums: Optional[Tensor] = None  # [P·N] bool: the row sums of logp and logp_old are finite
+    all_finite: bool = False  # every entry of logp and logp_old is finite (read from the node tables)
     _last_index: Optional[tuple] = field(default=None, repr=False)  # (rows, `_Tokens.index(rows)`)
 
     @property
@@ -287,16 +288,21 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
     with torch.no_grad():
         tok_old = tok if behaviour is policy else _token_logp(behaviour, False)[0]
         tok_ref = _token_logp(ref, False)[0] if ref is not None else tok_old
-        sum_pi = _sequence_sums(tok, mdp)  # [P·N]; a row is finite if its sum is (and vice versa unless the sum
-        sum_old = sum_pi if tok_old is tok else _sequence_sums(tok_old, mdp)  # overflows: the checks below then
-        # look at the row itself)
+        # [P·N] row sums; a row is finite if its sum is (and vice versa unless the sum overflows: the checks below
+        # then look at the row itself). π_θ's (and π_ref's) are needed only where a check reads them.
+        sum_old = _sequence_sums(tok_old, mdp)
+        sum_pi = sum_old if tok_old is tok else None
         seq_old = (sum_old if sampled is None else sampled.token_logp().sum(-1)).reshape(P, N)
         q = torch.softmax(seq_old, dim=-1)
+        all_finite = _all_finite(tok) and (tok_old is tok or _all_finite(tok_old))
     live = mdp.prompt_probs > 0
     if sampled is not None:
         _check_sampler_support(mdp, q, tok_old.full(), live)
     bad = (q == 0) & live[:, None]  # then where the target has mass (its exp is read only where q = 0)
-    if sampled is None and bool(bad.any()) and bool((bad := bad & (sum_pi.reshape(P, N).exp() > 0)).any()):
+    if sampled is None and bool(bad.any()):
+        sum_pi = _sequence_sums(tok, mdp) if sum_pi is None else sum_pi
+        bad = bad & (sum_pi.reshape(P, N).exp() > 0)
+    if sampled is None and bool(bad.any()):
         # under a sampler, the cut mass is the bias being measured
         x, n = [int(v) for v in bad.nonzero()[0]]
         raise ValueError(
@@ -304,14 +310,17 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
             f"e.g. prompt {x}, response {mdp.responses()[n]}): the expected gradient under π_old cannot see them; "
             "use a behaviour policy with full support on the target's support")
     support = (q > 0).reshape(-1)
-    sum_ref = None if ref is None else (sum_old if tok_ref is tok_old else _sequence_sums(tok_ref, mdp))
-    if ref is not None and not _rows_finite(tok_ref, sum_ref, support):
+    if ref is not None and not _all_finite(tok_ref) and not _rows_finite(
+            tok_ref, sum_old if tok_ref is tok_old else _sequence_sums(tok_ref, mdp), support):
         raise ValueError("the reference policy has zero probability on a response in the support of the behaviour "
                          "policy: the KL to π_ref is infinite")
     e = mdp.enumerate()
     mask = e.mask if P == 1 else e.mask.repeat(P, 1)  # [P·N, T] as `TreeMDP.stacked` (no copy for one prompt)
+    if not all_finite:
+        sum_pi = _sequence_sums(tok, mdp) if sum_pi is None else sum_pi
     data = _Data(tok, tok_old, tok_ref, mask, mdp.rewards.reshape(-1), q, mdp.prompt_probs, N, mdp.horizon,
-                 graph, chain_policy=policy, finite_sums=torch.isfinite(sum_pi) & torch.isfinite(sum_old))
+                 graph, chain_policy=policy, all_finite=all_finite,
+                 finite_sums=None if all_finite else torch.isfinite(sum_pi) & torch.isfinite(sum_old))
     if sampled is not None:
         data.sampled = sampled
         data.logp_rollout = sampled.reported_token_logp()
@@ -387,6 +396,13 @@ def _prefix_index(mdp: TreeMDP) -> tuple[list[tuple[int, int, Tensor]], Tensor, 
     return cache["prefix_index"]
 
 
+def _all_finite(tokens: _Tokens) -> bool:
+    """True when every token log-prob of every response is finite, read from the node table (S·V entries per
+    prompt, not N·T): every (node, token) entry is emitted by some response, so the two are the same condition.
+    False for a policy without a node table (its rows are checked instead)."""
+    return tokens.table is not None and bool(torch.isfinite(tokens.table).all())
+
+
 def _sequence_sums(tokens: _Tokens, mdp: TreeMDP) -> Tensor:
     """``[P·N]`` Σ_t log π(a_t|s_t) per response. From a node table by the prefix recursion (c(root) = 0,
     c(child) = c(parent) + log π(token|parent); a response's sum is c(its last node) + its last log-prob): the
@@ -455,6 +471,8 @@ def _rows_finite(x: "_Tokens", sums: Tensor, rows: Tensor) -> bool:
 def _check_support_values(data: _Data) -> None:
     """The engine's one validation of the values its trusted loss calls read: the log-probs of every response in
     the support of a live prompt are finite (the messages of ``Method.loss`` / ``RolloutBatch``)."""
+    if data.all_finite:
+        return  # every node table is finite, so is every token log-prob
     rows = ((data.rho > 0)[:, None] & (data.q > 0)).reshape(-1)
     if data.finite_sums is not None and bool((data.finite_sums | ~rows).all()):
         return  # every row's sum is finite, so is every entry
