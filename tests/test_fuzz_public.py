@@ -751,6 +751,7 @@ def test_every_public_function_is_fuzzed():
     covered = " ".join(SPECS)
     for mod in (divergences, advantages, losses, utility):
         public = [n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")
-                  and getattr(v, "__module__", None) == mod.__name__]
+                  and getattr(v, "__module__", None) == mod.__name__
+                  and "__mutmut_" not in n]  # under `mutmut run` the module also holds its mutants' copies
         missing = [n for n in public if n not in covered and n not in ("FDivergence", "PolicyLossOutput")]
         assert not missing, (mod.__name__, missing)
