@@ -323,14 +323,20 @@ def _ppo_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     neg_a = -A
     log_ratio = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
-    loss = torch.maximum(neg_a * ratio, neg_a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high))
-    undual = loss.detach()
+    unclipped = neg_a * ratio
+    # sg[clipped surrogate]: where it is the larger, the clamp is active (ratio outside [1 − ε_low, 1 + ε_high]) and
+    # carries no gradient; elsewhere (ties included: the clamp is the identity there) the gradient is −A ρ ∇log π_θ,
+    # what torch.maximum gives (its tie split 1/2 + 1/2 adds up exactly), with a one-pass select as its backward
+    clipped = (neg_a * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)).detach()
+    loss = torch.where(clipped > unclipped, clipped, unclipped)
+    dual = None
     if dual_clip is not None:
-        dual_loss = neg_a * dual_clip
-        loss = torch.where(A < 0, torch.minimum(loss, dual_loss), loss)
+        dual_loss = neg_a * dual_clip  # data: no gradient
+        dual_on = (A < 0) & (loss.detach() > dual_loss)  # min(l, −cA) picks −cA (an exact tie keeps l)
+        loss = torch.where(dual_on, dual_loss, loss)
+        dual = lambda: dual_on  # noqa: E731
     r = ratio.detach()
 
-    dual = None if dual_clip is None else (lambda: (A < 0) & (undual > dual_loss))
     diagnostics = _TokenDiagnostics(mask, r.dtype, r, lambda: (A < 0) & (r < 1.0 - clip_low),
                                     lambda: (A > 0) & (r > 1.0 + clip_high), dual)
     return loss, diagnostics  # unmasked: the caller masks (aggregation, or × mask)

@@ -693,3 +693,31 @@ def test_aggregate_errors():
         aggregate(loss, torch.zeros(2, 2, dtype=torch.bool), "token-mean")
     with pytest.raises(ValueError, match="non-finite"):
         aggregate(loss.clone().fill_(float("nan")), m, "token-mean")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dual_clip", [None, 1.5, 3.0])
+def test_ppo_clip_equals_the_textbook_max_min_form_bit_for_bit(dtype, dual_clip):
+    # reference: l = max(−Aρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high)), then min(l, −cA) where A < 0, by torch.maximum /
+    # torch.minimum through autograd (ties split 1/2 + 1/2). rlkl selects with torch.where and detaches the clipped
+    # branch (its clamp is active wherever it is selected): the same values and, ties included, the same gradients.
+    gen = torch.Generator().manual_seed(7)
+    B, T = 29, 41
+    lo = -torch.rand(B, T, generator=gen, dtype=dtype) * 3
+    lp = (lo + torch.randn(B, T, generator=gen, dtype=dtype) * 0.4).clamp(max=0)
+    lp[0, :5] = lo[0, :5]  # ρ = 1 exactly: both branches tie
+    A = torch.randn(B, T, generator=gen, dtype=dtype) * 2
+    A[A.abs() < 0.2] = 0.0
+    w = torch.rand(B, T, generator=gen, dtype=dtype)  # a per-token aggregation weight
+    mask = torch.ones(B, T, dtype=torch.bool)
+    x = lp.clone().requires_grad_(True)
+    out = ppo_clip_loss(x, lo, A, mask, 0.2, 0.28, dual_clip)
+    (out.loss * w).sum().backward()
+    y = lp.clone().requires_grad_(True)
+    ratio = torch.exp(torch.clamp(y - lo, -20.0, 20.0))
+    ref = torch.maximum(-A * ratio, -A * torch.clamp(ratio, 1 - 0.2, 1 + 0.28))
+    if dual_clip is not None:
+        ref = torch.where(A < 0, torch.minimum(ref, -A * dual_clip), ref)
+    (ref * w).sum().backward()
+    assert torch.equal(out.loss, ref.detach())
+    assert torch.equal(x.grad, y.grad)
