@@ -87,11 +87,13 @@ def test_cispo_refuses_an_empty_mask():
 # --- REINFORCE ratio diagnostics ----------------------------------------------------------------------------------
 
 def test_reinforce_ratio_statistics_with_and_without_logp_old():
-    # logp = (log 2, log ½), logp_old = 0: ρ = (2, ½), mean 1.25, min ½, max 2; without logp_old ρ ≡ 1
-    logp, m = row([L2, -L2]), torch.ones(1, 2, dtype=torch.bool)
+    # logp_old = −1, logp = (log 2 − 1, log ½ − 1): ρ = π/π_old = (2, ½), mean 1.25, min ½, max 2;
+    # without logp_old ρ ≡ 1
+    logp, m = row([L2 - 1.0, -L2 - 1.0]), torch.ones(1, 2, dtype=torch.bool)
     a = row([1.0, 1.0])
-    out = reinforce_loss(logp, a, m, logp_old=torch.zeros_like(logp))
-    assert [out.ratio_mean.item(), out.ratio_min.item(), out.ratio_max.item()] == [1.25, 0.5, 2.0]
+    out = reinforce_loss(logp, a, m, logp_old=torch.full_like(logp, -1.0))
+    got = [out.ratio_mean.item(), out.ratio_min.item(), out.ratio_max.item()]
+    assert got == pytest.approx([1.25, 0.5, 2.0], rel=1e-15), got
     out = reinforce_loss(logp, a, m)
     assert [out.ratio_mean.item(), out.ratio_min.item(), out.ratio_max.item()] == [1.0, 1.0, 1.0]
     assert diag(out) == [0.0, 0.0, 0.0]
