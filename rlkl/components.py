@@ -74,10 +74,16 @@ class Advantage:
         return 2 if self.couples_group else 1
 
     # -- hooks for the advantages of other frameworks (defaults: the sequence-level rule above, nothing more) --
-    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor) -> Tensor:
+    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor | None) -> Tensor:
         """``[B]`` sequence advantages given the ``[B]`` response lengths (what :class:`rlkl.methods.Method`
-        calls); the default ignores the lengths."""
+        calls); the default ignores the lengths (``None`` when :attr:`reads_lengths` is False)."""
         return self(rewards, group_size)
+
+    @property
+    def reads_lengths(self) -> bool:
+        """True when :meth:`compute` may read the lengths — its class overrides it (the default ignores them), so
+        :class:`rlkl.methods.Method` counts the tokens of each row only then."""
+        return type(self).compute is not Advantage.compute
 
     def token_step(self, advantages: Tensor, mask: Tensor, group_size: int) -> Tensor:
         """``[B, T]`` → ``[B, T]``: a step on the token advantages after the KL token penalty (identity, except
@@ -522,7 +528,7 @@ class LengthWeightedCentered(Advantage):
     def __call__(self, rewards: Tensor, group_size: int) -> Tensor:
         return _adv.group_centered(rewards, group_size)
 
-    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor) -> Tensor:
+    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor | None) -> Tensor:
         return _adv.length_weighted_centered(rewards, lengths.to(rewards.dtype), group_size)
 
     def couples_beyond_rewards(self, fixed_length: bool, token_penalty: bool) -> bool:
@@ -627,8 +633,12 @@ class TokenWhitened(Advantage):
         raise ValueError("TokenWhitened is a token-level advantage: it needs the mask (Method.advantages(batch)); "
                          "compute() gives its sequence part, token_step() the whitening")
 
-    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor) -> Tensor:
+    def compute(self, rewards: Tensor, group_size: int, lengths: Tensor | None) -> Tensor:
         return _adv.group_centered(rewards, group_size) if self.group_mean else check_float("rewards", rewards, ndim=1)
+
+    @property
+    def reads_lengths(self) -> bool:
+        return False  # the whitening reads the mask in token_step, not the lengths
 
     def token_step(self, advantages: Tensor, mask: Tensor, group_size: int) -> Tensor:
         G = None if self.scope is Scope.BATCH else group_size

@@ -220,16 +220,19 @@ def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Te
     # Overflow-safe: every reduction divides before it sums (Σ l·(m/N), not (Σ l·m)/N), so per-token losses that
     # are finite give a finite token-mean / seq-mean-token-mean even when Σ l·m exceeds the dtype; only a value
     # that itself exceeds the dtype (a token *sum* beyond float32's 3.4e38) overflows. No boolean indexing.
-    m = mask.to(loss.dtype)
+    # Each mode builds only what it reads (the float mask, the lengths, B'): the same values, fewer passes.
     lx = torch.where(mask, loss, 0.0)
     if mode == "token-mean":
+        m = mask.to(loss.dtype)
         return (lx * (m / m.sum())).sum()
-    lengths = m.sum(-1, keepdim=True)  # [B, 1]
-    n_seq = (lengths > 0).to(loss.dtype).sum()  # B': sequences with a valid token (>= 1: mask is non-empty)
     if mode == "seq-mean-token-mean":
+        m = mask.to(loss.dtype)
+        lengths = m.sum(-1, keepdim=True)  # [B, 1]
+        n_seq = (lengths > 0).to(loss.dtype).sum()  # B': sequences with a valid token (>= 1: mask is non-empty)
         per_seq = (lx * (m / lengths.clamp_min(1.0))).sum(-1)  # [B] Σ_t m l / |y_i|
         return (per_seq / n_seq).sum()
     if mode == "seq-mean-token-sum":
+        n_seq = mask.any(-1).to(loss.dtype).sum()  # B' (an exact count, as from the lengths)
         return (lx / n_seq).sum()
     C = loss.shape[1] if horizon is None else horizon
     return (lx / (loss.shape[0] * C)).sum()
@@ -620,7 +623,7 @@ def _rpg_samples(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tenso
     log_w = torch.clamp(((logp - logp_old.detach()) * m).sum(-1, keepdim=True), -LOG_RATIO_CLAMP,
                         LOG_RATIO_CLAMP)
     lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)
-    first = mask.to(torch.int64).argmax(-1, keepdim=True)
+    first = mask.to(torch.uint8).argmax(-1, keepdim=True)  # the first valid token (1-byte copy of the mask)
     adv = torch.gather(A, 1, first)  # [B, 1]
     return log_w, lp, adv, torch.ones_like(lp, dtype=torch.bool)
 

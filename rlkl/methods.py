@@ -278,7 +278,8 @@ class Method:
             penalty = self.kl.sequence_penalty(self._rollout_log_ratio(batch), batch.mask)
             if penalty is not None:
                 rewards = rewards - self.beta * penalty
-        return self.advantage.compute(rewards, batch.group_size, batch.mask.sum(-1).to(rewards.dtype))
+        lengths = batch.mask.sum(-1).to(rewards.dtype) if self.advantage.reads_lengths else None  # [B] |y_i|
+        return self.advantage.compute(rewards, batch.group_size, lengths)
 
     def advantages(self, batch: "RolloutBatch", sequence_advantages: Tensor | None = None) -> Tensor:
         """``[B, T]`` token advantages used by the policy loss (no gradient; zero on padding).

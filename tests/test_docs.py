@@ -137,3 +137,15 @@ def test_tutorial_commands_run(tmp_path, monkeypatch, capsys, one_thread):
     assert "grpo, β=" in outputs["plot"] and "frpo, β=" in outputs["plot"]
     assert (tmp_path / "runs" / "plot" / "grpo_vs_frpo.png").stat().st_size > 1000
     assert (tmp_path / "runs" / "figures" / "fig_grpo_utility.png").stat().st_size > 1000
+
+
+def test_functions_in_the_library_are_at_most_60_lines():
+    # the project's rule (functions in rlkl/ ≤ 60 lines, docstring included): counted from `def` to the last line
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "rlkl").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long, long

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rlkl.lm.model import (GPT, GPTConfig, resolve_device, response_logits, sample, shared_prefix_logits,
-                           token_logprobs)
+from rlkl.lm.model import (GPT, GPTConfig, expand_caches, expand_caches_for_decoding, log_softmax, resolve_device,
+                           response_logits, sample, shared_prefix_logits, token_logprobs)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in the root conftest.py
@@ -133,3 +133,38 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("shape", [(5, 13), (6, 4, 13), (3, 2, 2, 7), (4, 300)])
+def test_log_softmax_equals_torch_values_and_gradients(shape):
+    """The leading-axis route (V <= 256 on CPU) and the fallback (V = 300) give torch.log_softmax's values and
+    input gradients; the strided result still normalizes every row (logsumexp 0)."""
+    x = (3 * torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape)))).requires_grad_()
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(9))
+    a, b = log_softmax(x), torch.log_softmax(x, dim=-1)
+    assert a.shape == b.shape
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.logsumexp(-1), torch.zeros(shape[:-1]), rtol=0, atol=1e-6)
+    ga, = torch.autograd.grad((a * w).sum(), x)
+    gb, = torch.autograd.grad((b * w).sum(), x)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=1e-5)
+
+
+def test_decoding_buffers_hold_the_repeated_prompt_cache():
+    """expand_caches_for_decoding = expand_caches (row i·G + g holds prompt row i) in buffers with room for the
+    extra positions; a decoding step written into them gives the logits of the concatenating cache."""
+    m = _model(8)
+    prompts = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(0))
+    nxt = torch.randint(0, 6, (6, 1), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain, buffered = [{} for _ in m.blocks], [{} for _ in m.blocks]
+        m(prompts, plain)
+        m(prompts, buffered)
+        expand_caches(plain, 2)
+        expand_caches_for_decoding(buffered, 2, extra=3)
+        for c, d in zip(plain, buffered):
+            assert d["len"] == 4 and d["k_buf"].shape == (6, 2, 7, 8)
+            assert torch.equal(d["k_buf"][:, :, :4], c["k"]) and torch.equal(d["v_buf"][:, :, :4], c["v"])
+        a, b = m(nxt, plain, start=4), m(nxt, buffered, start=4)  # [6, 1, V]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert all(d["len"] == 5 for d in buffered)

@@ -161,3 +161,10 @@ def test_divisor_demonstrations_prefer_small_divisors():
     for k, d in enumerate(t.answers([12]), start=1):
         p = (1 / k) / (49 / 20)
         assert abs(got.count(d) / n - p) <= 4 * (p * (1 - p) / n) ** 0.5, d
+
+
+def test_tokenizer_is_shared_and_target_responses_of_no_prompts():
+    task = make_task("addition", 2)
+    assert task.tokenizer is task.tokenizer is make_task("addition", 2).tokenizer  # one per alphabet
+    resp, mask = task.target_responses(task.sample_prompts(0, torch.Generator().manual_seed(0)))
+    assert resp.shape == mask.shape == (0, task.max_response_len)

@@ -537,3 +537,29 @@ def test_method_loss_validation():
     for name in ("gspo", "rpg_reinforce_fkl_seq"):
         with pytest.raises(ValueError, match="rows with no token"):
             REGISTRY[name].loss(logp, eb)
+
+
+def test_only_advantages_that_read_lengths_get_them():
+    from rlkl.components import Advantage, GroupStandardized, LengthWeightedCentered, Raw, TokenWhitened
+
+    assert LengthWeightedCentered().reads_lengths
+    assert not GroupStandardized().reads_lengths and not Raw().reads_lengths and not TokenWhitened().reads_lengths
+
+    @dataclasses.dataclass(frozen=True)
+    class LengthBonus(Raw):  # a user's advantage that overrides compute reads the lengths: it gets them
+        def compute(self, rewards, group_size, lengths):
+            return rewards + 0.5 * lengths
+
+    assert LengthBonus().reads_lengths and issubclass(LengthBonus, Advantage)
+    seen = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Spy(Raw):
+        def compute(self, rewards, group_size, lengths):
+            seen.append(lengths)
+            return rewards
+
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    batch = RolloutBatch(torch.zeros(2, 3), torch.zeros(2, 3), mask, torch.tensor([1.0, 0.0]), 1)
+    get_method("reinforce").replace(advantage=Spy()).sequence_advantages(batch)
+    assert seen[0].tolist() == [2.0, 1.0]  # |y_1| = 2, |y_2| = 1

@@ -63,7 +63,9 @@ def pass_at_k_batch(correct: torch.Tensor, ks: Iterable[int]) -> dict[int, float
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Exact entropy ``H_t = -sum_v p_v log p_v`` of softmax(logits): ``[..., V]`` -> ``[...]``."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
+    from rlkl.lm.model import log_softmax
+
+    logp = log_softmax(logits.float())  # [..., V]
     return -(logp.exp() * logp).sum(dim=-1)  # [...]
 
 

@@ -18,6 +18,7 @@ turns on bf16 autocast on CUDA only (CPU runs stay float32, which the exact-resu
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -66,24 +67,37 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         B, L, D = x.shape  # batch, sequence length, width
-        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x [B, L, D]
-        q = q.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
-        k = k.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
-        v = v.view(B, L, self.n_head, D // self.n_head).transpose(1, 2)  # [B, H, L, D/H]
+        qkv = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # [3, B, H, L, D/H]
+        q, k, v = qkv.unbind(0)  # 3 x [B, H, L, D/H] (the strides of split + view + transpose)
         causal, mask = True, None
-        if cache is not None:  # append to the keys/values of the earlier (cached) positions
+        if cache is not None and "k_buf" in cache:  # decoding: write into the preallocated buffers (no grad)
+            past = cache["len"]
+            cache["k_buf"][:, :, past : past + L] = k
+            cache["v_buf"][:, :, past : past + L] = v
+            k, v = cache["k_buf"][:, :, : past + L], cache["v_buf"][:, :, : past + L]  # [B, H, past + L, D/H]
+            cache["len"] = past + L
+            causal = False  # new query j sees every cached position and new positions <= j
+            if L > 1:
+                mask = _continuation_mask(L, past, x.device)  # [L, past + L]
+        elif cache is not None:  # append to the keys/values of the earlier (cached) positions
             if "k" in cache:
                 past = cache["k"].shape[2]
                 k = torch.cat([cache["k"], k], dim=2)  # [B, H, past + L, D/H]
                 v = torch.cat([cache["v"], v], dim=2)  # [B, H, past + L, D/H]
                 causal = False  # new query j sees every cached position and new positions <= j
                 if L > 1:
-                    mask = torch.ones(L, past + L, dtype=torch.bool, device=x.device).tril(diagonal=past)  # [L, past+L]
+                    mask = _continuation_mask(L, past, x.device)  # [L, past + L]
             cache["k"], cache["v"] = k, v
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)  # [B, H, L, D/H]
         y = y.transpose(1, 2).contiguous().view(B, L, D)  # [B, L, D]
         return self.proj(y)  # [B, L, D]
+
+
+@functools.lru_cache(maxsize=64)
+def _continuation_mask(L: int, past: int, device: torch.device) -> torch.Tensor:
+    """``[L, past + L]`` bool: new query j sees the ``past`` cached positions and new positions <= j (read-only)."""
+    return torch.ones(L, past + L, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
 class MLP(nn.Module):
@@ -106,6 +120,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        if self.drop.p == 0.0:  # no dropout module calls (the RL runs' case)
+            x = x + self.attn(self.ln1(x), cache)  # [B, L, D]
+            return x + self.mlp(self.ln2(x))  # [B, L, D]
         x = x + self.drop(self.attn(self.ln1(x), cache))  # [B, L, D]
         x = x + self.drop(self.mlp(self.ln2(x)))  # [B, L, D]
         return x
@@ -150,8 +167,7 @@ class GPT(nn.Module):
         B, L = idx.shape
         if start + L > self.cfg.block_size:
             raise ValueError(f"sequence length {start + L} exceeds block_size {self.cfg.block_size}")
-        pos = torch.arange(start, start + L, device=idx.device)  # [L]
-        x = self.tok_emb(idx) + self.pos_emb(pos)  # [B, L, D]
+        x = self.tok_emb(idx) + self.pos_emb.weight[start : start + L]  # [B, L, D] (rows start .. start+L-1)
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])  # [B, L, D]
         x = self.ln_f(x)  # [B, L, D]
@@ -177,9 +193,23 @@ def response_logits(model: nn.Module, prompts: torch.Tensor, responses: torch.Te
     return logits[:, P - 1 : P - 1 + R]  # [B, R, V]
 
 
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.log_softmax(logits, dim=-1)`` of ``logits [..., V]`` (same values), fast for a short vocabulary.
+
+    On CPU with V <= 256 it runs on a transposed ``[V, N]`` copy along its leading axis — torch's CPU kernel
+    along a short last axis is 2-5x slower (V = 13: ~100 vs ~22 µs for 512 rows) — and returns a ``[..., V]``
+    view of that result (not contiguous). Differentiable. Elsewhere it is ``torch.log_softmax``.
+    """
+    V = logits.shape[-1]
+    if logits.device.type != "cpu" or logits.ndim < 2 or V > 256:
+        return torch.log_softmax(logits, dim=-1)
+    flat_t = logits.reshape(-1, V).t().contiguous()  # [V, N]
+    return torch.log_softmax(flat_t, dim=0).t().reshape(logits.shape)  # [..., V] (a view: strides (…, 1, N))
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log π(token | prefix) of the given tokens: ``logits [B, R, V]``, ``tokens [B, R]`` -> ``[B, R]``."""
-    logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [B, R, V]
+    logp_all = log_softmax(logits if temperature == 1.0 else logits / temperature)  # [B, R, V]
     return logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, R]
 
 
@@ -194,6 +224,23 @@ def expand_caches(caches: list[dict], group_size: int) -> None:
     for c in caches:
         c["k"] = c["k"].repeat_interleave(group_size, dim=0)
         c["v"] = c["v"].repeat_interleave(group_size, dim=0)
+
+
+def expand_caches_for_decoding(caches: list[dict], group_size: int, extra: int) -> None:
+    """Like :func:`expand_caches`, into preallocated buffers with room for ``extra`` more positions (in place).
+
+    ``k``/``v`` ``[n, H, P, D/H]`` become ``k_buf``/``v_buf`` ``[n·G, H, P + extra, D/H]`` (row i·G + g holds
+    prompt row i) and ``len`` = P; each decoding step then writes its keys/values in place instead of
+    concatenating a new cache. Not differentiable: for sampling under ``torch.no_grad()`` only.
+    """
+    for c in caches:
+        for name in ("k", "v"):
+            x = c.pop(name)  # [n, H, P, D/H]
+            n, H, P, dh = x.shape
+            buf = x.new_empty(n, group_size, H, P + extra, dh)  # [n, G, H, P + extra, D/H]
+            buf[:, :, :, :P] = x.unsqueeze(1)  # the G rows of group i share prompt i's keys/values
+            c[f"{name}_buf"] = buf.view(n * group_size, H, P + extra, dh)  # [n·G, H, P + extra, D/H]
+        c["len"] = P
 
 
 def shared_prefix_logits(model: nn.Module, prompts: torch.Tensor, responses: torch.Tensor,
@@ -254,16 +301,33 @@ def sample(
         ``responses [n·G, R]`` long, ``mask [n·G, R]`` bool (True up to and including the EOS token),
         ``logp [n·G, R]`` float32: log π(token) at the temperature used, 0 where the mask is False.
     """
+    pick = _softmax_pick(generator, temperature, greedy)
+    responses, mask, logp, _ = _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick, group_size)
+    return responses, mask, logp
+
+
+def _softmax_pick(generator: torch.Generator | None, temperature: float = 1.0, greedy: bool = False):
+    """``pick`` of :func:`_generate` for :func:`sample`: a draw from softmax(logits / τ) (or its arg-max)."""
     def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        logp_all = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
+        logp_all = log_softmax(logits if temperature == 1.0 else logits / temperature)  # [B, V]
         if greedy:
             tok = logp_all.argmax(dim=-1)  # [B]
         else:
-            tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)  # [B]
+            # contiguous: multinomial draws its exponentials in memory order (a strided input, another stream)
+            tok = torch.multinomial(logp_all.exp().contiguous(), 1, generator=generator).squeeze(-1)  # [B]
         return tok, logp_all, None
 
-    responses, mask, logp, _ = _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick, group_size)
-    return responses, mask, logp
+    return pick
+
+
+def _engine_pick(generator: torch.Generator | None, sampler):
+    """``pick`` of :func:`_generate` for :func:`sample_engine`: a draw from q = ``sampler``(softmax(logits))."""
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = sampler.transform(logits)  # [B, V] log q, kept, reported
+        tok = torch.multinomial(out.log_q.exp(), 1, generator=generator).squeeze(-1)  # [B] from q
+        return tok, out.log_reported, out.kept
+
+    return pick
 
 
 @torch.no_grad()
@@ -281,12 +345,7 @@ def sample_engine(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, 
         *reports* (log q, or the raw log softmax of its logits with ``logprobs="raw"``), 0 on padding, and
         ``kept [n·G, R, V]`` bool: the kept set at every position (all True on padding).
     """
-    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = sampler.transform(logits)  # [B, V] log q, kept, reported
-        tok = torch.multinomial(out.log_q.exp(), 1, generator=generator).squeeze(-1)  # [B] from q
-        return tok, out.log_reported, out.kept
-
-    return _generate(model, prompts, max_new_tokens, eos_id, use_cache, pick, group_size)
+    return _generate(model, prompts, max_new_tokens, eos_id, use_cache, _engine_pick(generator, sampler), group_size)
 
 
 def _generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_id: int, use_cache: bool, pick,
@@ -311,7 +370,7 @@ def _generate(model: nn.Module, prompts: torch.Tensor, max_new_tokens: int, eos_
             elif t == 0:
                 logits = core(prompts, caches)[:, -1, :].float()  # [n, V] one prompt pass per group
                 logits = logits.repeat_interleave(group_size, dim=0)  # [B, V]
-                expand_caches(caches, group_size)
+                expand_caches_for_decoding(caches, group_size, max_new_tokens - 1)  # (sampling is no-grad)
             else:
                 logits = core(tokens[-1][:, None], caches, start=P + t - 1)[:, -1, :].float()  # [B, V]
         tok, logp_all, kept = pick(logits)

@@ -242,21 +242,15 @@ def _train_sft(cfg: SFTConfig, out: Path | None, progress: bool, resume: bool, f
     device = resolve_device(cfg.device)
     ck = _open_sft_run(cfg, out, resume, force, threads, device) if out is not None else None
     if ck is not None and ck.get("complete"):
-        from rlkl.lm.runlog import note
-
-        (out / "checkpoint.pt").unlink(missing_ok=True)
-        model, _, payload = load_reference(out / "reference.pt", device)
-        note("rlkl sft", f"{out} is complete (reference.pt written); nothing to resume")
-        return model, payload["eval"]
+        return _completed_sft(out, device)
     task, model, opt, gen = _sft_state(cfg, device)
     start, wall0, rows = 0, 0.0, []
-    if ck is not None:
+    if ck is not None:  # resume: model, optimizer, sampling generator and torch RNG as they were at the checkpoint
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["gen"])
         torch.set_rng_state(ck["torch_rng"])
-        start, wall0 = int(ck["step"]), float(ck["wall_time"])
-        rows = restore_rows(out, ck, "rlkl sft")
+        start, wall0, rows = int(ck["step"]), float(ck["wall_time"]), restore_rows(out, ck, "rlkl sft")
     eval_prompts = task.eval_prompts(cfg.eval_prompts).to(device)
     ks = sorted({1, min(4, cfg.eval_samples), cfg.eval_samples})
     if out is not None:
@@ -297,11 +291,26 @@ def _train_sft(cfg: SFTConfig, out: Path | None, progress: bool, resume: bool, f
         if stop.requested:
             tqdm.write(f"stopped at step {step + 1}; continue with: rlkl sft --resume {out}", file=sys.stderr)
         return model, {}
-    final = next((r for r in reversed(all_rows) if "pass@1" in r), {})
+    return model, _finish_sft(out, model, task, cfg, all_rows)
+
+
+def _finish_sft(out: Path | None, model: GPT, task, cfg: SFTConfig, rows: list[dict]) -> dict:
+    """The last evaluation row; with a run folder, write reference.pt (the run's result) and drop the checkpoint."""
+    final = next((r for r in reversed(rows) if "pass@1" in r), {})
     if out is not None:
         save_reference(out / "reference.pt", model, task, cfg, final)
         (out / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete: reference.pt is its result
-    return model, final
+    return final
+
+
+def _completed_sft(out: Path, device) -> tuple[GPT, dict]:
+    """A run whose reference.pt is written: drop a stale checkpoint, load the reference, say so."""
+    from rlkl.lm.runlog import note
+
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    model, _, payload = load_reference(out / "reference.pt", device)
+    note("rlkl sft", f"{out} is complete (reference.pt written); nothing to resume")
+    return model, payload["eval"]
 
 
 def _sft_state(cfg: SFTConfig, device):

@@ -85,6 +85,12 @@ class CharTokenizer:
         return "".join(out)
 
 
+@functools.lru_cache(maxsize=None)
+def _tokenizer(alphabet: str) -> CharTokenizer:
+    """One shared tokenizer per alphabet (the verifier asks for it on every rollout)."""
+    return CharTokenizer(alphabet)
+
+
 def split_hash(keys: torch.Tensor, split_seed: int) -> torch.Tensor:
     """Deterministic hash of int64 problem keys in [0, 1000) (two Lehmer rounds mod 2^31 - 1)."""
     h = keys.remainder(_HASH_M)  # [n] < 2^31, so products below stay < 2^62 (no int64 overflow)
@@ -151,7 +157,7 @@ class Task:
     # ---- shared machinery -------------------------------------------------------------------------
     @property
     def tokenizer(self) -> CharTokenizer:
-        return CharTokenizer(self.alphabet)
+        return _tokenizer(self.alphabet)
 
     @property
     def vocab_size(self) -> int:
@@ -241,13 +247,10 @@ class Task:
     def target_responses(self, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Correct responses for ``prompts [n, P]``: ``(responses [n, R], mask [n, R])``, EOS-terminated."""
         tok, R = self.tokenizer, self.max_response_len
-        resp = torch.full((prompts.shape[0], R), self.eos_id, dtype=torch.long)
-        mask = torch.zeros((prompts.shape[0], R), dtype=torch.bool)
-        for i, p in enumerate(prompts.tolist()):
-            ids = tok.encode(self.answer_text(self.parse_prompt(p)) + EOS)
-            resp[i, : len(ids)] = torch.tensor(ids)
-            mask[i, : len(ids)] = True
-        return resp, mask
+        answers = [tok.encode(self.answer_text(self.parse_prompt(p)) + EOS) for p in prompts.tolist()]
+        resp = torch.tensor([ids + [self.eos_id] * (R - len(ids)) for ids in answers], dtype=torch.long)  # [n, R]
+        mask = torch.tensor([[True] * len(ids) + [False] * (R - len(ids)) for ids in answers], dtype=torch.bool)
+        return resp.view(len(answers), R), mask.view(len(answers), R)  # (view: n = 0 gives [0, R])
 
     def score(self, prompts: torch.Tensor, responses: torch.Tensor, partial_credit: bool = False) -> torch.Tensor:
         """Verifier. ``prompts [n, P]``, ``responses [n, R]`` -> rewards ``[n]`` float32 in [0, 1].

@@ -338,7 +338,8 @@ class Rollout:
 
         logits = logits.detach().float()  # [B, R, V]
         self.logp_old = token_logprobs(logits, self.responses)  # [B, R]
-        logp_base = token_logprobs(self.logits_base, self.responses)  # [B, R]
+        logp_base = (self.logp_ref if self.logits_ref is self.logits_base  # [B, R] (π_ref = π_0: the same numbers)
+                     else token_logprobs(self.logits_base, self.responses))
         self.metrics.update(rollout_metrics(logits, self.logits_base, self.logp_old, logp_base, self.mask,
                                             self.rewards, self.group_size))
         if self.logits_ref is not self.logits_base:
@@ -708,11 +709,14 @@ def _rl_step(cfg: TrainConfig, method, st: _State, task: Task, device) -> dict:
     """One RL step: rollout, K updates, reference refresh; advances ``st.step``; returns the step's metric row."""
     t0 = time.time()
     prompts = task.sample_prompts(cfg.prompts_per_step, st.prompt_gen).to(device)  # [n, P]
-    st.policy.eval()
+    dropout = unwrap(st.policy).cfg.dropout > 0  # eval/train differ only in dropout (RL runs: none)
+    if dropout:
+        st.policy.eval()  # sample without dropout (nn.Module.train walks every submodule: skipped when a no-op)
     ro = collect_rollout(st.policy, st.ref, st.base, task, prompts, cfg.group_size, st.sample_gen,
                          cfg.partial_credit, with_behaviour=False,  # π_old comes from the first update
                          sampler=build_sampler(cfg), replay=method.correction.replays_kept_set)
-    st.policy.train()
+    if dropout:
+        st.policy.train()
     t1 = time.time()
     upd = _update(cfg, method, st, ro)
     st.step += 1

@@ -50,8 +50,9 @@ Tensor = torch.Tensor
 COUPLINGS = ("none", "rewards", "full", "batch")
 #: default cap on the number of groups an exact expectation may enumerate
 DEFAULT_MAX_GROUPS = 2_000_000
-#: rows × T per loss call (memory of one chunk)
-DEFAULT_CHUNK_SLOTS = 1 << 21
+#: rows × T per loss call (memory of one chunk: 1 MiB per float64 [B, T] array, so a chunk's ~30 intermediates stay in
+#: L2/L3; measured on 2 cores: as fast as 2^21 in CPU time, less memory)
+DEFAULT_CHUNK_SLOTS = 1 << 17
 
 
 # ------------------------------------------------------------------------------------------------ loss spec
@@ -165,13 +166,63 @@ def loss_spec(method_or_fn: Any, mdp: TreeMDP, group_size: Optional[int] = None,
 
 
 # ------------------------------------------------------------------------------------------------ data
+class _Tokens:
+    """The ``[P·N, T]`` token log-probs of one policy (detached; 0 on padding), read a chunk of rows at a time.
+
+    For a policy with the generic `Policy.token_logp` (a gather of its node log-probs) only the node table
+    ``[P, S·V]`` is kept and each chunk gathers its own rows (`rows`): the same values, bit for bit, as the whole
+    array, which is built only when read whole (`full`). Another policy gives the whole array at once."""
+
+    __slots__ = ("table", "flat", "mask", "N", "T", "_full")
+
+    def __init__(self, table: Optional[Tensor], flat: Optional[Tensor], mask: Optional[Tensor], N: int, T: int,
+                 full: Optional[Tensor] = None):
+        self.table, self.flat, self.mask, self.N, self.T, self._full = table, flat, mask, N, T, full
+
+    def full(self) -> Tensor:
+        if self._full is None:
+            P = self.table.shape[0]
+            self._full = self.rows(slice(0, P * self.N))
+        return self._full
+
+    def rows(self, rows: Tensor | slice, index: Optional[tuple] = None) -> Tensor:
+        """``[B, T]`` the rows ``rows`` (indices b = x·N + n, or a slice of consecutive rows); ``index``: their
+        `index` (shared by the policies of one chunk)."""
+        if self._full is not None:
+            return self._full[rows]
+        idx, mask = self.index(rows) if index is None else index
+        tok = self.table.view(-1).index_select(0, idx).view(-1, self.T)
+        return tok if mask is None else torch.where(mask, tok, 0.0)  # 0 on padding
+
+    def index(self, rows: Tensor | slice) -> tuple[Tensor, Optional[Tensor]]:
+        """(``[B·T]`` flat index of the rows' token slots into the ``[P·S·V]`` node table, ``[B, T]`` mask or None)."""
+        P, N, T = self.table.shape[0], self.N, self.T
+        if isinstance(rows, slice) and P == 1:
+            idx = self.flat[rows.start * T:rows.stop * T]  # a view: no index is built
+            mask = None if self.mask is None else self.mask[rows]
+        else:
+            if isinstance(rows, slice):
+                rows = torch.arange(rows.start, rows.stop)
+            if P == 1:
+                n, idx = rows, self.flat.view(N, T)[rows].reshape(-1)
+            else:
+                x = torch.div(rows, N, rounding_mode="floor")
+                n = rows - x * N
+                idx = (self.flat.view(N, T)[n] + (x * self.table.shape[1]).unsqueeze(1)).reshape(-1)
+            mask = None if self.mask is None else self.mask[n]
+        return idx, mask
+
+
 @dataclass
 class _Data:
-    """Stacked enumeration data of the three policies (rows b = x·N + n)."""
+    """Stacked enumeration data of the three policies (rows b = x·N + n).
 
-    logp: Tensor  # [P·N, T] current policy, detached
-    logp_old: Tensor  # [P·N, T]
-    logp_ref: Tensor  # [P·N, T]
+    ``logp`` / ``logp_old`` / ``logp_ref`` are the ``[P·N, T]`` arrays, built when first read; the routes read
+    their chunks with `take` (gathered from the node tables, no ``[P·N, T]`` array at all)."""
+
+    tok: _Tokens  # current policy, detached
+    tok_old: _Tokens
+    tok_ref: _Tokens
     mask: Tensor  # [P·N, T]
     rewards: Tensor  # [P·N]
     q: Tensor  # [P, N] behaviour distribution (normalized)
@@ -184,6 +235,37 @@ class _Data:
     chain_policy: Optional[Policy] = None  # the policy whose token log-probs the loss sees (π_θ, or π_θ^K replayed)
     sampled: Optional[Policy] = None  # the behaviour distribution q when a sampler is given
     finite_sums: Optional[Tensor] = None  # [P·N] bool: the row sums of logp and logp_old are finite
+    all_finite: bool = False  # every entry of logp and logp_old is finite (read from the node tables)
+    _last_index: Optional[tuple] = field(default=None, repr=False)  # (rows, `_Tokens.index(rows)`)
+
+    @property
+    def logp(self) -> Tensor:
+        return self.tok.full()
+
+    @property
+    def logp_old(self) -> Tensor:
+        return self.tok_old.full()
+
+    @property
+    def logp_ref(self) -> Tensor:
+        return self.tok_ref.full()
+
+    def token_index(self, rows: Tensor | slice) -> tuple[Tensor, Optional[Tensor]]:
+        """`_Tokens.index` of ``rows`` (kept for the last ``rows``: one build per chunk)."""
+        last = self._last_index
+        if last is None or last[0] is not rows:
+            last = self._last_index = (rows, self.tok.index(rows))
+        return last[1]
+
+    def take(self, name: str, rows: Tensor | slice) -> Tensor:
+        """Rows ``rows`` of the field ``name`` (the token log-probs gathered for these rows only; the gather index
+        of the last ``rows`` is kept, so the three policies of one chunk build it once)."""
+        tokens = {"logp": self.tok, "logp_old": self.tok_old, "logp_ref": self.tok_ref}.get(name)
+        if tokens is None:
+            return getattr(self, name)[rows]
+        if tokens.table is None or self.tok.table is None or tokens.table.shape != self.tok.table.shape:
+            return tokens.rows(rows)
+        return tokens.rows(rows, self.token_index(rows))
 
 
 def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Optional[Policy],
@@ -202,33 +284,43 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         sampled = SampledPolicy(behaviour, sampler)
         if replay:
             policy, behaviour = replayed_policy(policy, sampled), replayed_policy(behaviour, sampled)
-    logp, graph = _token_logp(policy, keep_graph)  # the graph is reused by `_chain`
+    tok, graph = _token_logp(policy, keep_graph)  # the graph is reused by `_chain`
     with torch.no_grad():
-        logp_old = logp if behaviour is policy else _token_logp(behaviour, False)[0]
-        logp_ref = _token_logp(ref, False)[0] if ref is not None else logp_old
-        sum_pi, sum_old = logp.sum(-1), logp_old.sum(-1)  # [P·N]; a row is finite if its sum is (and vice versa
-        # unless the sum overflows: the checks below then look at the row itself)
+        tok_old = tok if behaviour is policy else _token_logp(behaviour, False)[0]
+        tok_ref = _token_logp(ref, False)[0] if ref is not None else tok_old
+        # [P·N] row sums; a row is finite if its sum is (and vice versa unless the sum overflows: the checks below
+        # then look at the row itself). π_θ's (and π_ref's) are needed only where a check reads them.
+        sum_old = _sequence_sums(tok_old, mdp)
+        sum_pi = sum_old if tok_old is tok else None
         seq_old = (sum_old if sampled is None else sampled.token_logp().sum(-1)).reshape(P, N)
         q = torch.softmax(seq_old, dim=-1)
-        target = sum_pi.reshape(P, N).exp()
+        all_finite = _all_finite(tok) and (tok_old is tok or _all_finite(tok_old))
     live = mdp.prompt_probs > 0
     if sampled is not None:
-        _check_sampler_support(mdp, q, logp_old, live)
-    bad = (q == 0) & (target > 0) & live[:, None]
-    if sampled is None and bool(bad.any()):  # under a sampler, the cut mass is the bias being measured
+        _check_sampler_support(mdp, q, tok_old.full(), live)
+    bad = (q == 0) & live[:, None]  # then where the target has mass (its exp is read only where q = 0)
+    if sampled is None and bool(bad.any()):
+        sum_pi = _sequence_sums(tok, mdp) if sum_pi is None else sum_pi
+        bad = bad & (sum_pi.reshape(P, N).exp() > 0)
+    if sampled is None and bool(bad.any()):
+        # under a sampler, the cut mass is the bias being measured
         x, n = [int(v) for v in bad.nonzero()[0]]
         raise ValueError(
             f"behaviour policy has zero probability where the target policy has mass ({int(bad.sum())} response(s), "
             f"e.g. prompt {x}, response {mdp.responses()[n]}): the expected gradient under π_old cannot see them; "
             "use a behaviour policy with full support on the target's support")
     support = (q > 0).reshape(-1)
-    if ref is not None and not _rows_finite(logp_ref, logp_ref.sum(-1), support):
+    if ref is not None and not _all_finite(tok_ref) and not _rows_finite(
+            tok_ref, sum_old if tok_ref is tok_old else _sequence_sums(tok_ref, mdp), support):
         raise ValueError("the reference policy has zero probability on a response in the support of the behaviour "
                          "policy: the KL to π_ref is infinite")
     e = mdp.enumerate()
     mask = e.mask if P == 1 else e.mask.repeat(P, 1)  # [P·N, T] as `TreeMDP.stacked` (no copy for one prompt)
-    data = _Data(logp, logp_old, logp_ref, mask, mdp.rewards.reshape(-1), q, mdp.prompt_probs, N, mdp.horizon,
-                 graph, chain_policy=policy, finite_sums=torch.isfinite(sum_pi) & torch.isfinite(sum_old))
+    if not all_finite:
+        sum_pi = _sequence_sums(tok, mdp) if sum_pi is None else sum_pi
+    data = _Data(tok, tok_old, tok_ref, mask, mdp.rewards.reshape(-1), q, mdp.prompt_probs, N, mdp.horizon,
+                 graph, chain_policy=policy, all_finite=all_finite,
+                 finite_sums=None if all_finite else torch.isfinite(sum_pi) & torch.isfinite(sum_old))
     if sampled is not None:
         data.sampled = sampled
         data.logp_rollout = sampled.reported_token_logp()
@@ -266,27 +358,64 @@ def _flat_token_index(mdp: TreeMDP) -> Tensor:
     return cache["flat_token_index"]
 
 
-def _token_logp(policy: Policy, keep_graph: bool) -> tuple[Tensor, Any]:
-    """(``[P·N, T]`` detached token log-probs, what `_chain` needs to apply the chain rule to θ, or None).
+def _token_logp(policy: Policy, keep_graph: bool) -> tuple[_Tokens, Any]:
+    """(the detached token log-probs `_Tokens`, what `_chain` needs to apply the chain rule to θ, or None).
 
-    A policy that keeps the generic `Policy.token_logp` (a gather of its node log-probs) is evaluated with one
-    flat ``index_select`` and its chain rule applied at the node level — the same values, bit for bit, without an
-    autograd graph over the ``[P·N, T]`` gather; a policy with its own ``token_logp`` through autograd."""
+    A policy that keeps the generic `Policy.token_logp` (a gather of its node log-probs) keeps its node table and
+    has its chain rule applied at the node level — the same values, bit for bit, without an autograd graph over
+    the ``[P·N, T]`` gather (nor that array); a policy with its own ``token_logp`` through autograd."""
     mdp = policy.mdp
+    N, T = mdp.num_responses, mdp.horizon
     if type(policy).token_logp is not Policy.token_logp:
         graph = policy.token_logp() if keep_graph else None
         with torch.no_grad():
-            return (graph.detach() if graph is not None else policy.token_logp()), graph
+            full = graph.detach() if graph is not None else policy.token_logp()
+        return _Tokens(None, None, None, N, T, full=full), graph
     nlp = policy.node_log_probs() if keep_graph else None
     with torch.no_grad():
         src = nlp.detach() if nlp is not None else policy.node_log_probs()  # [P, S, V]
-        P, T = src.shape[0], mdp.horizon
-        flat = _flat_token_index(mdp)
-        tok = src.reshape(P, -1).index_select(1, flat).view(P * mdp.num_responses, T)
-        if not mdp.fixed_length:
-            tok = torch.where(mdp.enumerate().mask.repeat(P, 1), tok, 0.0)  # 0 on padding
-    mask = None if mdp.fixed_length else mdp.enumerate().mask.reshape(-1)
-    return tok, (_NodeGraph(nlp, flat, mask) if keep_graph else None)
+    flat = _flat_token_index(mdp)
+    mask = None if mdp.fixed_length else mdp.enumerate().mask
+    tokens = _Tokens(src.reshape(src.shape[0], -1), flat, mask, N, T)
+    return tokens, (_NodeGraph(nlp, flat, None if mask is None else mask.reshape(-1)) if keep_graph else None)
+
+
+def _prefix_index(mdp: TreeMDP) -> tuple[list[tuple[int, int, Tensor]], Tensor, Tensor]:
+    """The tree's prefix recursion, cached: per depth t ≥ 1 (first node id, end, ``[nodes]`` parent·V + token of
+    each node), and per response its last slot's node and node·V + token (``[N]`` each)."""
+    cache = mdp._cache
+    if "prefix_index" not in cache:
+        e, V = mdp.enumerate(), mdp.vocab_size
+        levels = []
+        for t in range(1, mdp.horizon):
+            ids = (e.node_depth == t).nonzero().squeeze(1)  # depth-major: a contiguous range of ids
+            levels.append((int(ids[0]), int(ids[-1]) + 1, e.node_parent[ids] * V + e.node_parent_token[ids]))
+        last = (e.lengths - 1).unsqueeze(1)
+        node = e.node_index.gather(1, last).squeeze(1)
+        cache["prefix_index"] = (levels, node, node * V + e.tokens.gather(1, last).squeeze(1))
+    return cache["prefix_index"]
+
+
+def _all_finite(tokens: _Tokens) -> bool:
+    """True when every token log-prob of every response is finite, read from the node table (S·V entries per
+    prompt, not N·T): every (node, token) entry is emitted by some response, so the two are the same condition.
+    False for a policy without a node table (its rows are checked instead)."""
+    return tokens.table is not None and bool(torch.isfinite(tokens.table).all())
+
+
+def _sequence_sums(tokens: _Tokens, mdp: TreeMDP) -> Tensor:
+    """``[P·N]`` Σ_t log π(a_t|s_t) per response. From a node table by the prefix recursion (c(root) = 0,
+    c(child) = c(parent) + log π(token|parent); a response's sum is c(its last node) + its last log-prob): the
+    tokens added left to right, O(nodes + responses) instead of a pass over ``[P·N, T]``."""
+    if tokens.table is None:
+        return tokens.full().sum(-1)
+    table = tokens.table  # [P, S·V]
+    levels, last_node, last_flat = _prefix_index(mdp)
+    cum = torch.zeros(table.shape[0], mdp.num_nodes, dtype=table.dtype)
+    for start, stop, parent_flat in levels:
+        cum[:, start:stop] = cum.index_select(1, torch.div(parent_flat, mdp.vocab_size, rounding_mode="floor")) \
+            + table.index_select(1, parent_flat)
+    return (cum.index_select(1, last_node) + table.index_select(1, last_flat)).reshape(-1)
 
 
 def make_batch(data: _Data, rows: Tensor, group_size: int):
@@ -296,8 +425,8 @@ def make_batch(data: _Data, rows: Tensor, group_size: int):
     from rlkl.methods import RolloutBatch
 
     extra = {k: getattr(data, k)[rows] for k in ("logp_rollout", "kept_logmass") if getattr(data, k) is not None}
-    return RolloutBatch(data.logp_old[rows], data.logp_ref[rows], data.mask[rows], data.rewards[rows], group_size,
-                        **extra)
+    return RolloutBatch(data.take("logp_old", rows), data.take("logp_ref", rows), data.mask[rows], data.rewards[rows],
+                        group_size, **extra)
 
 
 def _engine_method(spec: LossSpec) -> Any:
@@ -331,17 +460,19 @@ def _raise_nonfinite_loss() -> None:
     raise ValueError("loss contains non-finite values (nan/inf); check the log-probs upstream")
 
 
-def _rows_finite(x: Tensor, sums: Tensor, rows: Tensor) -> bool:
+def _rows_finite(x: "_Tokens", sums: Tensor, rows: Tensor) -> bool:
     """True when every row ``rows`` (``[B]`` bool) of ``x`` (``[B, T]``) is finite, read from the row sums ``[B]``
     (one pass already made), and from the rows themselves only when a sum is not finite (an overflow)."""
     if bool((torch.isfinite(sums) | ~rows).all()):
         return True
-    return bool(torch.isfinite(x[rows]).all())
+    return bool(torch.isfinite(x.full()[rows]).all())
 
 
 def _check_support_values(data: _Data) -> None:
     """The engine's one validation of the values its trusted loss calls read: the log-probs of every response in
     the support of a live prompt are finite (the messages of ``Method.loss`` / ``RolloutBatch``)."""
+    if data.all_finite:
+        return  # every node table is finite, so is every token log-prob
     rows = ((data.rho > 0)[:, None] & (data.q > 0)).reshape(-1)
     if data.finite_sums is not None and bool((data.finite_sums | ~rows).all()):
         return  # every row's sum is finite, so is every entry
@@ -375,14 +506,39 @@ def _group_factors(spec: LossSpec, mask: Tensor, G: int, per_row_unit: bool) -> 
     return torch.full((B,), float(n_units), dtype=torch.float64)
 
 
-def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tensor, coef: Tensor, G: int,
+class _Coef:
+    """Where the routes add Σ weight·∂L/∂logp: the ``[P·N, T]`` per-slot coefficients (``dense``), or — when the
+    chain rule runs at the node level (`_NodeGraph`) and nobody asked for them — straight into the ``[P, S·V]``
+    node-token gradient (each chunk's slots summed into their node·token entries: no ``[P·N, T]`` array; the same
+    sums as the dense chain rule when rows come once each in increasing order)."""
+
+    def __init__(self, data: _Data, dense: bool):
+        self.data = data
+        node_level = isinstance(data.logp_graph, _NodeGraph) and data.tok.table is not None and not dense
+        self.node = torch.zeros_like(data.tok.table) if node_level else None  # [P, S·V]
+        self.dense = None if node_level else torch.zeros(data.q.numel(), data.T, dtype=torch.float64)
+
+    def add(self, rows: Tensor | slice, contrib: Tensor) -> None:
+        """Add ``contrib`` ``[B, T]`` at the rows ``rows`` (a slice: each row once; indices may repeat)."""
+        if self.node is not None:
+            idx, mask = self.data.token_index(rows)
+            if mask is not None:  # padding is a constant 0 in the token log-probs: no gradient reaches θ from it
+                contrib = torch.where(mask, contrib, 0.0)
+            self.node.view(-1).index_add_(0, idx, contrib.reshape(-1))
+        elif isinstance(rows, slice):
+            self.dense[rows] += contrib
+        else:
+            self.dense.index_add_(0, rows, contrib)
+
+
+def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tensor, coef: _Coef, G: int,
                 per_row_unit: bool, unit_scale: float = 1.0, **loss_kwargs) -> None:
-    """Add Σ_rows weight·∂L_group/∂logp into ``coef`` (``[P·N, T]``) for one chunk of complete groups.
+    """Add Σ_rows weight·∂L_group/∂logp into ``coef`` (`_Coef`) for one chunk of complete groups.
 
     ``rows``: indices into the stacked enumeration, or a slice of consecutive rows (then the batch holds views, no
     copies). ``unit_scale`` multiplies the group factors (the first-row route: 1/G)."""
     batch = make_batch(data, rows, G)
-    leaf = data.logp[rows].detach().requires_grad_(True)  # a fresh leaf (a view for a slice), 0 on padding
+    leaf = data.take("logp", rows).detach().requires_grad_(True)  # a fresh leaf, 0 on padding
     loss = _call(spec, leaf, batch, **loss_kwargs)
     (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
     if g is None:
@@ -390,11 +546,7 @@ def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tens
     factor = _group_factors(spec, batch.mask, G, per_row_unit)
     if unit_scale != 1.0:
         factor = factor * unit_scale
-    contrib = g * (weights * factor).unsqueeze(1)
-    if isinstance(rows, slice):
-        coef[rows] += contrib  # each row once
-    else:
-        coef.index_add_(0, rows, contrib)
+    coef.add(rows, g * (weights * factor).unsqueeze(1))
 
 
 def _chunks(n_groups: int, G: int, T: int, chunk_slots: int):
@@ -404,37 +556,50 @@ def _chunks(n_groups: int, G: int, T: int, chunk_slots: int):
 
 
 # ------------------------------------------------------------------------------------------------ result
-@dataclass
 class ExpectedGradient:
     """Result of `expected_gradient`.
 
     Attributes:
       grad: E[∇_θ L], shaped like ``policy.theta``.
-      coef: ``[P·N, T]`` E-weighted ∂L/∂logp per (response, token): grad = Σ coef·∇_θ logp.
+      coef: ``[P·N, T]`` E-weighted ∂L/∂logp per (response, token): grad = Σ coef·∇_θ logp. When the chain rule
+        ran at the node level (no ``[P·N, T]`` array was needed) it is computed on first read, by the same route
+        over the same data (the same values, bit for bit, as accumulating it the first time); the constructor
+        takes the tensor or a zero-argument function giving it.
       route: the route used; num_groups: groups (or rows) evaluated; seconds: wall time.
     """
 
-    grad: Tensor
-    coef: Tensor
-    route: str
-    num_groups: int
-    seconds: float
-    extra: dict = field(default_factory=dict)
+    def __init__(self, grad: Tensor, coef: Tensor | Callable[[], Tensor], route: str, num_groups: int,
+                 seconds: float, extra: Optional[dict] = None):
+        self.grad, self._coef, self.route, self.num_groups, self.seconds = grad, coef, route, num_groups, seconds
+        self.extra = {} if extra is None else extra
+
+    @property
+    def coef(self) -> Tensor:
+        if not isinstance(self._coef, Tensor):
+            self._coef = self._coef()
+        return self._coef
+
+    def __repr__(self) -> str:
+        return (f"ExpectedGradient(grad={self.grad!r}, route={self.route!r}, num_groups={self.num_groups}, "
+                f"seconds={self.seconds:.3g})")
 
 
-def _chain(policy: Policy, coef: Tensor, tl: Any = None) -> Tensor:
+def _chain(policy: Policy, coef: _Coef, tl: Any = None) -> Tensor:
     """Σ_{y,t} coef[y, t]·∇_θ log π_θ(a_t|s_t) (one backward pass through the enumerated log-probs; at the node
-    level for a `_NodeGraph`: the per-slot coefficients summed into node·token entries, then one backward)."""
+    level for a `_NodeGraph`: the per-slot coefficients summed into node·token entries — by the routes already
+    when ``coef.node`` — then one backward)."""
     if isinstance(tl, _NodeGraph):
         P = tl.nlp.shape[0]
-        grad_nlp = torch.zeros(P, tl.nlp[0].numel(), dtype=coef.dtype)
-        slots = coef.view(P, -1)  # [P, N·T]
-        if tl.mask is not None:  # padding is a constant 0 in the token log-probs: no gradient reaches θ from it
-            slots = torch.where(tl.mask, slots, 0.0)
-        grad_nlp.index_add_(1, tl.flat, slots)
+        grad_nlp = coef.node
+        if grad_nlp is None:
+            grad_nlp = torch.zeros(P, tl.nlp[0].numel(), dtype=coef.dense.dtype)
+            slots = coef.dense.view(P, -1)  # [P, N·T]
+            if tl.mask is not None:  # padding is a constant 0 in the token log-probs: no gradient reaches θ from it
+                slots = torch.where(tl.mask, slots, 0.0)
+            grad_nlp.index_add_(1, tl.flat, slots)
         outputs, grads = tl.nlp, grad_nlp.view_as(tl.nlp)
     else:
-        outputs, grads = (policy.token_logp() if tl is None else tl), coef
+        outputs, grads = (policy.token_logp() if tl is None else tl), coef.dense
     (g,) = torch.autograd.grad(outputs, policy.theta, grad_outputs=grads, allow_unused=True)
     if g is None:
         return torch.zeros_like(policy.theta)
@@ -515,11 +680,11 @@ def _route_tuples(spec, data, coef, max_groups, chunk_slots, loop=False):
 def _accumulate_single(spec, data, rows, weights, coef, G):
     """One group per loss call (any aggregation, batch-level statistics included): factor 1."""
     batch = make_batch(data, rows, G)
-    leaf = data.logp[rows].requires_grad_(True)
+    leaf = data.take("logp", rows).requires_grad_(True)
     loss = _call(spec, leaf, batch)
     (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
     if g is not None:
-        coef.index_add_(0, rows, g * weights.unsqueeze(1))
+        coef.add(rows, g * weights.unsqueeze(1))
 
 
 def _multisets(num_classes: int, size: int) -> Tensor:
@@ -584,11 +749,12 @@ def _route_exchangeable(spec, data, coef, class_by, max_groups, chunk_slots):
         sup, inv, class_q, reps = _classes(data, x, class_by)
         ms, pm = _other_rows(data, x, sup, class_q, G, class_by, max_groups)
         n1, Mk = sup.shape[0], ms.shape[0]
-        w1 = (data.rho[x] * data.q[x][sup]).repeat_interleave(Mk) * pm.repeat(n1) * G  # row-1 weight (× G: symmetry)
+        wq = data.rho[x] * data.q[x][sup]  # [n1] ρ(x)·q(y_1)
         total += n1 * Mk
         if first_rows is not None:
-            _first_rows_of_prompt(spec, first_rows, data, coef, x, sup, inv, reps, ms, w1, chunk_slots)
+            _first_rows_of_prompt(spec, first_rows, data, coef, x, sup, inv, reps, ms, wq, pm, chunk_slots)
             continue
+        w1 = wq.repeat_interleave(Mk) * pm.repeat(n1) * G  # row-1 weight (× G: symmetry)
         others = x * N + reps[ms]  # [M, G−1]
         first = (x * N + sup).repeat_interleave(Mk)  # [n1·M]
         rows = torch.cat([first.unsqueeze(1), others.repeat(n1, 1)], dim=1)  # [n1·M, G]
@@ -615,23 +781,29 @@ def _first_row_method(spec: LossSpec, class_by: str) -> Any:
     return method if type(method.advantage).token_step is Advantage.token_step else None
 
 
-def _first_rows_of_prompt(spec, method, data, coef, x, sup, inv, reps, ms, w1, chunk_slots) -> None:
+def _first_rows_of_prompt(spec, method, data, coef, x, sup, inv, reps, ms, wq, pm, chunk_slots) -> None:
     """Row 1 of every (response, multiset of the others' reward classes) group of prompt ``x``, G − 1 rows fewer per
-    group: the sequence advantage of row 1 for each (row-1 class, multiset) pair, then the first rows in chunks."""
+    group: the sequence advantage of row 1 for each (row-1 class, multiset) pair, then the first rows in chunks.
+
+    Entry j = i·M + k of the n1·M first rows is response ``sup[i]`` with multiset ``k``: weight
+    ρ(x)q(y_i)·P(multiset k)·G (× G: symmetry), advantage that of row 1 of (class of y_i, multiset k); each chunk
+    builds its own rows, weights and advantages (no n1·M arrays)."""
     G, N, T = spec.group_size, data.N, data.T
     K, Mk = reps.shape[0], ms.shape[0]
     values = data.rewards[x * N + reps]  # [K] reward of each class
     lengths = data.mask[x * N + reps].sum(-1).to(values.dtype)  # [K] (read only by length-aware advantages)
     cls = torch.cat([torch.arange(K).repeat_interleave(Mk).unsqueeze(1), ms.repeat(K, 1)], dim=1)  # [K·M, G]
     adv = method.advantage.compute(values[cls].reshape(-1), G, lengths[cls].reshape(-1))  # [K·M·G]
-    adv1 = adv.view(K, Mk, G)[:, :, 0][inv].reshape(-1)  # [n1·M] row-1 advantage of each entry
-    rows1 = (x * N + sup).repeat_interleave(Mk)  # [n1·M]
+    adv_first = adv.view(K, Mk, G)[:, :, 0]  # [K, M] row-1 advantage per (row-1 class, multiset)
+    rows_of = x * N + sup  # [n1]
     per = max(1, chunk_slots // max(1, T))
-    for a in range(0, rows1.shape[0], per):
-        b = min(rows1.shape[0], a + per)
+    for a in range(0, sup.shape[0] * Mk, per):
+        j = torch.arange(a, min(sup.shape[0] * Mk, a + per))
+        i = torch.div(j, Mk, rounding_mode="floor")
+        k = j - i * Mk
         # a batch of first rows: its units are rows, the group's are groups of G rows (factor 1/G)
-        _accumulate(spec, data, rows1[a:b], w1[a:b], coef, 1, per_row_unit=True, unit_scale=1.0 / G,
-                    sequence_advantages=adv1[a:b])
+        _accumulate(spec, data, rows_of[i], wq[i] * pm[k] * G, coef, 1, per_row_unit=True, unit_scale=1.0 / G,
+                    sequence_advantages=adv_first[inv[i], k])
 
 
 def choose_route(spec: LossSpec, mdp: TreeMDP, max_groups: int = DEFAULT_MAX_GROUPS) -> tuple[str, Optional[str]]:
@@ -690,16 +862,24 @@ def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, c
     if route == "auto":
         route, auto_class = choose_route(spec, mdp, max_groups)
         class_by = class_by or auto_class
-    coef = torch.zeros_like(data.logp)
-    if _engine_method(spec) is None:  # a callable: called as it is, on batches it validates itself
-        n, class_by = _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots)
-    else:  # a Method: its values validated once here, its loss calls trusted (no host sync), checks deferred
+    method_given = _engine_method(spec) is not None
+    if method_given:  # a Method: its values validated once here, its loss calls trusted (no host sync)
         _check_support_values(data)
-        with deferring(), trusted():
-            n, class_by = _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots)
+
+    def run(dense: bool) -> tuple[_Coef, int, Optional[str]]:
+        coef = _Coef(data, dense)
+        if not method_given:  # a callable: called as it is, on batches it validates itself
+            return (coef, *_run_route(spec, data, coef, route, class_by, max_groups, chunk_slots))
+        with deferring(), trusted():  # the loss calls' derived checks deferred
+            return (coef, *_run_route(spec, data, coef, route, class_by, max_groups, chunk_slots))
+
+    # node level only where each row is added once, in increasing order (per_sample): the node sums then add the
+    # slots in the order the dense chain rule does, bit for bit; routes that revisit rows keep the dense array
+    coef, n, class_by = run(dense=route != "per_sample")
     grad = _chain(policy, coef, data.logp_graph)
-    return ExpectedGradient(grad, coef, route if route != "exchangeable" else f"exchangeable[{class_by}]", n,
-                            time.perf_counter() - t0)
+    label = route if route != "exchangeable" else f"exchangeable[{class_by}]"
+    lazy = coef.dense if coef.dense is not None else (lambda: run(dense=True)[0].dense)
+    return ExpectedGradient(grad, lazy, label, n, time.perf_counter() - t0)
 
 
 def _run_route(spec, data, coef, route, class_by, max_groups, chunk_slots) -> tuple[int, Optional[str]]:
