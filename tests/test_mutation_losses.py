@@ -154,7 +154,7 @@ def test_log_ratio_guard_of_ppo_and_cispo(fn):
 
 def test_gspo_clip_fractions_count_only_the_documented_sequences():
     # one token per sequence, so s_i = ρ_i; ε_low = ½ (bound ½), ε_high = 1 (bound 2). low = A < 0 and s < ½;
-    # high = A > 0 and s > 2 (11 sequences)
+    # high = A > 0 and s > 2 (12 sequences)
     pairs = [(-1.0, 0.25),   # low
              (0.0, 0.25),    # A = 0
              (1.0, 0.25),    # A > 0: not low
@@ -165,12 +165,13 @@ def test_gspo_clip_fractions_count_only_the_documented_sequences():
              (0.5, 4.0),     # high
              (-1.0, 4.0),    # A < 0: not high
              (-1.0, 0.5),    # tie at ½: not low
-             (1.0, 2.0)]     # tie at 2: not high
+             (1.0, 2.0),     # tie at 2: not high
+             (1.0, 2.5)]     # high
     logp, logp_old, a, _ = ratios_and_advantages(pairs)
     n = len(pairs)
     out = gspo_loss(logp.reshape(n, 1), logp_old.reshape(n, 1), a.reshape(n, 1), torch.ones(n, 1, dtype=torch.bool),
                     clip_low=0.5, clip_high=1.0)
-    assert diag(out) == pytest.approx([1 / 11, 2 / 11, 0.0], rel=1e-15, abs=0)
+    assert diag(out) == pytest.approx([1 / 12, 3 / 12, 0.0], rel=1e-15, abs=0)
 
 
 def test_gspo_sequence_log_ratio_guard_is_10():
@@ -245,7 +246,7 @@ def test_rpg_log_weight_guard(level):
 
 def test_rpg_dual_clip_fractions_of_the_differentiable_form():
     # urkl, β = 0: Â = A; RPGClip(ε1 = ½, ε2 = 1, c = 4): bounds ½, 2, 4. Alg. 1 / G.1: low = Â < 0 and w < ½;
-    # high = Â >= 0 (the paper's positive side, Â = 0 included) and w > 2; dual = Â < 0 and w > 4 (13 valid tokens)
+    # high = Â >= 0 (the paper's positive side, Â = 0 included) and w > 2; dual = Â < 0 and w > 4 (14 valid tokens)
     pairs = [(-1.0, 0.25),   # low
              (1.0, 0.25),    # Â > 0: not low
              (-1.0, 0.5),    # tie: not low
@@ -259,11 +260,12 @@ def test_rpg_dual_clip_fractions_of_the_differentiable_form():
              (-1.0, 4.0),    # tie: not dual
              (0.0, 3.0),     # Â = 0 is on the positive side: high
              (0.0, 0.25),    # Â = 0: not low
+             (1.0, 2.5),     # high
              (-1.0, 0.25)]   # padding (mask False): not counted, and not a token of the denominator
     logp, logp_old, a, m = ratios_and_advantages(pairs)
     m[0, -1] = False
     out = rpg_loss(logp, logp_old, a, m, "urkl", "differentiable", 0.0, clip=RPGClip(0.5, 1.0, 4.0))
-    assert diag(out) == pytest.approx([1 / 13, 3 / 13, 1 / 13], rel=1e-15, abs=0)
+    assert diag(out) == pytest.approx([1 / 14, 4 / 14, 1 / 14], rel=1e-15, abs=0)
 
 
 def test_rpg_alg2_clip_bounds_are_inclusive():
