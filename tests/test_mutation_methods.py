@@ -211,3 +211,42 @@ def test_rpg_registry_entries(name, div, form, level, prop):
     assert m.citation == f"RPG arXiv 2505.17508 {prop}"
     assert isinstance(m.description, str) and len(m.description) > 20
     assert RPGDivergence(div) is pl.divergence and RPGForm(form) is pl.form and RPGLevel(level) is pl.level
+
+
+# -- second round: what the first recheck left --------------------------------------------------------------------
+def test_loss_given_advantages_trusted_reads_logp_old_and_logp_ref():
+    # no_kl: PPO clip (0.2, 0.2), seq-mean-token-mean. logp = logp_old + 0.1: r = e^0.1 = 1.1051709 inside the clip
+    # range, so l_t = -r·A_t; A = [[1, 1], [0.5, 0.5]]: row means -r, -0.5r -> mean -0.75r = -0.8288782
+    m = get_method("no_kl")
+    logp = _t(LOGP) + 0.1
+    adv = _t([[1.0, 1.0], [0.5, 0.5]])
+    with trusted():
+        loss, diag = m.loss_given_advantages(logp, _t(LOGP), _mask(), adv, _t(LOGP))
+        # kl/* from log π_θ − log π_ref = 0.1 on every token: k1 = 0.1, k2 = 0.1²/2 = 0.005
+        assert float(diag["kl/k1"]) == pytest.approx(0.1, abs=1e-12)
+        assert float(diag["kl/k2"]) == pytest.approx(0.005, abs=1e-12)
+    assert float(loss) == pytest.approx(-0.75 * math.exp(0.1), abs=1e-12)
+
+
+def test_loss_given_advantages_trusted_reads_no_weight_value():
+    # inside trusted() no value is read (rlkl._checks.trusted): negative weights pass; -A·logp·w as in the case above
+    w = _t([[-1.0, 0.0], [1.0, 1.0]])  # [[1·-1, 0], [-0.5, -1.5]] -> rows -1, -2 -> -1.5
+    with trusted():
+        loss, _ = get_method("reinforce").loss_given_advantages(_t(LOGP), _t(LOGP), _mask(), _t(ADV), _t(LOGP), w)
+    assert float(loss) == pytest.approx(-1.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("w", [[[0.0, 1.0], [1.0, 1.0]], [[0.5, 1.0], [1.0, 1.0]]])
+def test_loss_given_advantages_error_order_with_valid_weights(w):
+    # zero / fractional weights are valid, so a nan in logp_ref is the error reported (the checks' order)
+    ref = _t([[-1.0, math.nan], [-0.5, -1.5]])
+    with pytest.raises(ValueError, match="logp_ref"):
+        get_method("reinforce").loss_given_advantages(_t(LOGP), _t(LOGP), _mask(), _t(ADV), ref, _t(w))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU is the default device)")
+def test_diagnostics_on_the_inputs_device():
+    dev = torch.device("cuda")
+    logp = _t(LOGP).to(dev)
+    _, diag = get_method("reinforce").loss_given_advantages(logp, logp, _mask().to(dev), _t(ADV).to(dev))
+    assert diag["loss/kl"].device == logp.device and diag["loss/kl"].dtype == D
