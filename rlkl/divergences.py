@@ -88,14 +88,6 @@ def _sexp_product(a: float, z: Tensor, s: float, a_lo: float = 0.0) -> Tensor:
     return _sexp(hi, s) * (1.0 + lo)
 
 
-def _poly(x: Tensor, coeffs: list[float]) -> Tensor:
-    """Σ_j coeffs[j]·x^j by Horner's rule."""
-    out = torch.full_like(x, coeffs[-1])
-    for c in reversed(coeffs[:-1]):
-        out = out * x + c
-    return out
-
-
 def _k3(x: Tensor) -> Tensor:
     """e^{−x} − 1 + x with full relative precision for every finite x (series near 0, direct elsewhere).
 
