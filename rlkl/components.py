@@ -1002,7 +1002,8 @@ def correction_from_spec(spec: str) -> RolloutCorrection:
     if not arg and name in ("token_tis", "seq_tis", "token_mis", "seq_mis"):
         raise ValueError(f"rollout correction {name!r} needs a bound, e.g. {name}:2")
     try:
-        values = [float(v) for v in arg.split("_")] if arg else []
+        # an empty side is an absent bound: spec() spells TokenTIS(None, 0.5) "token_tis:0.5_"
+        values = [None if v == "" else float(v) for v in arg.split("_")] if arg else []
     except ValueError:
         raise ValueError(f"rollout correction {spec!r}: the bound must be a number or LOWER_UPPER") from None
     if len(values) > 2 or (name == "gm" and len(values) > 1):

@@ -138,7 +138,9 @@ def test_weights_functions_agree_with_the_components_and_zero_padding():
 
 
 @pytest.mark.parametrize("spec", ["none", "mask_replay", "token_is", "seq_is", "token_tis:2", "seq_tis:0.5_3",
-                                  "token_mis:2", "seq_mis:0.5_2", "gm", "gm:3"])
+                                  "token_mis:2", "seq_mis:0.5_2", "gm", "gm:3",
+                                  # a floor / lower bound alone: the absent side is spelled empty
+                                  "token_tis:0.5_", "seq_tis:0.25_", "token_mis:0.5_", "seq_mis:0.75_"])
 def test_correction_specs_and_dicts_round_trip(spec):
     c = correction_from_spec(spec)
     assert c.spec() == spec
