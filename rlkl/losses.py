@@ -118,12 +118,6 @@ def _masked_mean(x: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tens
     return (torch.where(mask, x, 0.0) * w).sum()  # scaled before summing: no overflow
 
 
-def _ratio_stats(ratio: Tensor, mask: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(mean, min, max) of ``ratio`` over the valid entries (min/max inf/−inf when there is none); no host sync."""
-    r = ratio.detach()
-    return (_masked_mean(r, mask, weights),) + _ratio_min_max(r, mask)
-
-
 def _ratio_min_max(ratio: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """min and max over the valid entries in one pass: invalid entries are filled with the value at the first valid
     entry, which changes neither (no boolean indexing); inf/−inf when there is no valid entry."""
