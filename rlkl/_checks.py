@@ -116,16 +116,16 @@ def require(ok: Tensor, fail: Callable[[], None]) -> None:
 
 
 def _folded(tensors: Sequence[Tensor], mask: Tensor | None, rows: bool, also: Callable[[], Tensor] | None
-            ) -> Tensor | None:
+            ) -> Tensor:
     """0-dim s = (Σ_k Σ x_k) / d, finite when every tensor's entries are finite (an inf or nan entry makes the sum
     inf or nan) and d ≠ 0, with d = max(mask) (``rows``: the min over rows of each row's max) · ``also()`` (a 0-dim
     bool): a failed condition gives d = 0 and a non-finite s. A non-finite s may also mean that a sum of finite
-    entries overflowed — callers then run the entry-wise checks, which decide. None: the mask is empty.
+    entries overflowed — callers then run the entry-wise checks, which decide. An empty mask gives nan.
 
     One number for every value condition of a public call: a few 0-dim ops and one host sync, instead of a
     reduction and a sync per condition (at a small call the checks cost these ops, not the passes over the data)."""
     if mask is not None and mask.numel() == 0:
-        return None  # an empty mask selects no token; the caller's checks say so
+        return torch.full((), math.nan, device=mask.device)  # an empty mask selects no token; the checks say so
     with torch.no_grad():
         s = None
         for t in tensors:
@@ -143,8 +143,7 @@ def _folded(tensors: Sequence[Tensor], mask: Tensor | None, rows: bool, also: Ca
 def _values_ok(tensors: Sequence[Tensor], mask: Tensor | None = None, rows: bool = False,
                also: Callable[[], Tensor] | None = None) -> bool:
     """One host sync: the conditions of :func:`_folded` hold (False may also mean an overflowing sum)."""
-    s = _folded(tensors, mask, rows, also)
-    return s is not None and math.isfinite(float(s))
+    return math.isfinite(float(_folded(tensors, mask, rows, also)))
 
 
 SUPPORTED_FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
@@ -170,8 +169,7 @@ def validated(check: Callable[[], _T], *tensors: Tensor, mask: Tensor | None = N
         return check()
     checks = _DEFERRED.get()
     if checks is not None:  # inside deferring(): the values are the block's next deferred check (one sync at its end)
-        s = _folded(tensors, mask, rows, also)
-        checks.add(torch.isfinite(s) if s is not None else torch.zeros((), dtype=torch.bool), check)
+        checks.add(torch.isfinite(_folded(tensors, mask, rows, also)), check)
         return out
     return out if _values_ok(tensors, mask, rows, also) else check()
 

@@ -408,9 +408,9 @@ class Method:
         Validation: ``logp`` is checked here and the batch checked itself when it was built; the computation reads
         no value on the host, and one sync at the end checks ``logp``'s values (their error comes first), that the
         loss is finite (finite inputs can still overflow a per-token loss) and any check of a derived value (an
-        overflowing FRPO term, an empty row of a sequence-level loss). ``validate=False`` is for trusted callers that validated
-        ``logp`` themselves (the exact engine): no host sync at all; inside an ``rlkl._checks.deferring`` block the
-        derived checks are collected there.
+        overflowing FRPO term, an empty row of a sequence-level loss). ``validate=False`` is for trusted callers
+        that validated ``logp`` themselves (the exact engine): no host sync at all; inside an
+        ``rlkl._checks.deferring`` block the derived checks are collected there.
         """
         if not validate:
             with trusted():
