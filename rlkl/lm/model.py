@@ -67,7 +67,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         B, L, D = x.shape  # batch, sequence length, width
-        qkv = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # [3, B, H, L, D/H]
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [B, L, 3D] (= self.qkv(x), without the module call)
+        qkv = qkv.view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # [3, B, H, L, D/H]
         q, k, v = qkv.unbind(0)  # 3 x [B, H, L, D/H] (the strides of split + view + transpose)
         causal, mask = True, None
         if cache is not None and "k_buf" in cache:  # decoding: write into the preallocated buffers (no grad)
@@ -91,7 +92,7 @@ class CausalSelfAttention(nn.Module):
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)  # [B, H, L, D/H]
         y = y.transpose(1, 2).contiguous().view(B, L, D)  # [B, L, D]
-        return self.proj(y)  # [B, L, D]
+        return F.linear(y, self.proj.weight, self.proj.bias)  # [B, L, D] (= self.proj(y))
 
 
 @functools.lru_cache(maxsize=64)
@@ -107,7 +108,13 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))  # [B, L, D] -> [B, L, 4D] -> [B, L, D]
+        h = F.gelu(F.linear(x, self.fc.weight, self.fc.bias))  # [B, L, 4D] (= gelu(self.fc(x)))
+        return F.linear(h, self.proj.weight, self.proj.bias)  # [B, L, D] (= self.proj(h))
+
+
+def _layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``ln(x)`` without the module call: ``[..., D]`` -> ``[..., D]`` (exactly ``nn.LayerNorm.forward``)."""
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
 class Block(nn.Module):
@@ -120,9 +127,10 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        if self.drop.p == 0.0:  # no dropout module calls (the RL runs' case)
-            x = x + self.attn(self.ln1(x), cache)  # [B, L, D]
-            return x + self.mlp(self.ln2(x))  # [B, L, D]
+        if self.drop.p == 0.0:  # the RL runs' case: the submodules' forwards called directly (no nn.Module
+            # dispatch: at this size its per-call overhead is a visible share of a step), same ops and numbers
+            x = x + self.attn.forward(_layer_norm(self.ln1, x), cache)  # [B, L, D]
+            return x + self.mlp.forward(_layer_norm(self.ln2, x))  # [B, L, D]
         x = x + self.drop(self.attn(self.ln1(x), cache))  # [B, L, D]
         x = x + self.drop(self.mlp(self.ln2(x)))  # [B, L, D]
         return x
@@ -167,11 +175,12 @@ class GPT(nn.Module):
         B, L = idx.shape
         if start + L > self.cfg.block_size:
             raise ValueError(f"sequence length {start + L} exceeds block_size {self.cfg.block_size}")
-        x = self.tok_emb(idx) + self.pos_emb.weight[start : start + L]  # [B, L, D] (rows start .. start+L-1)
+        x = F.embedding(idx, self.tok_emb.weight) + self.pos_emb.weight[start : start + L]  # [B, L, D] (= tok_emb(idx)
+        # + positions start .. start+L-1; the submodules' forwards are called directly, as in Block.forward)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i])  # [B, L, D]
-        x = self.ln_f(x)  # [B, L, D]
-        return self.head(x).float()  # [B, L, V] (float32 even under bf16 autocast)
+            x = block.forward(x, None if caches is None else caches[i])  # [B, L, D]
+        x = _layer_norm(self.ln_f, x)  # [B, L, D]
+        return F.linear(x, self.head.weight).float()  # [B, L, V] (= self.head(x); float32 even under bf16 autocast)
 
 
 # ---------------------------------------------------------------------------------------------------
