@@ -332,12 +332,17 @@ class Rollout:
         return self.prompts[:: self.group_size]
 
     @torch.no_grad()
-    def set_behaviour(self, logits: torch.Tensor) -> None:
-        """Record π_old from its response logits ``[B, R, V]`` and compute the rollout metrics."""
+    def set_behaviour(self, logits: torch.Tensor, logp: torch.Tensor | None = None) -> None:
+        """Record π_old from its response logits ``[B, R, V]`` and compute the rollout metrics.
+
+        ``logp`` ``[B, R]``: ``token_logprobs(logits, responses)`` when the caller has computed it already (the
+        first update's forward pass); it is detached and used as is.
+        """
         from rlkl.sampling import kept_log_softmax, kept_logmass
 
         logits = logits.detach().float()  # [B, R, V]
-        self.logp_old = token_logprobs(logits, self.responses)  # [B, R]
+        self.logp_old = (token_logprobs(logits, self.responses) if logp is None  # [B, R]
+                         else logp.detach())  # sg[log π_θ]: π_old is the policy that sampled, a constant
         logp_base = (self.logp_ref if self.logits_ref is self.logits_base  # [B, R] (π_ref = π_0: the same numbers)
                      else token_logprobs(self.logits_base, self.responses))
         self.metrics.update(rollout_metrics(logits, self.logits_base, self.logp_old, logp_base, self.mask,
@@ -431,13 +436,14 @@ def compute_loss(model: torch.nn.Module, method, rollout: Rollout, group_size: i
     When the rollout has no behaviour log-probs yet, this forward pass provides them (π_old = π_θ now).
     """
     logits = policy_logits(model, rollout.group_prompts, rollout.responses, rollout.group_size)  # [B, R, V] grad
+    logp = None if rollout.replay else token_logprobs(logits, rollout.responses)  # [B, R] log π_θ (grad)
     if rollout.logp_old is None:
-        rollout.set_behaviour(logits)
+        rollout.set_behaviour(logits, logp)  # π_old = sg[π_θ now]: the same log-probs, detached
     if rollout.replay:  # mask replay: π_θ renormalized over the engine's kept sets (no gradient to cut tokens)
         from rlkl.sampling import kept_log_softmax
 
         logits = kept_log_softmax(logits, rollout.kept)  # [B, R, V] log π_θ^K
-    logp = token_logprobs(logits, rollout.responses)  # [B, R]
+        logp = token_logprobs(logits, rollout.responses)  # [B, R]
     return method.loss(logp, rollout.batch(group_size))
 
 
@@ -695,10 +701,13 @@ def _update(cfg: TrainConfig, method, st: _State, ro: Rollout) -> dict:
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(st.policy.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         st.opt.step()
-        losses.append(loss.item())
-        gnorms.append(float(gn))
-        for key, v in diag.items():
-            diag_sum[key] = diag_sum.get(key, 0.0) + float(v)
+        keys = list(diag)  # the diagnostics are computed here, on first read
+        # one host read for every scalar of the update (the same float32 values float() would read one by one)
+        values = torch.stack([loss.detach(), gn.detach(), *(diag[key] for key in keys)]).tolist()
+        losses.append(values[0])
+        gnorms.append(values[1])
+        for key, v in zip(keys, values[2:]):
+            diag_sum[key] = diag_sum.get(key, 0.0) + v
     K = cfg.updates_per_batch
     row = {"loss": sum(losses) / K, "grad_norm": sum(gnorms) / K, "grad_norm_last": gnorms[-1], "lr": lr}
     row.update({f"diag/{key}": v / K for key, v in diag_sum.items()})
