@@ -13,7 +13,7 @@ import torch
 
 from rlkl.divergences import rao_blackwell_kl
 from rlkl.lm.metrics import rollout_metrics, token_entropy, token_kl, vocab_leading
-from rlkl.lm.model import GPT, GPTConfig, token_logprobs
+from rlkl.lm.model import GPT, GPTConfig, _continuation_mask, token_logprobs
 from rlkl.lm.tasks import make_task
 from rlkl.lm.train import build_method, collect_rollout, compute_loss, policy_logits, TrainConfig
 
@@ -79,12 +79,24 @@ def test_pi_old_from_the_first_update_equals_a_separate_forward(tmp_path):
     save_reference(ref, model, task, SFTConfig(), {})
     cfg = TrainConfig(task="addition", difficulty=1, ref=str(ref), device="cpu")
     prompts = task.sample_prompts(3, torch.Generator().manual_seed(4))  # [3, P]
+    _continuation_mask.cache_clear()  # the rollout (under inference_mode) builds the masks the update reuses
     ro = collect_rollout(model, model, model, task, prompts, 4, torch.Generator().manual_seed(5),
                          with_behaviour=False)
+    fields = (ro.prompts, ro.responses, ro.mask, ro.logp_sample, ro.logp_ref, ro.rewards, ro.logits_base)
+    assert not any(t.is_inference() for t in fields) and ro.logits_ref is ro.logits_base
     loss, _ = compute_loss(model, build_method(cfg), ro, 4)  # fills ro.logp_old from its own forward
+    loss.backward()  # nothing saved for the backward is an inference tensor
     with torch.no_grad():
         separate = token_logprobs(policy_logits(model, ro.group_prompts, ro.responses, 4), ro.responses)  # [B, R]
     assert torch.equal(ro.logp_old, separate) and not ro.logp_old.requires_grad
     assert loss.requires_grad
     again = collect_rollout(model, model, model, task, prompts, 4, torch.Generator().manual_seed(5))
     assert torch.equal(again.logp_old, ro.logp_old) and again.metrics == ro.metrics
+
+
+def test_continuation_mask_first_built_under_inference_mode_is_a_plain_tensor():
+    _continuation_mask.cache_clear()
+    with torch.inference_mode():
+        m = _continuation_mask(2, 3, torch.device("cpu"))  # [2, 5]: query j sees the 3 cached and new <= j
+    assert not m.is_inference()
+    assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]

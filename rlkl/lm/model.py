@@ -97,8 +97,13 @@ class CausalSelfAttention(nn.Module):
 
 @functools.lru_cache(maxsize=64)
 def _continuation_mask(L: int, past: int, device: torch.device) -> torch.Tensor:
-    """``[L, past + L]`` bool: new query j sees the ``past`` cached positions and new positions <= j (read-only)."""
-    return torch.ones(L, past + L, dtype=torch.bool, device=device).tril(diagonal=past)
+    """``[L, past + L]`` bool: new query j sees the ``past`` cached positions and new positions <= j (read-only).
+
+    Always a plain tensor (never an inference tensor, even when first built under ``torch.inference_mode``), so
+    a forward with autograd may save it for its backward.
+    """
+    with torch.inference_mode(False):
+        return torch.ones(L, past + L, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
 class MLP(nn.Module):

@@ -410,6 +410,26 @@ def collect_rollout(
     """
     G = group_size
     rep = prompts.repeat_interleave(G, dim=0)  # [B, P]  rows i*G .. i*G+G-1 share prompt i
+    with torch.inference_mode():  # sampling and the reference forwards record nothing for autograd
+        out = _sample_and_score(policy, ref, base, task, prompts, G, generator, partial_credit, sampler)
+    # plain copies of the inference tensors (those cannot be saved for the update's backward); a shared π_ref =
+    # π_0 tensor stays one tensor
+    responses, mask, logp_sample, logp_ref, rewards, logits_base, kept = (None if t is None else t.clone()
+                                                                          for t in out[:7])
+    logits_ref = logits_base if out[7] is out[5] else out[7].clone()  # [B, R, V]
+    ro = Rollout(rep, responses, mask, logp_sample, logp_ref, rewards.float(), G, logits_base, logits_ref,
+                 sampler=sampler, kept=kept, replay=replay and kept is not None)
+    if partial_credit:  # the binary pass rate next to the partial-credit reward
+        ro.metrics["pass_rate"] = float(task.score_groups(prompts, responses, G).mean())
+    if with_behaviour:
+        ro.set_behaviour(policy_logits(policy, prompts, responses, G))
+    return ro
+
+
+def _sample_and_score(policy: torch.nn.Module, ref: torch.nn.Module, base: torch.nn.Module, task: Task,
+                      prompts: torch.Tensor, G: int, generator: torch.Generator, partial_credit: bool, sampler):
+    """The tensors of :func:`collect_rollout`: ``(responses, mask, logp_sample, logp_ref, rewards, logits_base,
+    kept, logits_ref)`` — ``[B, R]`` x4, ``[B]``, ``[B, R, V]``, ``[B, R, V]`` bool or None, ``[B, R, V]``."""
     # the G samples of a prompt share its prefix (one prompt pass per group, its KV cache repeated G times)
     kept = None
     if sampler is None:
@@ -421,13 +441,8 @@ def collect_rollout(
     rewards = task.score_groups(prompts, responses, G, partial_credit)  # [B] on the device
     logits_base = policy_logits(base, prompts, responses, G)  # [B, R, V]
     logits_ref = logits_base if ref is base else policy_logits(ref, prompts, responses, G)  # [B, R, V]
-    ro = Rollout(rep, responses, mask, logp_sample, token_logprobs(logits_ref, responses), rewards.float(),
-                 G, logits_base, logits_ref, sampler=sampler, kept=kept, replay=replay and kept is not None)
-    if partial_credit:  # the binary pass rate next to the partial-credit reward
-        ro.metrics["pass_rate"] = float(task.score_groups(prompts, responses, G).mean())
-    if with_behaviour:
-        ro.set_behaviour(policy_logits(policy, prompts, responses, G))
-    return ro
+    logp_ref = token_logprobs(logits_ref, responses)  # [B, R]
+    return responses, mask, logp_sample, logp_ref, rewards, logits_base, kept, logits_ref
 
 
 def compute_loss(model: torch.nn.Module, method, rollout: Rollout, group_size: int):
