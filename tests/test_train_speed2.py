@@ -54,11 +54,11 @@ def test_rollout_kl_rev_seq_is_the_rao_blackwell_estimate():
     assert out["kl_rev_tok"] == pytest.approx(float(rb.sum() / mask.sum()), rel=1e-6)
 
 
-def _tiny(dropout: float = 0.0) -> tuple[GPT, object]:
+def _tiny(dropout: float = 0.0, extra: int = 0) -> tuple[GPT, object]:
     task = make_task("addition", 1)
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=task.vocab_size, block_size=task.prompt_len + task.max_response_len, n_layer=2,
-                    n_head=2, d_model=16, dropout=dropout)
+    cfg = GPTConfig(vocab_size=task.vocab_size, block_size=task.prompt_len + task.max_response_len + extra,
+                    n_layer=2, n_head=2, d_model=16, dropout=dropout)
     return GPT(cfg), task
 
 
@@ -100,3 +100,34 @@ def test_continuation_mask_first_built_under_inference_mode_is_a_plain_tensor():
         m = _continuation_mask(2, 3, torch.device("cpu"))  # [2, 5]: query j sees the 3 cached and new <= j
     assert not m.is_inference()
     assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+
+
+def test_group_mask_by_hand():
+    from rlkl.lm.model import _group_mask
+
+    m = _group_mask(2, 2, 1, torch.device("cpu"))  # G = 2 continuations of L = 2 after 1 shared position
+    # keys: [shared, g0 t0, g0 t1, g1 t0, g1 t1]; query g·L + t sees the shared key and its own keys <= t
+    assert m.tolist() == [[True, True, False, False, False],
+                          [True, True, True, False, False],
+                          [True, False, False, True, False],
+                          [True, False, False, True, True]]
+
+
+@pytest.mark.parametrize("G, R", [(3, 6), (17, 5)])
+def test_grouped_and_repeated_continuations_give_the_same_logits_and_gradients(monkeypatch, G, R):
+    import rlkl.lm.model as lm_model
+
+    m, task = _tiny(extra=8)  # room for responses longer than the task's
+    m = m.double()
+    prompts = task.sample_prompts(4, torch.Generator().manual_seed(6))  # [4, P]
+    resp = torch.randint(0, task.vocab_size, (4 * G, R), generator=torch.Generator().manual_seed(G))
+    w = torch.randn(4 * G, R, task.vocab_size, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    out = {}
+    for limit in (0, 10**6):  # 0: the repeated-cache route; 10**6: one attention block per prompt
+        monkeypatch.setattr(lm_model, "GROUPED_ATTENTION_MAX_ROWS", limit)
+        logits = lm_model.shared_prefix_logits(m, prompts, resp, G)  # [4·G, R, V]
+        out[limit] = (logits, torch.autograd.grad((logits * w).sum(), list(m.parameters())))
+    (a, ga), (b, gb) = out.values()
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)  # the head's float32 cast rounds the logit gradient
