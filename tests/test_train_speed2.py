@@ -102,19 +102,25 @@ def test_continuation_mask_first_built_under_inference_mode_is_a_plain_tensor():
     assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
 
 
-def test_group_mask_by_hand():
-    from rlkl.lm.model import _group_mask
+def test_packed_layout_by_hand():
+    from rlkl.lm.model import _packed_layout
 
-    m = _group_mask(2, 2, 1, torch.device("cpu"))  # G = 2 continuations of L = 2 after 1 shared position
-    # keys: [shared, g0 t0, g0 t1, g1 t0, g1 t1]; query g·L + t sees the shared key and its own keys <= t
-    assert m.tolist() == [[True, True, False, False, False],
-                          [True, True, True, False, False],
-                          [True, False, False, True, False],
-                          [True, False, False, True, True]]
+    lay = _packed_layout(2, 2, 2, torch.device("cpu"))  # a 2-token prompt, G = 2 continuations of L = 2 tokens
+    # packed positions: [p0, p1, g0 t0, g0 t1, g1 t0, g1 t1] at model positions 0, 1, 2, 3, 2, 3
+    assert lay.positions.tolist() == [0, 1, 2, 3, 2, 3] and lay.longest == 4
+    T, F = True, False
+    assert lay.mask.tolist() == [[T, F, F, F, F, F],  # the prompt is causal
+                                 [T, T, F, F, F, F],
+                                 [T, T, T, F, F, F],  # a continuation sees the prompt and its own tokens <= t
+                                 [T, T, T, T, F, F],
+                                 [T, T, F, F, T, F],
+                                 [T, T, F, F, T, T]]
+    with torch.inference_mode():  # first built there, still a plain tensor (the update's backward may save it)
+        assert not _packed_layout(3, 2, 1, torch.device("cpu")).mask.is_inference()
 
 
 @pytest.mark.parametrize("G, R", [(3, 6), (17, 5)])
-def test_grouped_and_repeated_continuations_give_the_same_logits_and_gradients(monkeypatch, G, R):
+def test_packed_and_cached_routes_give_the_same_logits_and_gradients(monkeypatch, G, R):
     import rlkl.lm.model as lm_model
 
     m, task = _tiny(extra=8)  # room for responses longer than the task's
@@ -123,8 +129,8 @@ def test_grouped_and_repeated_continuations_give_the_same_logits_and_gradients(m
     resp = torch.randint(0, task.vocab_size, (4 * G, R), generator=torch.Generator().manual_seed(G))
     w = torch.randn(4 * G, R, task.vocab_size, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     out = {}
-    for limit in (0, 10**6):  # 0: the repeated-cache route; 10**6: one attention block per prompt
-        monkeypatch.setattr(lm_model, "GROUPED_ATTENTION_MAX_ROWS", limit)
+    for limit in (0, 10**6):  # 0: the prompt pass + repeated-cache route; 10**6: the packed route
+        monkeypatch.setattr(lm_model, "PACKED_MAX_ROWS", limit)
         logits = lm_model.shared_prefix_logits(m, prompts, resp, G)  # [4·G, R, V]
         out[limit] = (logits, torch.autograd.grad((logits * w).sum(), list(m.parameters())))
     (a, ga), (b, gb) = out.values()

@@ -65,14 +65,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        if cache is not None and "group" in cache:  # G continuations of each cached prompt row (scoring)
-            return self._grouped_continuation(x, cache)
+    def forward(self, x: torch.Tensor, cache: dict | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, L, D]`` -> ``[B, L, D]``: causal attention, or over a cache (see :class:`GPT`), or under
+        ``attn_mask [L, L]`` (bool, True = may attend; a packed layout, :class:`PackedLayout`) instead of causal."""
         B, L, D = x.shape  # batch, sequence length, width
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [B, L, 3D] (= self.qkv(x), without the module call)
         qkv = qkv.view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # [3, B, H, L, D/H]
         q, k, v = qkv.unbind(0)  # 3 x [B, H, L, D/H] (the strides of split + view + transpose)
-        causal, mask = True, None
+        causal, mask = attn_mask is None, attn_mask
         if cache is not None and "k_buf" in cache:  # decoding: write into the preallocated buffers (no grad)
             past = cache["len"]
             cache["k_buf"][:, :, past : past + L] = k
@@ -95,38 +95,6 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)  # [B, H, L, D/H]
         y = y.transpose(1, 2).contiguous().view(B, L, D)  # [B, L, D]
         return F.linear(y, self.proj.weight, self.proj.bias)  # [B, L, D] (= self.proj(y))
-
-    def _grouped_continuation(self, x: torch.Tensor, cache: dict) -> torch.Tensor:
-        """``x [n·G, L, D]``: G continuations (rows i·G … i·G+G−1) of each of the n cached rows ``k``/``v``
-        ``[n, H, P, D/H]`` -> ``[n·G, L, D]``.
-
-        The G·L queries of prompt i attend as one block to its P cached keys (not repeated G times) and to the
-        G·L new keys, masked to their own continuation's positions <= theirs (:func:`_group_mask`): one
-        attention problem per (prompt, head) instead of G. Same attention weights as the per-row route up to float
-        round-off; differentiable (the prompt's keys/values collect the gradient of all G continuations).
-        """
-        B, L, D = x.shape
-        n, G, H, dh = cache["k"].shape[0], cache["group"], self.n_head, D // self.n_head
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # [n·G, L, 3D]
-        qkv = qkv.view(n, G, L, 3, H, dh).permute(3, 0, 4, 1, 2, 5).reshape(3, n, H, G * L, dh)  # row g·L + t
-        q, k, v = qkv.unbind(0)  # 3 x [n, H, G·L, D/H]
-        k = torch.cat([cache["k"], k], dim=2)  # [n, H, P + G·L, D/H]
-        v = torch.cat([cache["v"], v], dim=2)  # [n, H, P + G·L, D/H]
-        mask = _group_mask(G, L, cache["k"].shape[2], x.device)  # [G·L, P + G·L]
-        drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)  # [n, H, G·L, D/H]
-        y = y.unflatten(2, (G, L)).permute(0, 2, 3, 1, 4).reshape(B, L, D)  # [n, G, L, H, D/H] -> [n·G, L, D]
-        return F.linear(y, self.proj.weight, self.proj.bias)  # [n·G, L, D]
-
-
-@functools.lru_cache(maxsize=64)
-def _group_mask(G: int, L: int, past: int, device: torch.device) -> torch.Tensor:
-    """``[G·L, past + G·L]`` bool: query g·L + t sees the ``past`` shared positions and key ``past + g'·L + s``
-    iff g' = g and s <= t (its own continuation, causally). A plain tensor, like :func:`_continuation_mask`."""
-    with torch.inference_mode(False):
-        g, t = torch.arange(G * L, device=device).div(L, rounding_mode="floor"), torch.arange(L, device=device).repeat(G)
-        own = (g[:, None] == g[None, :]) & (t[None, :] <= t[:, None])  # [G·L, G·L]
-        return torch.cat([torch.ones(G * L, past, dtype=torch.bool, device=device), own], dim=1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -165,12 +133,12 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.drop.p == 0.0:  # the RL runs' case: the submodules' forwards called directly (no nn.Module
             # dispatch: at this size its per-call overhead is a visible share of a step), same ops and numbers
-            x = x + self.attn.forward(_layer_norm(self.ln1, x), cache)  # [B, L, D]
+            x = x + self.attn.forward(_layer_norm(self.ln1, x), cache, attn_mask)  # [B, L, D]
             return x + self.mlp.forward(_layer_norm(self.ln2, x))  # [B, L, D]
-        x = x + self.drop(self.attn(self.ln1(x), cache))  # [B, L, D]
+        x = x + self.drop(self.attn(self.ln1(x), cache, attn_mask))  # [B, L, D]
         x = x + self.drop(self.mlp(self.ln2(x)))  # [B, L, D]
         return x
 
@@ -204,20 +172,25 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0,
+                packed: "PackedLayout | None" = None) -> torch.Tensor:
         """Next-token logits for every position: ``idx [B, L]`` (long) -> ``logits [B, L, V]``.
 
         ``caches`` (one dict per block, filled in place) and ``start`` (position of ``idx[:, 0]``) feed ``idx``
         as a continuation of the cached positions: one token at a time when sampling, or a whole response
-        after a shared prompt (:func:`shared_prefix_logits`); plain scoring calls ``model(idx)``.
+        after a shared prompt; ``packed`` reads each row of ``idx`` as a prompt followed by G continuations
+        (:class:`PackedLayout`, :func:`shared_prefix_logits`); plain scoring calls ``model(idx)``.
         """
         B, L = idx.shape
-        if start + L > self.cfg.block_size:
-            raise ValueError(f"sequence length {start + L} exceeds block_size {self.cfg.block_size}")
-        x = F.embedding(idx, self.tok_emb.weight) + self.pos_emb.weight[start : start + L]  # [B, L, D] (= tok_emb(idx)
-        # + positions start .. start+L-1; the submodules' forwards are called directly, as in Block.forward)
+        longest = start + L if packed is None else packed.longest
+        if longest > self.cfg.block_size:
+            raise ValueError(f"sequence length {longest} exceeds block_size {self.cfg.block_size}")
+        pos = self.pos_emb.weight[start : start + L] if packed is None else self.pos_emb.weight[packed.positions]
+        x = F.embedding(idx, self.tok_emb.weight) + pos  # [B, L, D] (= tok_emb(idx) + positions; the submodules'
+        # forwards are called directly, as in Block.forward)
+        mask = None if packed is None else packed.mask
         for i, block in enumerate(self.blocks):
-            x = block.forward(x, None if caches is None else caches[i])  # [B, L, D]
+            x = block.forward(x, None if caches is None else caches[i], mask)  # [B, L, D]
         x = _layer_norm(self.ln_f, x)  # [B, L, D]
         return F.linear(x, self.head.weight).float()  # [B, L, V] (= self.head(x); float32 even under bf16 autocast)
 
@@ -291,11 +264,42 @@ def expand_caches_for_decoding(caches: list[dict], group_size: int, extra: int) 
         c["len"] = P
 
 
-#: Scoring on CPU attends the G continuations of a prompt as one block when they have at most this many
-#: positions in all (G·(R−1)): the block's extra, masked-out scores cost less than G separate small attention
-#: problems there (G = 8, R = 4: forward + backward ~0.6 vs ~1.05 ms per layer at 16 prompts). Larger groups
-#: (the exact yardstick's enumerations) and GPUs keep the per-row route, whose cost grows linearly in G.
-GROUPED_ATTENTION_MAX_ROWS = 64
+#: Scoring on CPU packs a prompt and its G continuations into one row (:class:`PackedLayout`) when those have at
+#: most this many positions in all (G·(R−1)): one model pass over [n, P + G·(R−1)] instead of a prompt pass and
+#: a continuation pass, and one attention problem per (prompt, head) — its extra, masked-out scores cost less
+#: than G separate small attention problems there. Larger groups (the exact yardstick's enumerations, whose
+#: masked scores grow as G²) and GPUs take the prompt pass + repeated cache route.
+PACKED_MAX_ROWS = 64
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """A prompt of P tokens followed by G continuations of L tokens each, as one row of P + G·L positions.
+
+    Packed position ``P + g·L + t`` holds token t of continuation g, at model position ``P + t``; it attends to
+    the P prompt positions and to its own continuation's positions ``<= t``; prompt positions are causal.
+    """
+
+    positions: torch.Tensor  # [P + G·L] long: 0 .. P-1, then P + t for each (g, t)
+    mask: torch.Tensor  # [P + G·L, P + G·L] bool, True = may attend
+    longest: int  # P + L: the longest sequence a packed row stands for (the position table must cover it)
+
+
+@functools.lru_cache(maxsize=64)
+def _packed_layout(P: int, G: int, L: int, device: torch.device) -> PackedLayout:
+    """The :class:`PackedLayout` of (P, G, L) on ``device`` (plain tensors, also when first built under
+    ``torch.inference_mode``; read-only)."""
+    with torch.inference_mode(False):
+        t = torch.arange(L, device=device).repeat(G)  # [G·L] token index within its continuation
+        g = torch.arange(G, device=device).repeat_interleave(L)  # [G·L] continuation index
+        own = (g[:, None] == g[None, :]) & (t[None, :] <= t[:, None])  # [G·L, G·L]
+        S = P + G * L
+        mask = torch.zeros(S, S, dtype=torch.bool, device=device)
+        mask[:P, :P] = torch.ones(P, P, dtype=torch.bool, device=device).tril()  # the prompt: causal
+        mask[P:, :P] = True  # every continuation sees the whole prompt
+        mask[P:, P:] = own
+        positions = torch.cat([torch.arange(P, device=device), P + t])  # [S]
+    return PackedLayout(positions, mask, P + L)
 
 
 def shared_prefix_logits(model: nn.Module, prompts: torch.Tensor, responses: torch.Tensor,
@@ -305,10 +309,10 @@ def shared_prefix_logits(model: nn.Module, prompts: torch.Tensor, responses: tor
     ``prompts [n, P]`` (one per group), ``responses [n·G, R]`` (rows i·G … i·G+G−1 answer prompt i) ->
     ``[n·G, R, V]``, equal up to float round-off to ``response_logits(model, prompts.repeat_interleave(G, 0),
     responses)`` but with the prompt's share of the compute (and of the backward) divided by G. The prompt
-    pass fills a key/value cache (``n`` rows); the responses (all but the last token) are then fed as one
-    continuation that attends to the cache and causally to itself — on CPU with at most
-    ``GROUPED_ATTENTION_MAX_ROWS`` response positions per group as one attention block per prompt, otherwise
-    with the cache repeated G times.
+    pass fills a key/value cache (``n`` rows), repeated G times; the responses (all but the last token) are then
+    fed as one continuation that attends to the cache and causally to itself. On CPU with at most
+    ``PACKED_MAX_ROWS`` response positions per group, each prompt and its G responses are one packed row instead
+    (:class:`PackedLayout`): one pass, the same logits up to float round-off.
     Models other than :class:`GPT` (no cache) take the plain route.
     """
     n, P = prompts.shape
@@ -318,16 +322,19 @@ def shared_prefix_logits(model: nn.Module, prompts: torch.Tensor, responses: tor
         return response_logits(model, prompts, responses)
     if not isinstance(unwrap(model), GPT):
         return response_logits(model, prompts.repeat_interleave(group_size, dim=0), responses)
+    L = responses.shape[1] - 1  # response positions fed to the model (the last token predicts nothing)
+    if prompts.device.type == "cpu" and 0 < group_size * L <= PACKED_MAX_ROWS:
+        packed = _packed_layout(P, group_size, L, prompts.device)
+        seq = torch.cat([prompts, responses[:, :-1].reshape(n, group_size * L)], dim=1)  # [n, P + G·L]
+        logits = model(seq, packed=packed)  # [n, P + G·L, V]
+        first = logits[:, P - 1 : P].repeat_interleave(group_size, dim=0)  # [B, 1, V] predicts response token 0
+        return torch.cat([first, logits[:, P:].reshape(n * group_size, L, -1)], dim=1)  # [B, R, V]
     caches = [{} for _ in unwrap(model).blocks]
     first = model(prompts, caches)[:, -1:, :]  # [n, 1, V] predicts response token 0
     first = first.repeat_interleave(group_size, dim=0)  # [B, 1, V]
     if responses.shape[1] == 1:
         return first
-    if prompts.device.type == "cpu" and group_size * (responses.shape[1] - 1) <= GROUPED_ATTENTION_MAX_ROWS:
-        for c in caches:  # one attention block per prompt (CausalSelfAttention._grouped_continuation)
-            c["group"] = group_size
-    else:
-        expand_caches(caches, group_size)
+    expand_caches(caches, group_size)
     rest = model(responses[:, :-1], caches, start=P)  # [B, R - 1, V] predicts tokens 1 .. R-1
     return torch.cat([first, rest], dim=1)  # [B, R, V]
 
