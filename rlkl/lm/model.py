@@ -75,10 +75,13 @@ class CausalSelfAttention(nn.Module):
         causal, mask = attn_mask is None, attn_mask
         if cache is not None and "k_buf" in cache:  # decoding: write into the preallocated buffers (no grad)
             past = cache["len"]
-            cache["k_buf"][:, :, past : past + L] = k
-            cache["v_buf"][:, :, past : past + L] = v
-            k, v = cache["k_buf"][:, :, : past + L], cache["v_buf"][:, :, : past + L]  # [B, H, past + L, D/H]
+            cache["k_buf"][past : past + L] = k.permute(2, 0, 1, 3)  # [L, B, H, D/H] (buffers are position-major)
+            cache["v_buf"][past : past + L] = v.permute(2, 0, 1, 3)
             cache["len"] = past + L
+            if L == 1 and x.device.type == "cpu" and not (self.training and self.dropout > 0):
+                y = _decode_attention(q[:, :, 0], cache["k_buf"][: past + 1], cache["v_buf"][: past + 1])  # [B, H, D/H]
+                return F.linear(y.reshape(B, 1, D), self.proj.weight, self.proj.bias)  # [B, 1, D]
+            k, v = (cache[f"{name}_buf"][: past + L].permute(1, 2, 0, 3) for name in "kv")  # [B, H, past + L, D/H]
             causal = False  # new query j sees every cached position and new positions <= j
             if L > 1:
                 mask = _continuation_mask(L, past, x.device)  # [L, past + L]
@@ -95,6 +98,17 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)  # [B, H, L, D/H]
         y = y.transpose(1, 2).contiguous().view(B, L, D)  # [B, L, D]
         return F.linear(y, self.proj.weight, self.proj.bias)  # [B, L, D] (= self.proj(y))
+
+
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One query per row over position-major keys/values: ``q [B, H, d]``, ``k``/``v`` ``[T, B, H, d]`` ->
+    ``[B, H, d]`` = softmax_T(q·k / √d) · v, as ``scaled_dot_product_attention`` (up to float round-off).
+
+    On CPU the reductions over the short position axis T run along the leading axis, ~2.5x faster than the
+    attention kernel's B·H tiny problems at decoding sizes (B·H = 512, T <= 10: ~55 vs ~140 µs).
+    """
+    scores = (k * q).sum(-1) * (q.shape[-1] ** -0.5)  # [T, B, H]
+    return (torch.softmax(scores, dim=0).unsqueeze(-1) * v).sum(0)  # [B, H, d]
 
 
 @functools.lru_cache(maxsize=64)
@@ -250,17 +264,17 @@ def expand_caches(caches: list[dict], group_size: int) -> None:
 def expand_caches_for_decoding(caches: list[dict], group_size: int, extra: int) -> None:
     """Like :func:`expand_caches`, into preallocated buffers with room for ``extra`` more positions (in place).
 
-    ``k``/``v`` ``[n, H, P, D/H]`` become ``k_buf``/``v_buf`` ``[n·G, H, P + extra, D/H]`` (row i·G + g holds
-    prompt row i) and ``len`` = P; each decoding step then writes its keys/values in place instead of
-    concatenating a new cache. Not differentiable: for sampling under ``torch.no_grad()`` only.
+    ``k``/``v`` ``[n, H, P, D/H]`` become position-major ``k_buf``/``v_buf`` ``[P + extra, n·G, H, D/H]`` (row
+    i·G + g holds prompt row i) and ``len`` = P; each decoding step then writes its keys/values in place instead
+    of concatenating a new cache. Not differentiable: for sampling under ``torch.no_grad()`` only.
     """
     for c in caches:
         for name in ("k", "v"):
             x = c.pop(name)  # [n, H, P, D/H]
             n, H, P, dh = x.shape
-            buf = x.new_empty(n, group_size, H, P + extra, dh)  # [n, G, H, P + extra, D/H]
-            buf[:, :, :, :P] = x.unsqueeze(1)  # the G rows of group i share prompt i's keys/values
-            c[f"{name}_buf"] = buf.view(n * group_size, H, P + extra, dh)  # [n·G, H, P + extra, D/H]
+            buf = x.new_empty(P + extra, n, group_size, H, dh)  # [P + extra, n, G, H, D/H]
+            buf[:P] = x.permute(2, 0, 1, 3).unsqueeze(2)  # the G rows of group i share prompt i's keys/values
+            c[f"{name}_buf"] = buf.view(P + extra, n * group_size, H, dh)  # [P + extra, n·G, H, D/H]
         c["len"] = P
 
 
