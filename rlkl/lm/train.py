@@ -714,7 +714,8 @@ def _update(cfg: TrainConfig, method, st: _State, ro: Rollout) -> dict:
         loss, diag = compute_loss(st.train_model, method, ro, cfg.group_size)
         st.opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(st.policy.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        gn = torch.nn.utils.clip_grad_norm_(st.opt.params,  # the policy's parameters, listed once (no module walk)
+                                            cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         st.opt.step()
         keys = list(diag)  # the diagnostics are computed here, on first read
         # one host read for every scalar of the update (the same float32 values float() would read one by one)
