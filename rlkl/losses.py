@@ -220,13 +220,14 @@ def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Te
         m = mask.to(loss.dtype)
         return (lx * (m / m.sum())).sum()
     if mode == "seq-mean-token-mean":
-        m = mask.to(loss.dtype)
-        lengths = m.sum(-1, keepdim=True)  # [B, 1]
+        lengths = mask.view(torch.uint8).sum(-1, keepdim=True).to(loss.dtype)  # [B, 1] |y_i| (exact counts)
         n_seq = (lengths > 0).to(loss.dtype).sum()  # B': sequences with a valid token (>= 1: mask is non-empty)
-        per_seq = (lx * (m / lengths.clamp_min(1.0))).sum(-1)  # [B] Σ_t m l / |y_i|
+        # [B] Σ_t m l / |y_i|: lx is 0 on padding, so lx·(1/|y_i|) has the values of lx·(m/|y_i|), bit for bit
+        per_seq = (lx * (1.0 / lengths.clamp_min(1.0))).sum(-1)
         return (per_seq / n_seq).sum()
     if mode == "seq-mean-token-sum":
-        n_seq = mask.any(-1).to(loss.dtype).sum()  # B' (an exact count, as from the lengths)
+        # B' (an exact count, as from the lengths): a row's largest mask byte is 1 iff it holds a token
+        n_seq = mask.view(torch.uint8).amax(-1).sum(dtype=loss.dtype)
         return (lx / n_seq).sum()
     C = loss.shape[1] if horizon is None else horizon
     return (lx / (loss.shape[0] * C)).sum()
@@ -369,11 +370,13 @@ def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     return PolicyLossOutput.lazy(loss * mask, diagnostics)
 
 
-def _require_rows(mask: Tensor) -> None:
+def _require_rows(mask: Tensor, lengths: Tensor | None = None) -> None:
     """Inside a trusted computation (whose caller validated the mask as a whole), every row must hold a token
-    (a deferred check, :func:`rlkl._checks.require`); public callers validated it already."""
+    (a deferred check, :func:`rlkl._checks.require`); public callers validated it already. ``lengths``: the rows'
+    token counts when the caller has them (then no pass over the mask)."""
     if values_trusted():
-        require(mask.any(-1).all(), lambda: check_mask("mask", mask, mask.shape, require_nonempty_rows=True))
+        rows_ok = mask.any(-1).all() if lengths is None else (lengths > 0).all()
+        require(rows_ok, lambda: check_mask("mask", mask, mask.shape, require_nonempty_rows=True))
 
 
 def _gspo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float
@@ -611,19 +614,20 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     return PolicyLossOutput.lazy(loss, diagnostics)
 
 
-def _rpg_samples(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, m: Tensor, level: str
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The samples of :func:`_rpg`: (log w, lp, A, sample mask) per token ``[B, T]`` or per sequence ``[B, 1]``."""
+def _rpg_samples(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, m: Tensor, level: str,
+                 lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The samples of :func:`_rpg`: (log w, lp, A, sample mask) per token ``[B, T]`` or per sequence ``[B, 1]``
+    (``lengths``: ``[B, 1]`` |y_i|, sequence level)."""
     A = advantages.detach()  # A = R − b is data (sg)
     if level == "token":
         log_w = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
         return log_w, logp, A, mask
-    _require_rows(mask)
+    _require_rows(mask, lengths)
     # [B, 1] log π_θ(y)/π_old(y), guarded like the token ratio (deliberate difference, see the docstring)
     log_w = torch.clamp(((logp - logp_old.detach()) * m).sum(-1, keepdim=True), -LOG_RATIO_CLAMP,
                         LOG_RATIO_CLAMP)
     lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)
-    first = mask.to(torch.uint8).argmax(-1, keepdim=True)  # the first valid token (1-byte copy of the mask)
+    first = mask.view(torch.uint8).argmax(-1, keepdim=True)  # the first valid token (the mask's bytes, no copy)
     adv = torch.gather(A, 1, first)  # [B, 1]
     return log_w, lp, adv, torch.ones_like(lp, dtype=torch.bool)
 
@@ -653,7 +657,8 @@ def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, diver
          level: str, clip: RPGClip | None, z_old: float) -> tuple[Tensor, DiagnosticsThunk]:
     """:func:`rpg_loss` on validated inputs: (per-token loss, 0 where ``mask`` is False; diagnostics thunk)."""
     m = mask.to(logp.dtype)
-    log_w, lp, adv, sample_mask = _rpg_samples(logp, logp_old, advantages, mask, m, level)
+    lengths = None if level == "token" else m.sum(-1, keepdim=True)  # [B, 1] |y_i|
+    log_w, lp, adv, sample_mask = _rpg_samples(logp, logp_old, advantages, mask, m, level, lengths)
     w = torch.exp(log_w)
     low = high = dual = torch.zeros_like(w, dtype=torch.bool)
 
@@ -677,7 +682,9 @@ def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, diver
     else:
         per_sample, low, high, dual = _rpg_alg2(w, log_w, lp, adv, divergence, beta, z_old, clip)
 
-    loss = per_sample * m if level == "token" else per_sample * m / m.sum(-1, keepdim=True)  # sequence: ℓ_i/|y_i|
+    # sequence: ℓ_i/|y_i| on each of its tokens (divided per row, then spread: m is 0 or 1, so the same values as
+    # ℓ_i·m/|y_i|, one [B, T] pass less)
+    loss = per_sample * m if level == "token" else (per_sample / lengths) * m
     w_sg = w.detach()
 
     conds = () if clip is None else (lambda: low, lambda: high, lambda: dual)

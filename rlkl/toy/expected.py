@@ -213,6 +213,30 @@ class _Tokens:
         return idx, mask
 
 
+@dataclass(frozen=True)
+class _Repeat:
+    """Rows ``start … stop − 1`` of the stacked enumeration, the whole range repeated ``times`` times (``[B]`` with
+    B = times·(stop − start), entry k·n + i = row start + i): a chunk of the first-row route, where every response
+    heads M groups. Its arrays are the distinct rows read once and copied as blocks (`spread`), not gathered row by
+    row."""
+
+    start: int
+    stop: int
+    times: int
+
+    @property
+    def base(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def spread(self, x: Tensor) -> Tensor:
+        """``[n, …]`` → ``[times·n, …]``: ``times`` copies of the block, row i at rows k·n + i."""
+        return x.repeat(self.times, *(1,) * (x.dim() - 1))
+
+    def collapse(self, x: Tensor) -> Tensor:
+        """``[times·n, …]`` → ``[n, …]``: the sum over each row's copies (what the copies add to that row)."""
+        return x.view(self.times, -1, *x.shape[1:]).sum(0)
+
+
 @dataclass
 class _Data:
     """Stacked enumeration data of the three policies (rows b = x·N + n).
@@ -257,9 +281,11 @@ class _Data:
             last = self._last_index = (rows, self.tok.index(rows))
         return last[1]
 
-    def take(self, name: str, rows: Tensor | slice) -> Tensor:
+    def take(self, name: str, rows: "Tensor | slice | _Repeat") -> Tensor:
         """Rows ``rows`` of the field ``name`` (the token log-probs gathered for these rows only; the gather index
         of the last ``rows`` is kept, so the three policies of one chunk build it once)."""
+        if isinstance(rows, _Repeat):  # the distinct rows read once, then each copied `times` times
+            return rows.spread(self.take(name, rows.base))
         tokens = {"logp": self.tok, "logp_old": self.tok_old, "logp_ref": self.tok_ref}.get(name)
         if tokens is None:
             return getattr(self, name)[rows]
@@ -400,7 +426,11 @@ def _all_finite(tokens: _Tokens) -> bool:
     """True when every token log-prob of every response is finite, read from the node table (S·V entries per
     prompt, not N·T): every (node, token) entry is emitted by some response, so the two are the same condition.
     False for a policy without a node table (its rows are checked instead)."""
-    return tokens.table is not None and bool(torch.isfinite(tokens.table).all())
+    if tokens.table is None:
+        return False
+    # a finite sum has finite entries (a nan or ±inf entry makes it nan or ±inf): one reduction, no [S·V] masks;
+    # entries only when the sum is not finite (one is not, or finite entries overflowed the sum)
+    return bool(torch.isfinite(tokens.table.sum())) or bool(torch.isfinite(tokens.table).all())
 
 
 def _sequence_sums(tokens: _Tokens, mdp: TreeMDP) -> Tensor:
@@ -418,15 +448,24 @@ def _sequence_sums(tokens: _Tokens, mdp: TreeMDP) -> Tensor:
     return (cum.index_select(1, last_node) + table.index_select(1, last_flat)).reshape(-1)
 
 
-def make_batch(data: _Data, rows: Tensor, group_size: int):
+def make_batch(data: _Data, rows: Tensor, group_size: int, ref: bool = True):
     """A `RolloutBatch` of the enumerated responses ``rows`` (``[B]`` indices into the stacked enumeration).
 
-    Log-probs are 0 on padding already (`Policy.token_logp`)."""
+    Log-probs are 0 on padding already (`Policy.token_logp`). ``ref=False``: the caller's loss reads no π_ref
+    (`_reads_ref`), so π_ref's rows are not gathered; the batch's ``logp_ref`` field holds ``logp_old``'s."""
     from rlkl.methods import RolloutBatch
 
-    extra = {k: getattr(data, k)[rows] for k in ("logp_rollout", "kept_logmass") if getattr(data, k) is not None}
-    return RolloutBatch(data.take("logp_old", rows), data.take("logp_ref", rows), data.mask[rows], data.rewards[rows],
-                        group_size, **extra)
+    extra = {k: data.take(k, rows) for k in ("logp_rollout", "kept_logmass") if getattr(data, k) is not None}
+    logp_old = data.take("logp_old", rows)
+    return RolloutBatch(logp_old, data.take("logp_ref", rows) if ref else logp_old, data.take("mask", rows),
+                        data.take("rewards", rows), group_size, **extra)
+
+
+def _reads_ref(spec: LossSpec) -> bool:
+    """False only for a Method whose loss value and gradient do not read π_ref (`Method.uses_reference`: no KL to
+    π_ref; π_ref then enters only the ``kl/*`` diagnostics, which the engine does not read)."""
+    method = _engine_method(spec)
+    return method is None or method.uses_reference
 
 
 def _engine_method(spec: LossSpec) -> Any:
@@ -518,8 +557,10 @@ class _Coef:
         self.node = torch.zeros_like(data.tok.table) if node_level else None  # [P, S·V]
         self.dense = None if node_level else torch.zeros(data.q.numel(), data.T, dtype=torch.float64)
 
-    def add(self, rows: Tensor | slice, contrib: Tensor) -> None:
+    def add(self, rows: "Tensor | slice | _Repeat", contrib: Tensor) -> None:
         """Add ``contrib`` ``[B, T]`` at the rows ``rows`` (a slice: each row once; indices may repeat)."""
+        if isinstance(rows, _Repeat):  # each row's copies summed first, then added once
+            rows, contrib = rows.base, rows.collapse(contrib)
         if self.node is not None:
             idx, mask = self.data.token_index(rows)
             if mask is not None:  # padding is a constant 0 in the token log-probs: no gradient reaches θ from it
@@ -537,7 +578,7 @@ def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tens
 
     ``rows``: indices into the stacked enumeration, or a slice of consecutive rows (then the batch holds views, no
     copies). ``unit_scale`` multiplies the group factors (the first-row route: 1/G)."""
-    batch = make_batch(data, rows, G)
+    batch = make_batch(data, rows, G, ref=_reads_ref(spec))
     leaf = data.take("logp", rows).detach().requires_grad_(True)  # a fresh leaf, 0 on padding
     loss = _call(spec, leaf, batch, **loss_kwargs)
     (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
@@ -610,9 +651,11 @@ def _support(data: _Data, x: int) -> Tensor:
     return (data.q[x] > 0).nonzero().squeeze(1)
 
 
-def _route_per_sample(spec, data, coef, chunk_slots):
-    G = spec.group_size
+def _per_sample_rows(data: _Data) -> tuple[Tensor, Tensor]:
+    """(``[n]`` the rows of the live prompts' supports, increasing; ``[n]`` their weights ρ(x)q(y))."""
     P, N = data.q.shape
+    if bool((data.rho > 0).all() & (data.q > 0).all()):  # every row: no index to build
+        return torch.arange(P * N), (data.rho[:, None] * data.q).reshape(-1)
     rows_all, w_all = [], []
     for x in range(P):
         if data.rho[x] == 0:
@@ -620,8 +663,12 @@ def _route_per_sample(spec, data, coef, chunk_slots):
         sup = _support(data, x)
         rows_all.append(x * N + sup)
         w_all.append(data.rho[x] * data.q[x, sup])
-    rows = torch.cat(rows_all)
-    w = torch.cat(w_all)
+    return torch.cat(rows_all), torch.cat(w_all)
+
+
+def _route_per_sample(spec, data, coef, chunk_slots):
+    G = spec.group_size
+    rows, w = _per_sample_rows(data)
     n = rows.shape[0]
     first = int(rows[0])
     consecutive = int(rows[-1]) - first + 1 == n  # rows are increasing: consecutive iff the span is n
@@ -796,9 +843,19 @@ def _first_rows_of_prompt(spec, method, data, coef, x, sup, inv, reps, ms, wq, p
     adv = method.advantage.compute(values[cls].reshape(-1), G, lengths[cls].reshape(-1))  # [K·M·G]
     adv_first = adv.view(K, Mk, G)[:, :, 0]  # [K, M] row-1 advantage per (row-1 class, multiset)
     rows_of = x * N + sup  # [n1]
+    n1 = sup.shape[0]
     per = max(1, chunk_slots // max(1, T))
-    for a in range(0, sup.shape[0] * Mk, per):
-        j = torch.arange(a, min(sup.shape[0] * Mk, a + per))
+    if int(sup[-1]) - int(sup[0]) + 1 == n1:  # the support is a range: chunks of whole responses, each read once
+        per_resp = max(1, per // Mk)
+        for a in range(0, n1, per_resp):
+            b = min(n1, a + per_resp)
+            rows = _Repeat(int(rows_of[a]), int(rows_of[a]) + b - a, Mk)  # entry k·n + i: response a + i, multiset k
+            # weights ρ(x)q(y_i)·P(multiset k)·G and advantages, [M, b − a] → [M·(b − a)] (the same entry order)
+            _accumulate(spec, data, rows, (wq[None, a:b] * pm[:, None] * G).reshape(-1), coef, 1, per_row_unit=True,
+                        unit_scale=1.0 / G, sequence_advantages=adv_first[inv[a:b]].t().reshape(-1))
+        return
+    for a in range(0, n1 * Mk, per):
+        j = torch.arange(a, min(n1 * Mk, a + per))
         i = torch.div(j, Mk, rounding_mode="floor")
         k = j - i * Mk
         # a batch of first rows: its units are rows, the group's are groups of G rows (factor 1/G)

@@ -1,0 +1,146 @@
+"""The exact engine's chunked fast paths equal the brute-force loop: the first-row route reading each response once
+per chunk (`_Repeat`), the per-sample route without a row index, chunk boundaries anywhere; the π_ref gather
+skipped only for methods that do not read π_ref; the node-table finiteness check read from one sum."""
+
+import pytest
+import torch
+
+import rlkl.toy.expected as X
+from rlkl.components import Raw
+from rlkl.losses import aggregate
+from rlkl.methods import RolloutBatch, get_method, list_methods
+from rlkl.toy.expected import brute_force_expected_gradient, expected_gradient
+from rlkl.toy.mdp import TreeMDP
+from rlkl.toy.policies import TabularPolicy
+
+
+def _setup(gap: bool, seed: int = 4, P: int = 2):
+    """A V = 3, T = 2 tree; ``gap``: token 1 at the root of prompt 0 gets probability 0 under π_θ and π_old, so
+    that prompt's support is not a range of rows (the engine's index paths run instead of the range paths)."""
+    mdp = TreeMDP.random(3, 2, P, reward="binary", success_rate=0.4, seed=seed)
+    logits = TabularPolicy.random(mdp, seed=seed + 1).theta.detach().clone()
+    if gap:
+        logits[0, 0, 1] = float("-inf")
+    pi = TabularPolicy(mdp, logits.requires_grad_(True))
+    old = pi.perturbed(0.3, seed + 2).detached()  # keeps the −inf entries
+    ref = TabularPolicy.random(mdp, seed=seed + 3).detached()
+    return mdp, pi, old, ref
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("gap", [False, True])
+@pytest.mark.parametrize("chunk_slots", [2, 10, 1 << 17])  # 1 response per chunk, a partial last chunk, one chunk
+@pytest.mark.parametrize("name", ["grpo", "frpo", "dr_grpo"])
+def test_first_rows_route_in_chunks_equals_brute_force(name, chunk_slots, gap):
+    mdp, pi, old, ref = _setup(gap)
+    m = get_method(name)
+    m = m.replace(beta=0.2) if m.beta > 0 else m
+    q = torch.softmax(old.sequence_logp().reshape(2, -1), -1)
+    assert bool((q[0] == 0).any()) == gap  # the support of prompt 0 has a gap exactly when asked
+    assert X._first_row_method(X.loss_spec(m, mdp, 3), "reward") is m  # the first-row route runs
+    eg = expected_gradient(m, mdp, pi, old, ref, group_size=3, route="exchangeable", class_by="reward",
+                           chunk_slots=chunk_slots)
+    bf = brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=3)
+    assert _rel(eg.grad, bf) < 1e-12
+
+
+@pytest.mark.parametrize("gap", [False, True])
+@pytest.mark.parametrize("chunk_slots", [2, 10, 1 << 17])
+@pytest.mark.parametrize("name", ["rpg_reinforce_urkl_seq", "rpg_reinforce_fkl", "reinforce"])
+def test_per_sample_route_in_chunks_equals_brute_force(name, chunk_slots, gap):
+    mdp, pi, old, ref = _setup(gap)
+    m = get_method(name).replace(advantage=Raw())
+    eg = expected_gradient(m, mdp, pi, old, ref, group_size=1, route="per_sample", chunk_slots=chunk_slots)
+    bf = brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=1)
+    assert _rel(eg.grad, bf) < 1e-12
+
+
+def test_per_sample_rows_without_index_equal_the_support_rows():
+    """Full support: rows 0 … P·N − 1 with weights ρ(x)q(y), the same as the per-prompt support gather."""
+    mdp, pi, old, ref = _setup(False, P=3)
+    data = X._prepare(mdp, pi, old, ref)
+    rows, w = X._per_sample_rows(data)
+    N = data.N
+    assert torch.equal(rows, torch.arange(3 * N))
+    for x in range(3):
+        assert torch.equal(w[x * N:(x + 1) * N], data.rho[x] * data.q[x])
+
+
+def test_repeat_spread_and_collapse():
+    r = X._Repeat(5, 8, 2)  # rows 5, 6, 7, twice: entries 5 6 7 5 6 7
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    assert torch.equal(r.spread(x), torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]] * 2))
+    c = torch.arange(12.0).view(6, 2)
+    # row 5 gets entries 0 and 3: [0, 1] + [6, 7] = [6, 8]; row 6: [2, 3] + [8, 9]; row 7: [4, 5] + [10, 11]
+    assert torch.equal(r.collapse(c), torch.tensor([[6.0, 8.0], [10.0, 12.0], [14.0, 16.0]]))
+    assert r.base == slice(5, 8)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_methods_without_a_reference_do_not_read_logp_ref(name):
+    """`Method.uses_reference` False ⇒ the loss and its gradient do not depend on ``batch.logp_ref`` (what lets the
+    engine skip π_ref's gather, `_reads_ref`); True ⇒ the engine gathers it."""
+    m = get_method(name)
+    g = torch.Generator().manual_seed(0)
+    B, T, G = 8, 5, 4
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[6, 1:] = False
+    logp_old = -torch.rand(B, T, generator=g, dtype=torch.float64) * mask
+    rewards = (torch.rand(B, generator=g) > 0.5).to(torch.float64)
+    logp = (logp_old + 0.1 * torch.randn(B, T, generator=g, dtype=torch.float64)) * mask
+    refs = [-torch.rand(B, T, generator=g, dtype=torch.float64) * mask for _ in range(2)]
+    out = []
+    for ref in refs:
+        leaf = logp.clone().requires_grad_(True)
+        loss = m.loss(leaf, RolloutBatch(logp_old, ref, mask, rewards, G))[0]
+        out.append((loss.detach(), torch.autograd.grad(loss, leaf)[0]))
+    same = torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    if not m.uses_reference:
+        assert same
+        assert not X._reads_ref(X.loss_spec(m, TreeMDP.random(2, 2, 1, seed=0), G))
+    else:
+        assert not same  # a method with a KL to π_ref reads it (or the property would be vacuous)
+        assert X._reads_ref(X.loss_spec(m, TreeMDP.random(2, 2, 1, seed=0), G))
+
+
+def test_a_callable_loss_always_gets_the_reference():
+    spec = X.LossSpec(lambda logp, batch: (logp * batch.logp_ref).sum(), 1, "token-mean", "none")
+    assert X._reads_ref(spec)
+
+
+def test_all_finite_from_one_sum_and_its_overflow_fallback():
+    def tokens(table):
+        return X._Tokens(table.reshape(1, -1), None, None, 1, 1)
+
+    assert X._all_finite(tokens(torch.tensor([-1.0, -2.0, -3.0], dtype=torch.float64)))
+    assert not X._all_finite(tokens(torch.tensor([-1.0, float("-inf"), -3.0], dtype=torch.float64)))
+    assert not X._all_finite(tokens(torch.tensor([-1.0, float("nan"), -3.0], dtype=torch.float64)))
+    assert not X._all_finite(tokens(torch.tensor([float("inf"), float("-inf")], dtype=torch.float64)))  # sum nan
+    # finite entries whose sum overflows (−1.5e308 · 2 = −inf): read entry by entry, finite
+    assert X._all_finite(tokens(torch.tensor([-1.5e308, -1.5e308], dtype=torch.float64)))
+    assert X._all_finite(X._Tokens(None, None, None, 1, 1, full=torch.zeros(1, 1))) is False  # no table
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_seq_mean_token_mean_by_hand(dtype):
+    # rows: [1, 2, pad] → (1 + 2)/2 = 1.5; [4, pad, pad] → 4; mean over B' = 2 rows: (1.5 + 4)/2 = 2.75
+    loss = torch.tensor([[1.0, 2.0, 100.0], [4.0, 7.0, -3.0]], dtype=dtype)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    assert aggregate(loss, mask, "seq-mean-token-mean").item() == 2.75
+    # an empty row counts in neither B' nor the sum: (1.5 + 4)/2 again
+    loss3 = torch.cat([loss, torch.full((1, 3), 9.0, dtype=dtype)])
+    mask3 = torch.cat([mask, torch.zeros(1, 3, dtype=torch.bool)])
+    assert aggregate(loss3, mask3, "seq-mean-token-mean").item() == 2.75
+
+
+def test_seq_mean_token_sum_counts_rows_of_a_strided_mask():
+    """B' from the mask's bytes works on a non-contiguous mask (a transposed view)."""
+    # rows [1+2, 4, (empty)] → Σ = 7 over B' = 2 rows = 3.5
+    loss = torch.tensor([[1.0, 4.0, 5.0], [2.0, 6.0, 5.0]], dtype=torch.float64).t()
+    mask = torch.tensor([[True, True, False], [True, False, False]]).t()
+    assert not mask.is_contiguous()
+    assert aggregate(loss, mask, "seq-mean-token-sum").item() == 3.5
