@@ -165,8 +165,9 @@ def test_decoding_buffers_hold_the_repeated_prompt_cache():
         expand_caches(plain, 2)
         expand_caches_for_decoding(buffered, 2, extra=3)
         for c, d in zip(plain, buffered):
-            assert d["len"] == 4 and d["k_buf"].shape == (6, 2, 7, 8)
-            assert torch.equal(d["k_buf"][:, :, :4], c["k"]) and torch.equal(d["v_buf"][:, :, :4], c["v"])
+            assert d["len"] == 4 and d["k_buf"].shape == (7, 6, 2, 8)  # position-major [P + extra, n·G, H, D/H]
+            assert torch.equal(d["k_buf"][:4], c["k"].permute(2, 0, 1, 3))
+            assert torch.equal(d["v_buf"][:4], c["v"].permute(2, 0, 1, 3))
         a, b = m(nxt, plain, start=4), m(nxt, buffered, start=4)  # [6, 1, V]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert all(d["len"] == 5 for d in buffered)

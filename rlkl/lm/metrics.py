@@ -61,21 +61,37 @@ def pass_at_k_batch(correct: torch.Tensor, ks: Iterable[int]) -> dict[int, float
 # ---------------------------------------------------------------------------------------------------
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Exact entropy ``H_t = -sum_v p_v log p_v`` of softmax(logits): ``[..., V]`` -> ``[...]``."""
+def token_entropy(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Exact entropy ``H_t = -sum_v p_v log p_v`` of softmax(logits): ``[..., V]`` -> ``[...]``.
+
+    ``dim``: the vocabulary axis (``0`` for the ``[V, N]`` layout of :func:`vocab_leading`).
+    """
     from rlkl.lm.model import log_softmax
 
-    logp = log_softmax(logits.float())  # [..., V]
-    return -(logp.exp() * logp).sum(dim=-1)  # [...]
+    logp = log_softmax(logits.float()) if dim == -1 else torch.log_softmax(logits.float(), dim=dim)  # [..., V]
+    return -(logp.exp() * logp).sum(dim=dim)  # [...]
 
 
-def token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """Exact ``KL(p || q) = sum_v p_v (log p_v - log q_v)`` per position: ``[..., V]`` x2 -> ``[...]``."""
+def token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Exact ``KL(p || q) = sum_v p_v (log p_v - log q_v)`` per position: ``[..., V]`` x2 -> ``[...]``.
+
+    ``dim``: the vocabulary axis (``0`` for the ``[V, N]`` layout of :func:`vocab_leading`).
+    """
     from rlkl.divergences import exact_kl
 
     if logits_p.shape != logits_q.shape:
         raise ValueError(f"logits_p {tuple(logits_p.shape)} and logits_q {tuple(logits_q.shape)} differ")
-    return exact_kl(logits_p.float(), logits_q.float(), dim=-1).clamp_min(0.0)  # [...] (clamp: float round-off)
+    return exact_kl(logits_p.float(), logits_q.float(), dim=dim).clamp_min(0.0)  # [...] (clamp: float round-off)
+
+
+def vocab_leading(logits: torch.Tensor) -> torch.Tensor:
+    """A ``[V, N]`` contiguous copy of ``logits [..., V]`` (N = the product of the leading sizes), in float32.
+
+    The per-position metrics (:func:`token_entropy`, :func:`token_kl` with ``dim=0``) then reduce over a short
+    leading axis, which torch's CPU kernels do ~20x faster than over a short last axis (V = 13: log_softmax of
+    512 positions ~5 vs ~100 µs); the values agree up to float round-off.
+    """
+    return logits.float().reshape(-1, logits.shape[-1]).t().contiguous()  # [V, N]
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -164,11 +180,14 @@ def rollout_metrics(
     if logits.shape[:2] != (B, T) or logits_ref.shape != logits.shape:
         raise ValueError(f"logits {tuple(logits.shape)} / logits_ref {tuple(logits_ref.shape)} must be [B, T, V] "
                          f"with [B, T] = {(B, T)}")
-    from rlkl.divergences import monte_carlo_kl, rao_blackwell_kl
+    from rlkl.divergences import exact_kl, monte_carlo_kl
 
-    ent = token_entropy(logits)  # [B, T]
-    kl_fwd = token_kl(logits_ref, logits)  # [B, T]  KL(π_ref‖π)(s_t)
-    rb = rao_blackwell_kl(logits.float(), logits_ref.float(), mask)  # [B] Σ_t KL(π‖π_ref)(s_t)
+    lt, lt_ref = vocab_leading(logits), vocab_leading(logits_ref)  # [V, B·T] each (fast short-axis reductions)
+    ent = token_entropy(lt, dim=0).view(B, T)  # [B, T]
+    kl_fwd = token_kl(lt_ref, lt, dim=0).view(B, T)  # [B, T]  KL(π_ref‖π)(s_t)
+    # [B] Σ_t m_t KL(π‖π_ref)(s_t): rlkl.divergences.rao_blackwell_kl(logits, logits_ref, mask), from the same
+    # per-state exact_kl in the [V, B·T] layout
+    rb = seq_sum(exact_kl(lt, lt_ref, dim=0).view(B, T), mask)
     mc = monte_carlo_kl(logp, logp_ref, mask)  # [B] Σ_t log π/π_ref (y_t)
     out = {
         "reward_mean": float(rewards.float().mean()),

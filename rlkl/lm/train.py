@@ -332,12 +332,17 @@ class Rollout:
         return self.prompts[:: self.group_size]
 
     @torch.no_grad()
-    def set_behaviour(self, logits: torch.Tensor) -> None:
-        """Record π_old from its response logits ``[B, R, V]`` and compute the rollout metrics."""
+    def set_behaviour(self, logits: torch.Tensor, logp: torch.Tensor | None = None) -> None:
+        """Record π_old from its response logits ``[B, R, V]`` and compute the rollout metrics.
+
+        ``logp`` ``[B, R]``: ``token_logprobs(logits, responses)`` when the caller has computed it already (the
+        first update's forward pass); it is detached and used as is.
+        """
         from rlkl.sampling import kept_log_softmax, kept_logmass
 
         logits = logits.detach().float()  # [B, R, V]
-        self.logp_old = token_logprobs(logits, self.responses)  # [B, R]
+        self.logp_old = (token_logprobs(logits, self.responses) if logp is None  # [B, R]
+                         else logp.detach())  # sg[log π_θ]: π_old is the policy that sampled, a constant
         logp_base = (self.logp_ref if self.logits_ref is self.logits_base  # [B, R] (π_ref = π_0: the same numbers)
                      else token_logprobs(self.logits_base, self.responses))
         self.metrics.update(rollout_metrics(logits, self.logits_base, self.logp_old, logp_base, self.mask,
@@ -405,6 +410,26 @@ def collect_rollout(
     """
     G = group_size
     rep = prompts.repeat_interleave(G, dim=0)  # [B, P]  rows i*G .. i*G+G-1 share prompt i
+    with torch.inference_mode():  # sampling and the reference forwards record nothing for autograd
+        out = _sample_and_score(policy, ref, base, task, prompts, G, generator, partial_credit, sampler)
+    # plain copies of the inference tensors (those cannot be saved for the update's backward); a shared π_ref =
+    # π_0 tensor stays one tensor
+    responses, mask, logp_sample, logp_ref, rewards, logits_base, kept = (None if t is None else t.clone()
+                                                                          for t in out[:7])
+    logits_ref = logits_base if out[7] is out[5] else out[7].clone()  # [B, R, V]
+    ro = Rollout(rep, responses, mask, logp_sample, logp_ref, rewards.float(), G, logits_base, logits_ref,
+                 sampler=sampler, kept=kept, replay=replay and kept is not None)
+    if partial_credit:  # the binary pass rate next to the partial-credit reward
+        ro.metrics["pass_rate"] = float(task.score_groups(prompts, responses, G).mean())
+    if with_behaviour:
+        ro.set_behaviour(policy_logits(policy, prompts, responses, G))
+    return ro
+
+
+def _sample_and_score(policy: torch.nn.Module, ref: torch.nn.Module, base: torch.nn.Module, task: Task,
+                      prompts: torch.Tensor, G: int, generator: torch.Generator, partial_credit: bool, sampler):
+    """The tensors of :func:`collect_rollout`: ``(responses, mask, logp_sample, logp_ref, rewards, logits_base,
+    kept, logits_ref)`` — ``[B, R]`` x4, ``[B]``, ``[B, R, V]``, ``[B, R, V]`` bool or None, ``[B, R, V]``."""
     # the G samples of a prompt share its prefix (one prompt pass per group, its KV cache repeated G times)
     kept = None
     if sampler is None:
@@ -416,13 +441,8 @@ def collect_rollout(
     rewards = task.score_groups(prompts, responses, G, partial_credit)  # [B] on the device
     logits_base = policy_logits(base, prompts, responses, G)  # [B, R, V]
     logits_ref = logits_base if ref is base else policy_logits(ref, prompts, responses, G)  # [B, R, V]
-    ro = Rollout(rep, responses, mask, logp_sample, token_logprobs(logits_ref, responses), rewards.float(),
-                 G, logits_base, logits_ref, sampler=sampler, kept=kept, replay=replay and kept is not None)
-    if partial_credit:  # the binary pass rate next to the partial-credit reward
-        ro.metrics["pass_rate"] = float(task.score_groups(prompts, responses, G).mean())
-    if with_behaviour:
-        ro.set_behaviour(policy_logits(policy, prompts, responses, G))
-    return ro
+    logp_ref = token_logprobs(logits_ref, responses)  # [B, R]
+    return responses, mask, logp_sample, logp_ref, rewards, logits_base, kept, logits_ref
 
 
 def compute_loss(model: torch.nn.Module, method, rollout: Rollout, group_size: int):
@@ -431,13 +451,14 @@ def compute_loss(model: torch.nn.Module, method, rollout: Rollout, group_size: i
     When the rollout has no behaviour log-probs yet, this forward pass provides them (π_old = π_θ now).
     """
     logits = policy_logits(model, rollout.group_prompts, rollout.responses, rollout.group_size)  # [B, R, V] grad
+    logp = None if rollout.replay else token_logprobs(logits, rollout.responses)  # [B, R] log π_θ (grad)
     if rollout.logp_old is None:
-        rollout.set_behaviour(logits)
+        rollout.set_behaviour(logits, logp)  # π_old = sg[π_θ now]: the same log-probs, detached
     if rollout.replay:  # mask replay: π_θ renormalized over the engine's kept sets (no gradient to cut tokens)
         from rlkl.sampling import kept_log_softmax
 
         logits = kept_log_softmax(logits, rollout.kept)  # [B, R, V] log π_θ^K
-    logp = token_logprobs(logits, rollout.responses)  # [B, R]
+        logp = token_logprobs(logits, rollout.responses)  # [B, R]
     return method.loss(logp, rollout.batch(group_size))
 
 
@@ -693,12 +714,16 @@ def _update(cfg: TrainConfig, method, st: _State, ro: Rollout) -> dict:
         loss, diag = compute_loss(st.train_model, method, ro, cfg.group_size)
         st.opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(st.policy.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        gn = torch.nn.utils.clip_grad_norm_(st.opt.params,  # the policy's parameters, listed once (no module walk)
+                                            cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         st.opt.step()
-        losses.append(loss.item())
-        gnorms.append(float(gn))
-        for key, v in diag.items():
-            diag_sum[key] = diag_sum.get(key, 0.0) + float(v)
+        keys = list(diag)  # the diagnostics are computed here, on first read
+        # one host read for every scalar of the update (the same float32 values float() would read one by one)
+        values = torch.stack([loss.detach(), gn.detach(), *(diag[key] for key in keys)]).tolist()
+        losses.append(values[0])
+        gnorms.append(values[1])
+        for key, v in zip(keys, values[2:]):
+            diag_sum[key] = diag_sum.get(key, 0.0) + v
     K = cfg.updates_per_batch
     row = {"loss": sum(losses) / K, "grad_norm": sum(gnorms) / K, "grad_norm_last": gnorms[-1], "lr": lr}
     row.update({f"diag/{key}": v / K for key, v in diag_sum.items()})
