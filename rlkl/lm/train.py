@@ -718,8 +718,9 @@ def _update(cfg: TrainConfig, method, st: _State, ro: Rollout) -> dict:
                                             cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         st.opt.step()
         keys = list(diag)  # the diagnostics are computed here, on first read
-        # one host read for every scalar of the update (the same float32 values float() would read one by one)
-        values = torch.stack([loss.detach(), gn.detach(), *(diag[key] for key in keys)]).tolist()
+        # one host read for every scalar of the update; widened to float64 first (exact from float32/bf16, so the
+        # same values float() would read one by one, whatever dtype each scalar has)
+        values = torch.stack([t.detach().double() for t in (loss, gn, *(diag[key] for key in keys))]).tolist()
         losses.append(values[0])
         gnorms.append(values[1])
         for key, v in zip(keys, values[2:]):
