@@ -15,12 +15,13 @@ from rlkl.toy.policies import TabularPolicy
 
 
 def _setup(gap: bool, seed: int = 4, P: int = 2):
-    """A V = 3, T = 2 tree; ``gap``: token 1 at the root of prompt 0 gets probability 0 under π_θ and π_old, so
-    that prompt's support is not a range of rows (the engine's index paths run instead of the range paths)."""
-    mdp = TreeMDP.random(3, 2, P, reward="binary", success_rate=0.4, seed=seed)
+    """A V = 2, T = 2 tree (responses 00, 01, 10, 11 per prompt); ``gap``: token 1 after token 0 (node 1) of prompt 0
+    gets probability 0 under π_θ and π_old, so that prompt's support {00, 10, 11} is not a range of rows (the
+    engine's index paths run instead of the range paths)."""
+    mdp = TreeMDP.random(2, 2, P, reward="binary", success_rate=0.4, seed=seed)
     logits = TabularPolicy.random(mdp, seed=seed + 1).theta.detach().clone()
     if gap:
-        logits[0, 0, 1] = float("-inf")
+        logits[0, 1, 1] = float("-inf")
     pi = TabularPolicy(mdp, logits.requires_grad_(True))
     old = pi.perturbed(0.3, seed + 2).detached()  # keeps the −inf entries
     ref = TabularPolicy.random(mdp, seed=seed + 3).detached()
@@ -36,13 +37,13 @@ CHUNKS = (2, 10, 1 << 17)
 
 
 @pytest.mark.parametrize("gap", [False, True])
-@pytest.mark.parametrize("name", ["grpo", "dr_grpo"])
+@pytest.mark.parametrize("name", ["grpo", "frpo", "dr_grpo"])
 def test_first_rows_route_in_chunks_equals_brute_force(name, gap):
     mdp, pi, old, ref = _setup(gap)
     m = get_method(name)
     m = m.replace(beta=0.2) if m.beta > 0 else m
-    q = torch.softmax(old.sequence_logp().reshape(2, -1), -1)
-    assert bool((q[0] == 0).any()) == gap  # the support of prompt 0 has a gap exactly when asked
+    sup = (torch.softmax(old.sequence_logp().reshape(2, -1), -1)[0] > 0).nonzero().squeeze(1)
+    assert (int(sup[-1]) - int(sup[0]) + 1 != sup.shape[0]) == gap  # prompt 0's support has a gap exactly when asked
     assert X._first_row_method(X.loss_spec(m, mdp, 3), "reward") is m  # the first-row route runs
     bf = brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=3)
     for chunk_slots in CHUNKS:
