@@ -220,7 +220,7 @@ def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Te
         m = mask.to(loss.dtype)
         return (lx * (m / m.sum())).sum()
     if mode == "seq-mean-token-mean":
-        lengths = mask.view(torch.uint8).sum(-1, keepdim=True).to(loss.dtype)  # [B, 1] |y_i| (exact counts)
+        lengths = torch.count_nonzero(mask, dim=-1).unsqueeze(1).to(loss.dtype)  # [B, 1] |y_i| (exact counts)
         n_seq = (lengths > 0).to(loss.dtype).sum()  # B': sequences with a valid token (>= 1: mask is non-empty)
         # [B] Σ_t m l / |y_i|: lx is 0 on padding, so lx·(1/|y_i|) has the values of lx·(m/|y_i|), bit for bit
         per_seq = (lx * (1.0 / lengths.clamp_min(1.0))).sum(-1)
