@@ -70,15 +70,17 @@ def sequence_logprobs(model: torch.nn.Module, prompts: torch.Tensor, vocab_size:
     base = len(tokens) ** torch.arange(max_len - 2, -1, -1, device=device)  # mixed-radix place values
     state_of = (digits[filler] * base).sum(dim=1)  # [M]
     cont = torch.cat([states, torch.zeros(S, 1, dtype=torch.long, device=device)], dim=1)  # [S, R] (last unused)
+    steps = torch.arange(max_len, device=device)  # [R]
+    flat = ((state_of[:, None] * max_len + steps) * vocab_size + responses).reshape(-1)  # [M·R]
     out = []
     per = max(1, batch_rows // S)
     for i in range(0, prompts.shape[0], per):
         p = prompts[i : i + per]  # [m, P]
         with autocast(device):
             logits = shared_prefix_logits(model, p, cont.repeat(p.shape[0], 1), S).float()  # [m·S, R, V]
-        logp_all = torch.log_softmax(logits.double(), dim=-1).view(p.shape[0], S, max_len, vocab_size)
-        lp = logp_all[:, state_of]  # [m, M, R, V] the states along each response
-        tok_lp = lp.gather(-1, responses[None, :, :, None].expand(p.shape[0], -1, -1, 1)).squeeze(-1)  # [m, M, R]
+        logp_all = torch.log_softmax(logits.double(), dim=-1).view(p.shape[0], -1)  # [m, S·R·V]
+        # token t of response y read at its state's row: flat index (state_of[y]·R + t)·V + y_t (no [m, M, R, V])
+        tok_lp = logp_all.index_select(1, flat).view(p.shape[0], -1, max_len)  # [m, M, R]
         out.append((tok_lp * mask).sum(dim=-1))  # [m, M]
     return torch.cat(out), responses, mask
 
