@@ -152,6 +152,17 @@ def test_log_softmax_equals_torch_values_and_gradients(shape):
     torch.testing.assert_close(ga, gb, rtol=0, atol=1e-5)
 
 
+def _plain_and_buffered(m, prompts, G: int, extra: int) -> tuple[list[dict], list[dict]]:
+    """The prompt caches of ``prompts`` repeated G times: concatenating (`expand_caches`) and in decoding buffers
+    with room for ``extra`` positions (`expand_caches_for_decoding`)."""
+    plain, buffered = [{} for _ in m.blocks], [{} for _ in m.blocks]
+    m(prompts, plain)
+    m(prompts, buffered)
+    expand_caches(plain, G)
+    expand_caches_for_decoding(buffered, G, extra=extra)
+    return plain, buffered
+
+
 def test_decoding_buffers_hold_the_repeated_prompt_cache():
     """expand_caches_for_decoding = expand_caches (row i·G + g holds prompt row i) in buffers with room for the
     extra positions; a decoding step written into them gives the logits of the concatenating cache."""
@@ -159,11 +170,7 @@ def test_decoding_buffers_hold_the_repeated_prompt_cache():
     prompts = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(0))
     nxt = torch.randint(0, 6, (6, 1), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        plain, buffered = [{} for _ in m.blocks], [{} for _ in m.blocks]
-        m(prompts, plain)
-        m(prompts, buffered)
-        expand_caches(plain, 2)
-        expand_caches_for_decoding(buffered, 2, extra=3)
+        plain, buffered = _plain_and_buffered(m, prompts, 2, extra=3)
         for c, d in zip(plain, buffered):
             assert d["len"] == 4 and d["k_buf"].shape == (7, 6, 2, 8)  # position-major [P + extra, n·G, H, D/H]
             assert torch.equal(d["k_buf"][:4], c["k"].permute(2, 0, 1, 3))
@@ -171,3 +178,17 @@ def test_decoding_buffers_hold_the_repeated_prompt_cache():
         a, b = m(nxt, plain, start=4), m(nxt, buffered, start=4)  # [6, 1, V]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert all(d["len"] == 5 for d in buffered)
+
+
+def test_buffered_decoding_of_several_tokens_equals_the_concatenating_cache():
+    """Two tokens written at once (the masked kernel route), then one more (the one-query route): the logits of
+    the concatenating cache both times."""
+    m = _model(8)
+    prompts = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(10))  # [3, P = 4]
+    nxt = torch.randint(0, 6, (6, 2), generator=torch.Generator().manual_seed(11))  # 2 tokens at once
+    with torch.no_grad():
+        plain, buffered = _plain_and_buffered(m, prompts, 2, extra=3)
+        a, b = m(nxt, plain, start=4), m(nxt, buffered, start=4)  # [6, 2, V]
+        c, d = m(nxt[:, :1], plain, start=6), m(nxt[:, :1], buffered, start=6)  # then one more token
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(c, d, rtol=0, atol=1e-6)

@@ -146,22 +146,3 @@ def test_decode_attention_equals_sdpa():
     q, k, v = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((5, 3, 4), (7, 5, 3, 4), (7, 5, 3, 4)))
     ref = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3))
     torch.testing.assert_close(_decode_attention(q, k, v), ref[:, :, 0], rtol=0, atol=1e-12)
-
-
-def test_buffered_decoding_of_several_tokens_equals_the_concatenating_cache():
-    from rlkl.lm.model import expand_caches, expand_caches_for_decoding
-
-    m, task = _tiny()
-    prompts = task.sample_prompts(3, torch.Generator().manual_seed(10))  # [3, P]
-    P = prompts.shape[1]
-    nxt = torch.randint(0, task.vocab_size, (6, 2), generator=torch.Generator().manual_seed(11))  # 2 tokens at once
-    with torch.no_grad():
-        plain, buffered = [{} for _ in m.blocks], [{} for _ in m.blocks]
-        m(prompts, plain)
-        m(prompts, buffered)
-        expand_caches(plain, 2)
-        expand_caches_for_decoding(buffered, 2, extra=3)
-        a, b = m(nxt, plain, start=P), m(nxt, buffered, start=P)  # [6, 2, V] (the masked kernel route)
-        c, d = m(nxt[:, :1], plain, start=P + 2), m(nxt[:, :1], buffered, start=P + 2)  # then one more token
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    torch.testing.assert_close(c, d, rtol=0, atol=1e-6)

@@ -572,12 +572,13 @@ class _Coef:
             self.dense.index_add_(0, rows, contrib)
 
 
-def _accumulate(spec: LossSpec, data: _Data, rows: Tensor | slice, weights: Tensor, coef: _Coef, G: int,
+def _accumulate(spec: LossSpec, data: _Data, rows: "Tensor | slice | _Repeat", weights: Tensor, coef: _Coef, G: int,
                 per_row_unit: bool, unit_scale: float = 1.0, **loss_kwargs) -> None:
     """Add Σ_rows weight·∂L_group/∂logp into ``coef`` (`_Coef`) for one chunk of complete groups.
 
-    ``rows``: indices into the stacked enumeration, or a slice of consecutive rows (then the batch holds views, no
-    copies). ``unit_scale`` multiplies the group factors (the first-row route: 1/G)."""
+    ``rows``: indices into the stacked enumeration, a slice of consecutive rows (then the batch holds views, no
+    copies), or a `_Repeat` (a range of rows read once, repeated). ``unit_scale`` multiplies the group factors (the
+    first-row route: 1/G)."""
     batch = make_batch(data, rows, G, ref=_reads_ref(spec))
     leaf = data.take("logp", rows).detach().requires_grad_(True)  # a fresh leaf, 0 on padding
     loss = _call(spec, leaf, batch, **loss_kwargs)
