@@ -204,12 +204,15 @@ def test_cli_trains_and_resumes(ref_path, tmp_path, capsys):
 
 
 def test_ctrl_c_finishes_the_step_then_second_ctrl_c_aborts():
+    # the handler in force before (Python's default_int_handler; SIG_IGN when the run was started in the background,
+    # e.g. `cmd &` from a script): it is what the context must put back
+    before = signal.getsignal(signal.SIGINT)
     with _GracefulStop() as stop:
         signal.raise_signal(signal.SIGINT)  # to this thread: kill(getpid()) may land on a torch worker
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)  # to this thread: kill(getpid()) may land on a torch worker
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_config_fields_are_documented():
