@@ -30,11 +30,21 @@ MAPPED = {"rlkl": "rlkl", "derivations": "rlkl/derivations", "experiments": "rlk
           "paper_figures": "rlkl/paper_figures", "benchmarks": "rlkl/benchmarks"}
 
 
+#: what a tree outside git (a copy of the tracked files, e.g. the planted-bug runs' `scripts/mutants.py`) holds
+#: besides its sources: environments, caches and build outputs, never part of a clone
+_NOT_SOURCES = (".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", "runs", ".pytest_cache", ".hypothesis",
+                "mutants")
+
+
 def _tracked_copy(dest: Path) -> Path:
-    """The files git tracks (plus untracked, not ignored ones), copied to ``dest``: the tree a clone would have."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, check=True).stdout
-    for rel in filter(None, out.decode().split("\0")):
+    """The files git tracks (plus untracked, not ignored ones), copied to ``dest``: the tree a clone would have.
+    Outside a git checkout: the tree without environments, caches and build outputs (`_NOT_SOURCES`)."""
+    res = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True)
+    if res.returncode != 0:
+        shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(*_NOT_SOURCES), dirs_exist_ok=True)
+        return dest
+    for rel in filter(None, res.stdout.decode().split("\0")):
         src = ROOT / rel
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
