@@ -53,3 +53,19 @@ def ref_path(tmp_path_factory):
                     warmup_steps=10, noise_rate=0.3, eval_prompts=6, eval_samples=4, eval_every=300, num_threads=1)
     train_sft(cfg, out, progress=False)
     return str(out / "reference.pt")
+
+
+# The longest test modules first: with `--dist loadscope --no-loadscope-reorder` (pyproject addopts) pytest-xdist
+# hands out modules in collection order, one at a time as a worker runs dry; a long module handed out late leaves one
+# worker running alone at the end (xdist's own reordering puts the modules with the most tests first: the ~30 s figures
+# module, 8 tests, came near the end). Seconds on 2 cores, from `pytest --durations=0` summed per module: figures ~34
+# (the `figures --quick` fixture), examples ~11, testing_plugin ~9, cli_errors ~8, lm_runs ~8, docs ~8, derivations ~7,
+# fuzz_public ~5, toy_audit ~4; every other module under 3. Within a module the order is unchanged.
+_LONGEST_FIRST = ("tests/test_figures.py", "tests/test_examples.py", "tests/test_testing_plugin.py",
+                  "tests/test_cli_errors.py", "tests/test_lm_runs.py", "tests/test_docs.py",
+                  "derivations/test_all_derivations.py", "tests/test_fuzz_public.py", "tests/test_toy_audit.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
