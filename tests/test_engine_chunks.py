@@ -112,6 +112,25 @@ def test_methods_without_a_reference_do_not_read_logp_ref(name):
         assert X._reads_ref(X.loss_spec(m, TreeMDP.random(2, 2, 1, seed=0), G))
 
 
+def test_a_reference_the_method_does_not_read_is_not_built_nor_checked():
+    """π_ref with zero probability on a supported response: "the KL to π_ref is infinite" for a method that reads
+    π_ref (grpo); a method that reads none (RPG: its KL is to π_old; grpo at β = 0) gets the gradient it gets with
+    a full-support π_ref (and the brute force's), bit for bit."""
+    mdp, pi, old, ref = _setup(gap=False)
+    logits = ref.theta.detach().clone()
+    logits[1, 0, 0] = float("-inf")  # prompt 1: response 00 and 01 get π_ref = 0
+    holed = TabularPolicy(mdp, logits).detached()
+    with pytest.raises(ValueError, match="KL to π_ref is infinite"):
+        expected_gradient(get_method("grpo"), mdp, pi, old, holed, group_size=2)
+    for m in (get_method("rpg_reinforce_urkl_seq").replace(advantage=Raw()), get_method("grpo").replace(beta=0.0)):
+        assert not m.uses_reference
+        a = expected_gradient(m, mdp, pi, old, holed, group_size=2).grad
+        b = expected_gradient(m, mdp, pi, old, ref, group_size=2).grad
+        assert torch.equal(a, b)
+        bf = brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=2)
+        assert _rel(a, bf) < 1e-12
+
+
 def test_a_callable_loss_always_gets_the_reference():
     spec = X.LossSpec(lambda logp, batch: (logp * batch.logp_ref).sum(), 1, "token-mean", "none")
     assert X._reads_ref(spec)

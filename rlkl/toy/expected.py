@@ -918,7 +918,10 @@ def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, c
                        sampler=None):
     t0 = time.perf_counter()
     spec = loss_spec(method, mdp, group_size)
-    data = _prepare(mdp, policy, behaviour, ref, sampler=sampler, replay=replays_kept_set(spec))
+    # a Method that reads no π_ref (`_reads_ref`): π_ref's node table is neither built nor checked (its batches hold
+    # π_old's rows in the logp_ref field, `make_batch`)
+    data = _prepare(mdp, policy, behaviour, ref if _reads_ref(spec) else None, sampler=sampler,
+                    replay=replays_kept_set(spec))
     if route == "auto":
         route, auto_class = choose_route(spec, mdp, max_groups)
         class_by = class_by or auto_class
