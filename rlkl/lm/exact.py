@@ -22,14 +22,16 @@ GX-Chen et al. §3): :func:`odds_tv` measures how far a policy is from that, on 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from rlkl.lm.model import autocast, shared_prefix_logits
+from rlkl.lm.model import autocast, shared_prefix_logits, unwrap
 
 
 def response_space(vocab_size: int, max_len: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,6 +262,25 @@ def enumerable(task, limit: int = 20_000) -> bool:
     return bool(getattr(task, "multi_answer", False)) and size <= limit
 
 
+def weights_fingerprint(model: torch.nn.Module) -> tuple:
+    """What :func:`sequence_logprobs` reads of a model: its class, config, train/eval mode and every parameter and
+    buffer (name, dtype, shape, device, SHA-256 of the bytes). Equal fingerprints give equal log-probs (the same
+    computation on the same numbers), so a result can be reused."""
+    m = unwrap(model)
+    entries = []
+    for name, t in m.state_dict().items():
+        raw = t.detach().reshape(-1).contiguous().view(torch.uint8).cpu()  # the bytes of any dtype (bf16 too)
+        entries.append((name, str(t.dtype), tuple(t.shape), str(t.device), hashlib.sha256(raw.numpy()).hexdigest()))
+    config = getattr(m, "cfg", getattr(m, "config", None))  # rlkl's GPT keeps its GPTConfig as `cfg`
+    return (type(m).__module__, type(m).__qualname__, repr(config), m.training, tuple(entries))
+
+
+#: Yardsticks built in this process, by (π_0's fingerprint, task, device, split): runs of one process on the same
+#: reference (an experiment's β × seed × method grid) share one instead of re-enumerating π_0. A few entries.
+_BUILT: "OrderedDict[tuple, Yardstick]" = OrderedDict()
+_BUILT_MAX = 4
+
+
 @dataclass(frozen=True)
 class Yardstick:
     """π_0's exact response distribution on every problem of a task split, computed once per run; ``metrics``
@@ -274,20 +295,36 @@ class Yardstick:
     eos_id: int
     # (β, group) -> regularized_optima: π_ref's optima, computed at the first eval of each β (data, not state)
     _optima: dict = field(default_factory=dict, compare=False, repr=False)
+    base_fingerprint: tuple | None = field(default=None, compare=False, repr=False)  # `weights_fingerprint` of π_0
 
     @classmethod
     def build(cls, base: torch.nn.Module, task, device, split: str = "train") -> "Yardstick":
+        """π_0 = ``base`` on every problem of ``split``; the same (π_0, task, device, split) again in this process
+        returns the Yardstick already built (its tensors are read, never written)."""
+        fingerprint = weights_fingerprint(base)
+        key = (fingerprint, type(task).__qualname__, repr(task), str(device), split)
+        if key in _BUILT:
+            _BUILT.move_to_end(key)
+            return _BUILT[key]
         prompts = task.encode_prompts(task.split_problems(split)).to(device)  # [n, P]
         V, R, eos = task.vocab_size, task.max_response_len, task.eos_id
         logp_ref, responses, mask = sequence_logprobs(base, prompts, V, R, eos)
         M = responses.shape[0]
         rewards = task.score_groups(prompts, responses.repeat(prompts.shape[0], 1), M).view(-1, M).double()
-        return cls(prompts, logp_ref, rewards, mask.sum(dim=1).double(), V, R, eos)
+        built = cls(prompts, logp_ref, rewards, mask.sum(dim=1).double(), V, R, eos, base_fingerprint=fingerprint)
+        _BUILT[key] = built
+        while len(_BUILT) > _BUILT_MAX:
+            _BUILT.popitem(last=False)
+        return built
 
     def metrics(self, policy: torch.nn.Module, beta: float, ks: Sequence[int] = (1, 8),
                 group: tuple[int, str, float] | None = None) -> dict[str, float]:
-        """``exact_…`` metrics of ``policy`` (:func:`sequence_metrics`, keys prefixed)."""
-        logp, _, _ = sequence_logprobs(policy, self.prompts, self.vocab_size, self.max_len, self.eos_id)
+        """``exact_…`` metrics of ``policy`` (:func:`sequence_metrics`, keys prefixed). A policy with π_0's exact
+        weights (a run's step 0) reads π_0's log-probs instead of enumerating them again."""
+        if self.base_fingerprint is not None and weights_fingerprint(policy) == self.base_fingerprint:
+            logp = self.logp_ref
+        else:
+            logp, _, _ = sequence_logprobs(policy, self.prompts, self.vocab_size, self.max_len, self.eos_id)
         key = (float(beta), group)
         if beta > 0 and key not in self._optima:
             self._optima[key] = regularized_optima(self.logp_ref, self.rewards, beta, group)
