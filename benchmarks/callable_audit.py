@@ -34,7 +34,7 @@ from rlkl.losses import aggregate
 from rlkl.objective import Objective
 from rlkl.testing import check_optimizes, from_verl
 from rlkl.toy.audit import default_mdps, make_setup
-from rlkl.toy.expected import LossSpec, _accumulate_single, _prepare, _tuples_for_prompt, expected_gradient
+from rlkl.toy.expected import LossSpec, _accumulate_single, _Coef, _prepare, _tuples_for_prompt, expected_gradient
 
 #: arguments of ``rlkl bench --quick``
 QUICK_ARGV = ("--quick",)
@@ -66,7 +66,7 @@ def undeclared_seconds(loss, mdp, pi, ref, G: int, sample: int) -> tuple[float, 
     """One call per ordered G-tuple (the engine's route for an unknown callable): (extrapolated s, tuples)."""
     spec = LossSpec(loss, G, None, "full", "undeclared")
     data = _prepare(mdp, pi, None, ref)
-    coef = torch.zeros_like(data.logp)
+    coef = _Coef(data, dense=True)  # the [P·N, T] coefficients the engine's loop route accumulates
     rows, probs = _tuples_for_prompt(data, 0, G, 10**9)
     total = rows.shape[0] * mdp.num_prompts
     n = min(sample, rows.shape[0])
