@@ -37,7 +37,14 @@ def test_fingerprint_sees_every_weight_the_mode_and_the_config():
         w = nudged.blocks[0].mlp.fc.weight.view(-1)
         w[7] = torch.nextafter(w[7], torch.tensor(float("inf")))
     assert E.weights_fingerprint(nudged) != fp
-    assert E.weights_fingerprint(copy.deepcopy(m).train()) != fp  # dropout would change the outputs
+    assert E.weights_fingerprint(copy.deepcopy(m).train()) == fp  # no dropout: train and eval give the same outputs
+    cfg = GPTConfig(vocab_size=task.vocab_size, block_size=task.prompt_len + task.max_response_len, n_layer=1,
+                    n_head=2, d_model=16, dropout=0.1)
+    torch.manual_seed(0)
+    drop = GPT(cfg).eval()
+    assert E.weights_fingerprint(copy.deepcopy(drop).train()) != E.weights_fingerprint(drop)  # dropout: they differ
+    lin = torch.nn.Linear(2, 2)
+    assert E.weights_fingerprint(lin) != E.weights_fingerprint(copy.deepcopy(lin).eval())  # another module: the mode
     wider = GPT(GPTConfig(vocab_size=task.vocab_size, block_size=task.prompt_len + task.max_response_len + 1,
                           n_layer=1, n_head=2, d_model=16)).eval()
     assert E.weights_fingerprint(wider) != fp
@@ -66,13 +73,19 @@ def test_the_cache_keeps_a_few_entries():
     assert len(E._BUILT) == E._BUILT_MAX
 
 
-def test_metrics_of_pi0_itself_equal_the_enumeration():
-    """A policy with π_0's weights (a run's step 0) gets the metrics sequence_metrics gives on its own enumerated
-    log-probs, bit for bit; a policy one step away is enumerated."""
+def test_metrics_of_pi0_itself_equal_the_enumeration(monkeypatch):
+    """A policy with π_0's weights (a run's step 0: a copy in train mode) gets the metrics sequence_metrics gives on
+    its own enumerated log-probs, bit for bit, without enumerating; a policy one step away is enumerated."""
     task = make_task("divisor", 1)
     ref = _model(task, 0)
     ys = E.Yardstick.build(ref, task, "cpu")
-    policy = copy.deepcopy(ref)
+    policy = copy.deepcopy(ref).train()
+    calls = []
+    real = E.sequence_logprobs
+    with monkeypatch.context() as patch:
+        patch.setattr(E, "sequence_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+        ys.metrics(policy, 0.1)
+    assert not calls  # π_0's log-probs read, nothing enumerated
     group = (4, "bessel", 1e-6)
     logp, _, _ = E.sequence_logprobs(policy, ys.prompts, ys.vocab_size, ys.max_len, ys.eos_id)
     fresh = E.sequence_metrics(logp, ys.logp_ref, ys.rewards, ys.lengths, 0.1, (1, 8), group)

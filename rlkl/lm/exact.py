@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlkl.lm.model import autocast, shared_prefix_logits, unwrap
+from rlkl.lm.model import GPT, autocast, shared_prefix_logits, unwrap
 
 
 def response_space(vocab_size: int, max_len: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,16 +263,19 @@ def enumerable(task, limit: int = 20_000) -> bool:
 
 
 def weights_fingerprint(model: torch.nn.Module) -> tuple:
-    """What :func:`sequence_logprobs` reads of a model: its class, config, train/eval mode and every parameter and
-    buffer (name, dtype, shape, device, SHA-256 of the bytes). Equal fingerprints give equal log-probs (the same
-    computation on the same numbers), so a result can be reused."""
+    """What :func:`sequence_logprobs` reads of a model: its class, config, train/eval mode (where it changes the
+    outputs) and every parameter and buffer (name, dtype, shape, device, SHA-256 of the bytes). Equal fingerprints
+    give equal log-probs (the same computation on the same numbers), so a result can be reused."""
     m = unwrap(model)
     entries = []
     for name, t in m.state_dict().items():
         raw = t.detach().reshape(-1).contiguous().view(torch.uint8).cpu()  # the bytes of any dtype (bf16 too)
         entries.append((name, str(t.dtype), tuple(t.shape), str(t.device), hashlib.sha256(raw.numpy()).hexdigest()))
     config = getattr(m, "cfg", getattr(m, "config", None))  # rlkl's GPT keeps its GPTConfig as `cfg`
-    return (type(m).__module__, type(m).__qualname__, repr(config), m.training, tuple(entries))
+    # rlkl's GPT: train and eval differ only in dropout (none in RL runs: a training policy at π_0's weights is π_0);
+    # any other module: the mode is part of the fingerprint
+    mode = m.training if not isinstance(m, GPT) or m.cfg.dropout > 0 else None
+    return (type(m).__module__, type(m).__qualname__, repr(config), mode, tuple(entries))
 
 
 #: Yardsticks built in this process, by (π_0's fingerprint, task, device, split): runs of one process on the same
