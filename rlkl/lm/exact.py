@@ -279,9 +279,10 @@ def weights_fingerprint(model: torch.nn.Module) -> tuple:
 
 
 #: Yardsticks built in this process, by (π_0's fingerprint, task, device, split): runs of one process on the same
-#: reference (an experiment's β × seed × method grid) share one instead of re-enumerating π_0. A few entries.
+#: reference (an experiment's β × seed × method grid) share one instead of re-enumerating π_0. Two entries, the least
+#: recently used dropped: one is ~2 MB for the divisor task at difficulty 2, ~230 MB at difficulty 3 (900 × 16,105).
 _BUILT: "OrderedDict[tuple, Yardstick]" = OrderedDict()
-_BUILT_MAX = 4
+_BUILT_MAX = 2
 
 
 @dataclass(frozen=True)
