@@ -162,7 +162,7 @@ def test_10_value_constants_of_the_surrogates():
         lo = old.sequence_logp().detach()
         q = old.probs().detach()[0]
         L = float((q * rpg_differentiable_surrogate((lp - lo).exp(), lp - lo, lp, R, div, BETA, z)).sum())
-        J = float(objective_value(_obj(div), mdp, pi, None, old))
+        J = float(objective_value(_obj(div), mdp, pi, None, old).detach())
         const = {"ufkl": 0.0, "urkl": -BETA * z, "rkl": 0.0,
                  "fkl": BETA * float(-(q * q.log()).sum())}[div]
         assert math.isclose(L, -J + const, rel_tol=1e-12, abs_tol=1e-13), div
