@@ -450,17 +450,18 @@ def _sequence_sums(tokens: _Tokens, mdp: TreeMDP) -> Tensor:
     return (cum.index_select(1, last_node) + table.index_select(1, last_flat)).reshape(-1)
 
 
-def make_batch(data: _Data, rows: Tensor, group_size: int, ref: bool = True):
+def make_batch(data: _Data, rows: Tensor, group_size: int):
     """A `RolloutBatch` of the enumerated responses ``rows`` (``[B]`` indices into the stacked enumeration).
 
-    Log-probs are 0 on padding already (`Policy.token_logp`). ``ref=False``: the caller's loss reads no π_ref
-    (`_reads_ref`), so π_ref's rows are not gathered; the batch's ``logp_ref`` field holds ``logp_old``'s."""
+    Log-probs are 0 on padding already (`Policy.token_logp`). When π_ref's token log-probs are π_old's (no π_ref
+    given, or one the loss does not read: `_reads_ref`, `_expected_gradient`) the rows are gathered once and the
+    batch's ``logp_ref`` field holds ``logp_old``'s."""
     from rlkl.methods import RolloutBatch
 
     extra = {k: data.take(k, rows) for k in ("logp_rollout", "kept_logmass") if getattr(data, k) is not None}
     logp_old = data.take("logp_old", rows)
-    return RolloutBatch(logp_old, data.take("logp_ref", rows) if ref else logp_old, data.take("mask", rows),
-                        data.take("rewards", rows), group_size, **extra)
+    logp_ref = logp_old if data.tok_ref is data.tok_old else data.take("logp_ref", rows)
+    return RolloutBatch(logp_old, logp_ref, data.take("mask", rows), data.take("rewards", rows), group_size, **extra)
 
 
 def _reads_ref(spec: LossSpec) -> bool:
@@ -581,7 +582,7 @@ def _accumulate(spec: LossSpec, data: _Data, rows: "Tensor | slice | _Repeat", w
     ``rows``: indices into the stacked enumeration, a slice of consecutive rows (then the batch holds views, no
     copies), or a `_Repeat` (a range of rows read once, repeated). ``unit_scale`` multiplies the group factors (the
     first-row route: 1/G)."""
-    batch = make_batch(data, rows, G, ref=_reads_ref(spec))
+    batch = make_batch(data, rows, G)
     leaf = data.take("logp", rows).detach().requires_grad_(True)  # a fresh leaf, 0 on padding
     loss = _call(spec, leaf, batch, **loss_kwargs)
     (g,) = torch.autograd.grad(loss, leaf, allow_unused=True)
@@ -918,8 +919,8 @@ def _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, c
                        sampler=None):
     t0 = time.perf_counter()
     spec = loss_spec(method, mdp, group_size)
-    # a Method that reads no π_ref (`_reads_ref`): π_ref's node table is neither built nor checked (its batches hold
-    # π_old's rows in the logp_ref field, `make_batch`)
+    # a Method that reads no π_ref (`_reads_ref`): π_ref's node table is neither built nor checked, nor its rows
+    # gathered (`make_batch` puts π_old's rows in the logp_ref field)
     data = _prepare(mdp, policy, behaviour, ref if _reads_ref(spec) else None, sampler=sampler,
                     replay=replays_kept_set(spec))
     if route == "auto":
