@@ -93,6 +93,14 @@ class PolicyLossOutput:
         return "PolicyLossOutput(" + ", ".join(f"{k}={v!r}" for k, v in self._asdict().items()) + ")"
 
 
+def _mask_as(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bool mask as 0/1 in ``dtype``: the values of ``mask.to(dtype)``, bit for bit, converted through the mask's
+    bytes (a bool tensor's bytes are 0 / 1). On CPU the uint8 conversion is vectorized and the bool one is not: 37
+    vs 148 µs on a ``[43690, 6]`` mask, and a float × bool product costs 3× a float × float one (torch 2.13, 1
+    thread)."""
+    return mask.view(torch.uint8).to(dtype)
+
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Σ m x / Σ m over all entries; an all-False mask gives 0 (defined, not nan: a diagnostic over no token).
 
@@ -109,7 +117,7 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 def _mean_weights(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """m/Σm with Σm clamped to >= 1: the weights of a masked mean (shared by several means of one mask)."""
-    m = mask.to(dtype)
+    m = _mask_as(mask, dtype)
     return m / m.sum().clamp_min(1.0)
 
 
@@ -217,7 +225,7 @@ def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Te
     # Each mode builds only what it reads (the float mask, the lengths, B'): the same values, fewer passes.
     lx = torch.where(mask, loss, 0.0)
     if mode == "token-mean":
-        m = mask.to(loss.dtype)
+        m = _mask_as(mask, loss.dtype)
         return (lx * (m / m.sum())).sum()
     if mode == "seq-mean-token-mean":
         lengths = torch.count_nonzero(mask, dim=-1).unsqueeze(1).to(loss.dtype)  # [B, 1] |y_i| (exact counts)
@@ -267,7 +275,7 @@ def reinforce_loss(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Ten
 
     validated(check, logp, advantages, *(() if logp_old is None else (logp_old,)), mask=mask)
     loss, diagnostics = _reinforce(logp, advantages, mask, logp_old)
-    return PolicyLossOutput.lazy(loss * mask, diagnostics)
+    return PolicyLossOutput.lazy(loss * _mask_as(mask, loss.dtype), diagnostics)
 
 
 def _reinforce(logp: Tensor, advantages: Tensor, mask: Tensor, logp_old: Tensor | None
@@ -307,7 +315,7 @@ def ppo_clip_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tens
 
     low, high, dual = validated(check, logp, logp_old, advantages, mask=mask)
     loss, diagnostics = _ppo_clip(logp, logp_old, advantages, mask, low, high, dual)
-    return PolicyLossOutput.lazy(loss * mask, diagnostics)
+    return PolicyLossOutput.lazy(loss * _mask_as(mask, loss.dtype), diagnostics)
 
 
 def _ppo_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float, clip_high: float,
@@ -367,7 +375,7 @@ def gspo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
 
     low, high = validated(check, logp, logp_old, advantages, mask=mask, rows=True)
     loss, diagnostics = _gspo(logp, logp_old, advantages, mask, low, high)
-    return PolicyLossOutput.lazy(loss * mask, diagnostics)
+    return PolicyLossOutput.lazy(loss * _mask_as(mask, loss.dtype), diagnostics)
 
 
 def _require_rows(mask: Tensor, lengths: Tensor | None = None) -> None:
@@ -385,7 +393,7 @@ def _gspo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip
     not masked (padding entries are whatever the formula gives there): the caller masks it."""
     _require_rows(mask)
     A = advantages.detach()  # sg[A]
-    m = mask.to(logp.dtype)
+    m = _mask_as(mask, logp.dtype)
     seq_log_ratio = ((logp - logp_old.detach()) * m).sum(-1) / m.sum(-1)  # [B] mean_t log ρ
     seq_log_ratio = torch.clamp(seq_log_ratio, max=10.0)  # verl's guard
     # s_{i,t} = sg[s_i]·π_θ/sg[π_θ]: value s_i, gradient of log π_θ(a_t) scaled by s_i
@@ -658,7 +666,7 @@ def _rpg_alg2(w: Tensor, log_w: Tensor, lp: Tensor, adv: Tensor, divergence: str
 def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, divergence: str, form: str, beta: float,
          level: str, clip: RPGClip | None, z_old: float) -> tuple[Tensor, DiagnosticsThunk]:
     """:func:`rpg_loss` on validated inputs: (per-token loss, 0 where ``mask`` is False; diagnostics thunk)."""
-    m = mask.to(logp.dtype)
+    m = _mask_as(mask, logp.dtype)
     lengths = None if level == "token" else m.sum(-1, keepdim=True)  # [B, 1] |y_i|
     log_w, lp, adv, sample_mask = _rpg_samples(logp, logp_old, advantages, mask, m, level, lengths)
     w = torch.exp(log_w)
@@ -727,7 +735,7 @@ def cispo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
 
     low, high = validated(check, logp, logp_old, advantages, mask=mask)
     loss, diagnostics = _cispo(logp, logp_old, advantages, mask, low, high)
-    return PolicyLossOutput.lazy(loss * mask, diagnostics)
+    return PolicyLossOutput.lazy(loss * _mask_as(mask, loss.dtype), diagnostics)
 
 
 def _cispo(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | None,

@@ -29,7 +29,7 @@ from rlkl.components import (CISPO, GSPO, RPG, Advantage, AggMode, Aggregation, 
                              component_from_dict, component_to_dict)
 from rlkl.components import NoCorrection, RolloutCorrection, SequenceMIS, TokenTIS
 from rlkl.divergences import kl_estimate
-from rlkl.losses import PolicyLossOutput, masked_mean
+from rlkl.losses import PolicyLossOutput, _mask_as, masked_mean
 from rlkl.objective import (NO_REGULARIZER, REVERSE_KL_TO_REF, Anchor, Level, Objective, Regularizer, Utility)
 
 __all__ = ["Method", "RolloutBatch", "Objective", "REGISTRY", "get_method", "list_methods"]
@@ -294,7 +294,7 @@ class Method:
     def _advantages(self, batch: "RolloutBatch", sequence_advantages: Tensor | None) -> Tensor:
         mask = batch.mask
         seq_adv = self._sequence_advantages(batch) if sequence_advantages is None else sequence_advantages
-        adv = seq_adv[:, None].expand_as(batch.logp_old) * mask  # [B, T]
+        adv = seq_adv[:, None] * _mask_as(mask, seq_adv.dtype)  # [B, T], 0 on padding
         if self.kl_active:
             penalty = self.kl.token_penalty(self._rollout_log_ratio(batch), mask)
             if penalty is not None:

@@ -2,6 +2,8 @@
 per chunk (`_Repeat`), the per-sample route without a row index, chunk boundaries anywhere; the π_ref gather
 skipped only for methods that do not read π_ref; the node-table finiteness check read from one sum."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -168,3 +170,87 @@ def test_seq_mean_token_sum_counts_rows_of_a_strided_mask():
     mask = torch.tensor([[True, True, False], [True, False, False]]).t()
     assert not mask.is_contiguous()
     assert aggregate(loss, mask, "seq-mean-token-sum").item() == 3.5
+
+
+def _per_sample_methods(mdp):
+    """Every registered Method whose exact gradient takes the per-sample route on ``mdp`` (G = 1)."""
+    out = []
+    for name in list_methods():
+        try:
+            m = get_method(name).replace(advantage=Raw())
+        except ValueError:  # a combination Raw() cannot make
+            continue
+        if m.is_group_based:
+            continue
+        if X.choose_route(X.loss_spec(m, mdp, 1), mdp)[0] == "per_sample":
+            out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("eos", [False, True])
+def test_t_major_chunks_equal_the_row_major_route_and_brute_force(eos, monkeypatch):
+    """A Method's own loss runs on T-major chunks (`_TMajor`: [T, B] storage seen as [B, T]); the same loss as a
+    plain callable runs on row-major rows. Both equal the brute force, on a fixed-length and a variable-length
+    (EOS) tree with two prompts, chunks that split the prompts anywhere."""
+    mdp = TreeMDP.random(3, 3, 2, eos=eos, reward="real", seed=7)
+    assert mdp.fixed_length != eos
+    pi = TabularPolicy.random(mdp, seed=8)
+    old = pi.perturbed(0.3, 9).detached()
+    ref = TabularPolicy.random(mdp, seed=10).detached()
+    seen = []
+    real = X._accumulate
+
+    def spy(spec, data, rows, *args, **kwargs):
+        seen.append((rows.x, rows.start, rows.stop) if isinstance(rows, X._TMajor) else rows)
+        return real(spec, data, rows, *args, **kwargs)
+
+    monkeypatch.setattr(X, "_accumulate", spy)
+    methods = _per_sample_methods(mdp)
+    assert len(methods) >= 10
+    for m in methods:
+        bf = brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=1)
+        spec = X.loss_spec(m, mdp, 1)
+        wrapped = dataclasses.replace(spec, loss_fn=lambda logp, batch, f=spec.loss_fn: f(logp, batch), method=None)
+        assert X._engine_method(wrapped) is None  # a callable: row-major rows
+        row_major = expected_gradient(wrapped, mdp, pi, old, ref, group_size=1, route="per_sample")
+        for chunk_slots in (3, 7 * mdp.horizon, 1 << 17):  # one row per chunk, 7 rows, everything
+            seen.clear()
+            eg = expected_gradient(m, mdp, pi, old, ref, group_size=1, route="per_sample", chunk_slots=chunk_slots)
+            per = max(1, chunk_slots // mdp.horizon)
+            N = mdp.num_responses
+            assert seen == [(x, s, min(N, s + per)) for x in range(2) for s in range(0, N, per)], m.name  # T-major
+            assert _rel(eg.grad, bf) < 1e-12, (m.name, chunk_slots)
+            assert _rel(eg.grad, row_major.grad) < 1e-13, (m.name, chunk_slots)
+            assert _rel(eg.coef, row_major.coef) < 1e-13, (m.name, chunk_slots)
+
+
+def test_t_major_views_hold_the_row_major_values():
+    """`_TMajor`'s arrays are the row-major rows, bit for bit: token log-probs (0 on padding), mask, rewards."""
+    mdp = TreeMDP.random(3, 3, 2, eos=True, seed=3)
+    pi = TabularPolicy.random(mdp, seed=4)
+    data = X._prepare(mdp, pi, pi.perturbed(0.2, 5).detached(), None)
+    flat_t, mask_t = X._t_major_index(mdp)
+    N = mdp.num_responses
+    rows = X._TMajor(1, 2, N - 1, N, flat_t, mask_t, True)
+    base = slice(N + 2, 2 * N - 1)
+    for name in ("logp", "logp_old", "mask", "rewards"):
+        t_major = data.take(name, rows)
+        assert torch.equal(t_major, data.take(name, base)), name
+        if t_major.dim() == 2:
+            assert t_major.t().is_contiguous() or name == "mask", name  # [T, B] storage
+    assert (data.take("logp", rows)[~data.take("mask", base)] == 0).all()  # 0 on padding
+
+
+def test_a_callable_gets_row_major_rows():
+    """A user's loss callable sees contiguous row-major arrays (only a Method's own loss runs T-major)."""
+    mdp, pi, old, ref = _setup(False)
+    shapes = []
+
+    def loss(logp, batch):
+        shapes.append((logp.is_contiguous(), batch.logp_old.is_contiguous(), batch.mask.is_contiguous()))
+        return (-logp.sum(-1) * batch.rewards).mean()
+
+    spec = X.LossSpec(loss, 1, "seq-mean-token-sum", "none")
+    eg = expected_gradient(spec, mdp, pi, old, ref, group_size=1, route="per_sample")
+    assert eg.route == "per_sample"
+    assert shapes and all(all(s) for s in shapes)
