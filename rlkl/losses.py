@@ -236,7 +236,9 @@ def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Te
     if mode == "seq-mean-token-sum":
         # B' (an exact count, as from the lengths): a row's largest mask byte is 1 iff it holds a token
         n_seq = mask.view(torch.uint8).amax(-1).sum(dtype=loss.dtype)
-        return (lx / n_seq).sum()
+        # [B] token sums first (a row's sum overflows only if it exceeds the dtype), then divided: one [B, T] pass
+        # less than dividing every token, each way; the gradient 1/B' per valid token is the same
+        return (lx.sum(-1) / n_seq).sum()
     C = loss.shape[1] if horizon is None else horizon
     return (lx / (loss.shape[0] * C)).sum()
 
