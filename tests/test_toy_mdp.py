@@ -116,24 +116,115 @@ def test_other_bad_inputs():
         TreeMDP.random(2, 2, reward="ternary")
 
 
-def test_large_enumerations_run_on_one_thread_when_the_other_cores_are_busy(monkeypatch):
-    """threads_for: a small tree always gets 1 intra-op thread; a large one keeps the setting on an idle machine
-    (1-minute load < cores − 0.5) and gets 1 thread when the load says the other cores are taken."""
+@pytest.mark.parametrize("others", [0, 1, 2])
+def test_large_enumerations_run_on_one_thread_when_other_processes_hold_the_other_cores(monkeypatch, others):
+    """threads_for (Linux route): a small tree always gets 1 intra-op thread; a large one keeps the setting unless
+    the median of three reads of other processes' runnable threads covers the other core (2 cores: >= 1)."""
     import os
 
     import rlkl.toy.mdp as M
 
     small, large = TreeMDP.random(2, 2, 1, seed=0), TreeMDP.random(10, 5, 1, seed=0)  # 4·2 and 10^5·5 slots
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    reads = iter([others, 5, 0] * 4)  # one outlier each way per three reads: the median is `others`
+    monkeypatch.setattr(M, "_others_running", lambda: next(reads))
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # not read on this route
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        for load, want_large in ((0.9, 2), (1.6, 1)):
-            monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
-            with M.threads_for(small):
-                assert torch.get_num_threads() == 1
-            with M.threads_for(large):
-                assert torch.get_num_threads() == want_large, load
-            assert torch.get_num_threads() == 2  # restored
+        with M.threads_for(small):
+            assert torch.get_num_threads() == 1
+        with M.threads_for(large):  # median of (others, 5, 0) = others clipped to [0, 5]
+            assert torch.get_num_threads() == (2 if others == 0 else 1), others
+        assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(prev)
+
+
+def test_without_proc_the_load_average_less_this_process_share_decides(monkeypatch):
+    """Elsewhere (no /proc): 1 thread when load − own >= cores − 1.5 (2 cores: another process holds half a core)."""
+    import os
+
+    import rlkl.toy.mdp as M
+
+    large = TreeMDP.random(10, 5, 1, seed=0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(M, "_others_running", lambda: None)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        # (load, own share, threads): this process alone on one thread (0.9 − 0.8); idle; another process on a
+        # core (1.6 − 0); this process's own two threads (1.9 of which 1.8 its own); its own work plus another
+        # process (2.4 − 1.0 = 1.4); another process at 0.6 of a core, this one idle
+        for load, own, want in ((0.9, 0.8, 2), (0.4, 0.0, 2), (1.6, 0.0, 1), (1.9, 1.8, 2), (2.4, 1.0, 1),
+                                (0.6, 0.0, 1)):
+            monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+            monkeypatch.setattr(M, "_own_load", lambda own=own: own)
+            with M.threads_for(large):
+                assert torch.get_num_threads() == want, (load, own)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_others_running_reads_procfs_without_this_process_threads(tmp_path):
+    """A fake /proc: 4 runnable threads system-wide, 2 of them this process's (one with a ')' in its name) → 2."""
+    import rlkl.toy.mdp as M
+
+    (tmp_path / "loadavg").write_text("0.50 0.40 0.30 4/90 1234\n")
+    for tid, stat in (("10", "10 (python) R 1 10"), ("11", "11 (pt (worker)) R 1 10"), ("12", "12 (python) S 1")):
+        (tmp_path / "self" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "self" / "task" / tid / "stat").write_text(stat)
+    assert M._others_running(str(tmp_path)) == 2
+    assert M._others_running(str(tmp_path / "absent")) is None
+
+
+def test_a_busy_process_is_seen_running():
+    """The real /proc (Linux): a child spinning on a core shows up among the other processes' runnable threads."""
+    import subprocess
+    import sys
+    import time
+
+    import rlkl.toy.mdp as M
+
+    if M._others_running() is None:
+        pytest.skip("no /proc on this platform")
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        seen = []
+        for _ in range(20):
+            seen.append(M._others_running())
+            time.sleep(0.005)
+        assert max(seen) >= 1, seen
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_own_load_is_the_kernels_exponential_average_of_this_process_busy_threads(monkeypatch):
+    """_OwnLoad by hand: from 0 at the start, 60 s at 2 busy threads (120 CPU s) → 2·(1 − e^{−1}) = 1.2642; then
+    30 s idle → 1.2642·e^{−1/2} = 0.7668; a read with no time passed changes nothing."""
+    import math
+    import time
+
+    import rlkl.toy.mdp as M
+
+    clock = {"wall": 100.0, "cpu": 0.0}
+    monkeypatch.setattr(M, "_process_start", lambda: 100.0)
+    monkeypatch.setattr(time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(time, "process_time", lambda: clock["cpu"])
+    own = M._OwnLoad()
+    clock.update(wall=160.0, cpu=120.0)
+    assert own() == pytest.approx(2 * (1 - math.exp(-1)), rel=1e-12)
+    clock.update(wall=190.0)
+    assert own() == pytest.approx(2 * (1 - math.exp(-1)) * math.exp(-0.5), rel=1e-12)
+    assert own() == pytest.approx(2 * (1 - math.exp(-1)) * math.exp(-0.5), rel=1e-12)
+
+
+def test_process_start_is_in_the_past():
+    import time
+
+    import rlkl.toy.mdp as M
+
+    start = M._process_start()
+    assert start <= time.monotonic()
