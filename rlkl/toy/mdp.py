@@ -447,22 +447,30 @@ class _OwnLoad:
 _own_load = _OwnLoad()
 
 
+def _own_running(proc: str) -> set[str]:
+    """This process's threads in state R now (their ids; /proc/self/task/*/stat, the reading thread included)."""
+    tasks = os.path.join(proc, "self", "task")
+    running = set()
+    for tid in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, tid, "stat")) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "R":  # the state, after the (comm) field
+                    running.add(tid)
+        except OSError:  # the thread ended meanwhile
+            continue
+    return running
+
+
 def _others_running(proc: str = "/proc") -> Optional[int]:
     """Runnable threads of other processes right now (Linux): the kernel's count of runnable threads
-    (/proc/loadavg, field 4) less this process's threads in state R (/proc/self/task/*/stat, the reading thread
-    included); None where /proc cannot be read. ``proc``: the procfs root (a test's fake)."""
+    (/proc/loadavg, field 4) less this process's threads in state R just before or just after that read (a pool
+    thread ending its spin between the reads still counts as this process's); None where /proc cannot be read.
+    ``proc``: the procfs root (a test's fake)."""
     try:
+        before = _own_running(proc)
         with open(os.path.join(proc, "loadavg")) as f:
             running = int(f.read().split()[3].split("/")[0])
-        own = 0
-        tasks = os.path.join(proc, "self", "task")
-        for tid in os.listdir(tasks):
-            try:
-                with open(os.path.join(tasks, tid, "stat")) as f:
-                    own += f.read().rsplit(")", 1)[1].split()[0] == "R"  # the state, after the (comm) field
-            except OSError:  # the thread ended meanwhile
-                continue
-        return max(0, running - own)
+        return max(0, running - len(before | _own_running(proc)))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -471,22 +479,21 @@ def other_cores_busy() -> bool:
     """True when other processes hold the other cores: a pool of intra-op threads then waits on preempted workers
     (measured: 2 threads 2.4× slower than 1 on a loaded 2-core machine, ``rlkl bench exact_engine``).
 
-    Linux: the median of three reads 1 ms apart of the threads of other processes runnable now
-    (`_others_running`) is >= cores − 1 — no lag, and this process's own threads never count. Elsewhere: the
-    1-minute load average less this process's share of it (`_OwnLoad`) is >= cores − 1.5. The plain load average
-    counted the engine's own threads: after a minute of its own 2-thread work (load → 2) it read as a busy machine
-    and dropped to 1 thread (measured: after 62 s of engine calls)."""
+    Linux: other processes' runnable threads (`_others_running`) cover the other cores (>= cores − 1) in three
+    reads 2 ms apart — a busy process stays runnable, a blip (a kernel thread) does not; an idle machine costs one
+    read. No lag, and this process's own threads never count. Elsewhere: the 1-minute load average less this
+    process's share of it (`_OwnLoad`) is >= cores − 1.5. The plain load average counted the engine's own threads:
+    after a minute of its own 2-thread work (load → 2) it read as a busy machine and dropped to 1 thread
+    (measured: after 62 s of engine calls)."""
     cores = os.cpu_count() or 1
-    samples = []
-    for i in range(3):
-        n = _others_running()
-        if n is None:
-            break
-        samples.append(n)
-        if i < 2:
-            time.sleep(0.001)
-    if len(samples) == 3:
-        return sorted(samples)[1] >= cores - 1
+    n = _others_running()
+    if n is not None:
+        for _ in range(2):
+            if n < cores - 1:
+                return False
+            time.sleep(0.002)
+            n = _others_running()
+        return n >= cores - 1
     try:
         load = os.getloadavg()[0]
     except (OSError, AttributeError):  # no load average on this platform: assume idle
