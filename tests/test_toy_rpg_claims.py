@@ -265,7 +265,7 @@ def test_34_k1_loss_with_reference_old_anti_regularizes():
     grad_kl = -objective_gradient(kl_old_pi, mdp, pi, None, old)
     assert _rel(g, -grad_kl) < 1e-12  # the loss is −KL(π_old‖π): minimizing it increases the KL
     step = pi.with_theta(pi.theta.detach() - 1e-3 * g)
-    kl = lambda p: float(sequence_divergence(mdp, p, old, "forward_kl"))  # noqa: E731  KL(π_old‖p)
+    kl = lambda p: float(sequence_divergence(mdp, p, old, "forward_kl").detach())  # noqa: E731  KL(π_old‖p)
     assert kl(step) > kl(pi)
 
 
@@ -371,13 +371,13 @@ def test_31_token_level_forward_kl_is_the_sequence_kl_reverse_is_not():
     # k3(−log w) = w − 1 − log w (rlkl.divergences.k3 takes the log-ratio x and returns e^{−x} − 1 + x)
     fwd_tok = (q[:, None] * torch.where(mask, k3(-log_w), torch.zeros_like(log_w))).sum()
     fwd_seq = sequence_divergence(mdp, pi, old, "forward_kl").sum()
-    assert math.isclose(float(fwd_tok), float(fwd_seq), rel_tol=1e-12)
+    assert math.isclose(float(fwd_tok.detach()), float(fwd_seq.detach()), rel_tol=1e-12)
     g_tok = torch.autograd.grad(fwd_tok, pi.theta)[0]
     g_seq = torch.autograd.grad(fwd_seq, pi.theta)[0]
     assert _rel(g_tok, g_seq) < 1e-12
     w = log_w.detach().exp()
     rev_tok = float((q[:, None] * torch.where(mask, w * log_w.detach() - w + 1, torch.zeros_like(w))).sum())
-    rev_seq = float(sequence_divergence(mdp, pi, old, "reverse_kl"))
+    rev_seq = float(sequence_divergence(mdp, pi, old, "reverse_kl").detach())
     assert abs(rev_tok - rev_seq) > 1e-3
 
 
