@@ -774,12 +774,19 @@ def _route_per_sample(spec, data, coef, chunk_slots):
     return n
 
 
+#: `_t_major_ok`: the fewest token slots per prompt (N·T) for T-major chunks (below, their extra gathers cost more
+#: than the vectorized reductions save)
+T_MAJOR_MIN_SLOTS = 1 << 14
+
+
 def _t_major_ok(spec: LossSpec, data: _Data, G: int) -> bool:
     """True when the per-sample route runs T-major chunks (`_TMajor`): the loss is a Method's own (whose code is
     tested on strided inputs; a user's callable gets contiguous row-major arrays), every policy has a node table of
-    one shape, and each prompt's responses split into whole groups."""
+    one shape, each prompt's responses split into whole groups, and a prompt holds at least `T_MAJOR_MIN_SLOTS`
+    token slots."""
     tables = [t.table for t in (data.tok, data.tok_old, data.tok_ref)]
     return (_engine_method(spec) is not None and data.mdp is not None and data.N % G == 0
+            and data.N * data.T >= T_MAJOR_MIN_SLOTS
             and all(t is not None and t.shape == tables[0].shape for t in tables))
 
 

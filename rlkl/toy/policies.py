@@ -165,15 +165,24 @@ class Policy:
         return out
 
 
-def _log_softmax(z: Tensor) -> Tensor:
-    """log softmax over the last axis (the V tokens of a node), as (z − c) − log Σ_a e^{z_a − c} with c = sg[max_a z_a]
-    (the value does not depend on c, so the shift needs no gradient).
+#: `_log_softmax` calls ``torch.log_softmax`` up to this many logits, or from this many tokens per node
+_TORCH_LOG_SOFTMAX_NUMEL, _TORCH_LOG_SOFTMAX_V = 4096, 64
 
-    Within 4 ulp of ``torch.log_softmax`` at every logit scale (z − logsumexp(z), used before, lost up to 17 ulp at
-    logits of scale 10 and 500 at scale 600 to the cancellation of two large numbers), and faster on a short last
-    axis: the backward reuses e^{z − c} instead of recomputing a softmax. The 1.1·10^6 logits of a V = 10, T = 6
-    tree, 1 thread, torch 2.13: forward 5.7 ms (z − logsumexp(z): 5.2, ``torch.log_softmax``: 14.1), forward +
-    backward 10.9 ms (14.2, 23.0). A node with no finite logit gives nan, as ``torch.log_softmax`` does."""
+
+def _log_softmax(z: Tensor) -> Tensor:
+    """log softmax over the last axis (the V tokens of a node).
+
+    Small inputs (≤ 4096 logits) and long last axes (V ≥ 64): ``torch.log_softmax``, whose per-call cost is the
+    lowest there. Otherwise (many nodes, short last axis) (z − c) − log Σ_a e^{z_a − c} with c = sg[max_a z_a] (the
+    value does not depend on c, so the shift needs no gradient): within 4 ulp of ``torch.log_softmax`` at every
+    logit scale, and faster on a short last axis, its backward reusing e^{z − c} instead of recomputing a softmax.
+    z − logsumexp(z), used before, lost up to 17 ulp at logits of scale 10 and 500 at scale 600 to the
+    cancellation of two large numbers. Forward + backward, 1 thread, torch 2.13, V = 10: 1.1·10^6 logits 10.9 ms
+    (``torch.log_softmax`` 23.0, z − logsumexp(z) 14.2); in another run 1.1·10^4 logits 0.96 ms (``torch``
+    2.36) and 39 logits 138 µs (76: hence the small-input switch). A node with no finite logit gives nan, as
+    ``torch.log_softmax`` does."""
+    if z.numel() <= _TORCH_LOG_SOFTMAX_NUMEL or z.shape[-1] >= _TORCH_LOG_SOFTMAX_V:
+        return torch.log_softmax(z, dim=-1)
     c = z.detach().amax(-1, keepdim=True)  # sg[max]: a shift, not part of the function
     d = z - torch.where(torch.isfinite(c), c, 0.0)  # a node of −inf logits keeps its −inf (then nan below)
     return d - torch.log(torch.exp(d).sum(-1, keepdim=True))
