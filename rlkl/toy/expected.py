@@ -399,8 +399,7 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         sum_pi = _sequence_sums(tok, mdp) if sum_pi is None else sum_pi
     data = _Data(tok, tok_old, tok_ref, mask, mdp.rewards.reshape(-1), q, mdp.prompt_probs, N, mdp.horizon,
                  graph, chain_policy=policy, all_finite=all_finite,
-                 finite_sums=None if all_finite else torch.isfinite(sum_pi) & torch.isfinite(sum_old))
-    data.mdp = mdp
+                 finite_sums=None if all_finite else torch.isfinite(sum_pi) & torch.isfinite(sum_old), mdp=mdp)
     if sampled is not None:
         data.sampled = sampled
         data.logp_rollout = sampled.reported_token_logp()

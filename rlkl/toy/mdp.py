@@ -444,7 +444,14 @@ class _OwnLoad:
         return self.value
 
 
-_own_load = _OwnLoad()
+_OWN_LOAD: list = []  # the one `_OwnLoad`, built on first use (it counts from the process's start either way)
+
+
+def _own_load() -> float:
+    """This process's share of the 1-minute load average (`_OwnLoad`; read only where /proc is not)."""
+    if not _OWN_LOAD:
+        _OWN_LOAD.append(_OwnLoad())
+    return _OWN_LOAD[0]()
 
 
 def _own_running(proc: str) -> set[str]:
