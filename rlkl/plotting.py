@@ -152,8 +152,14 @@ def save(fig, path_stem: str | Path) -> list[Path]:
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    # Lay the figure out once for both files: the constrained layout and the tight box are computed here, then
+    # the layout engine is switched off, so each savefig draws once instead of twice (a layout pass, then the
+    # rendering) and the PNG and the PDF get the same positions and crop
+    fig.draw_without_rendering()
+    box = fig.get_tightbbox().padded(plt.rcParams["savefig.pad_inches"])
+    fig.set_layout_engine("none")
+    fig.savefig(paths[0], bbox_inches=box, metadata={"Software": None})
+    fig.savefig(paths[1], bbox_inches=box, metadata={"CreationDate": None, "Producer": None, "Creator": None})
     plt.close(fig)
     return paths
 
