@@ -7,7 +7,6 @@ Profiles (select with HYPOTHESIS_PROFILE=dev): ``ci`` (default; derandomized, fe
 import os
 
 import pytest
-import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -28,19 +27,32 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# intra-op threads: 2 at most (the tests' tensors are small), the cores shared among pytest-xdist's workers
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, (os.cpu_count() or 1) // max(1, _WORKERS)))
-torch.set_num_threads(_THREADS)
-# The processes the tests start (the CLI, the example scripts, a user's pytest run) share the cores the same way
-# (a value set by the user wins). With the other worker busy, a child's second OpenMP thread only spins: measured,
-# `rlkl figures --quick` beside a busy core took 42.2 s wall with torch's default 2 threads, 35.4 s with 1.
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
+@pytest.fixture(scope="session", autouse=True)
+def _share_the_cores():
+    """Intra-op threads: 2 at most (the tests' tensors are small), the cores shared among pytest-xdist's workers.
+
+    A session fixture, so it runs where tests run (each worker, or the one process of ``-n 0``), never in xdist's
+    controller: that process then imports neither torch nor rlkl's engine, and the environment it hands the workers
+    is the user's. The processes the tests start (the CLI, the example scripts, a user's pytest run) share the cores
+    the same way through OMP_NUM_THREADS (a value set by the user wins): with the other worker busy, a child's second
+    OpenMP thread only spins (measured: `rlkl figures --quick` beside a busy core, 42.2 s wall with torch's default
+    2 threads, 35.4 s with 1).
+    """
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = max(1, min(2, (os.cpu_count() or 1) // max(1, workers)))
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    yield
 
 
 @pytest.fixture
 def one_thread():
     """Run a test with one intra-op thread (tiny tensors: more threads only add overhead), then restore."""
+    import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -104,3 +104,27 @@ def test_the_docs_test_file_passes():
     assert len(tests) == 2
     for test in tests:
         test(RlklChecker(RlklSettings()))
+
+
+def test_loading_the_plugin_imports_no_torch():
+    """Every pytest session of an environment with rlkl installed loads the plugin: it must stay light (torch, the
+    engine and the adapters load when a test first uses an rlkl fixture or name)."""
+    code = ("import sys, rlkl.testing.plugin, rlkl.testing\n"
+            "heavy = sorted(m for m in ('torch', 'rlkl.toy', 'rlkl.testing.asserts', 'rlkl.testing.adapters') "
+            "if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_public_name_of_rlkl_testing_loads_from_its_module():
+    import rlkl.testing as rt
+    from rlkl.testing import adapters, asserts, batches
+
+    homes = {"adapters": adapters, "asserts": asserts, "batches": batches}
+    for name in rt.__all__:
+        value = getattr(rt, name)
+        assert any(getattr(mod, name, None) is value for mod in homes.values()), name
+    assert set(rt.__all__) <= set(dir(rt))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        rt.no_such_name  # noqa: B018
