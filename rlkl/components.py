@@ -798,7 +798,7 @@ class NoCorrection(RolloutCorrection):
     """w = 1: the sampler's tokens are used as if π_old had sampled them (verl ``rollout_is: null``)."""
 
     def weights(self, log_ratio, mask):
-        return mask.to(log_ratio.dtype)
+        return _loss._mask_as(mask, log_ratio.dtype)
 
     def spec(self) -> str:
         return "none"
@@ -967,7 +967,7 @@ class MaskReplay(RolloutCorrection):
     replays_kept_set: ClassVar[bool] = True
 
     def weights(self, log_ratio, mask):
-        return mask.to(log_ratio.dtype)
+        return _loss._mask_as(mask, log_ratio.dtype)
 
     def spec(self) -> str:
         return "mask_replay"
