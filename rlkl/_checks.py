@@ -190,8 +190,7 @@ def check_float(name: str, x: Tensor, ndim: int | None = None, shape: Sequence[i
     if x.dtype not in SUPPORTED_FLOAT_DTYPES:
         raise ValueError(f"{name} has dtype {x.dtype}; rlkl computes in float32 or float64 only (16-bit floats "
                          f"overflow and lose the estimators' precision): cast to float32 with {name}.float()")
-    if x.device.type == "meta":
-        raise ValueError(f"{name} is a meta tensor (shape only, no data); pass a tensor with values")
+    _require_data(name, x)
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if shape is not None and tuple(x.shape) != tuple(shape):
@@ -199,6 +198,12 @@ def check_float(name: str, x: Tensor, ndim: int | None = None, shape: Sequence[i
     if finite and not _TRUSTED.get() and not (_values_ok([x]) or bool(torch.isfinite(x).all())):
         raise ValueError(f"{name} contains non-finite values (nan/inf); check the log-probs upstream")
     return x
+
+
+def _require_data(name: str, x: Tensor) -> None:
+    """Refuse a meta tensor (shape only): every public check of a tensor argument calls this."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (shape only, no data); pass a tensor with values")
 
 
 def check_bool(name: str, value) -> bool:
@@ -216,8 +221,7 @@ def check_mask(name: str, mask: Tensor, shape: Sequence[int], require_nonempty_r
         raise ValueError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
         raise ValueError(f"{name} must be a bool tensor, got dtype {mask.dtype} (use mask.bool())")
-    if mask.device.type == "meta":
-        raise ValueError(f"{name} is a meta tensor (shape only, no data); pass a tensor with values")
+    _require_data(name, mask)
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(shape)}")
     if _TRUSTED.get():

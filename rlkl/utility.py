@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlkl._checks import check_choice, check_int, check_real
+from rlkl._checks import _require_data, check_choice, check_int, check_real
 from rlkl.advantages import group_standardized
 
 StdKind = Literal["population", "bessel"]
@@ -30,8 +30,8 @@ def _as_tensor(p) -> tuple[Tensor, bool]:
     is_tensor = isinstance(p, Tensor)
     if isinstance(p, bool) or (is_tensor and (p.dtype == torch.bool or p.is_complex())):
         raise ValueError(f"p must be a probability in [0, 1] (a real number, array or tensor), got {p!r}")
-    if is_tensor and p.device.type == "meta":
-        raise ValueError("p is a meta tensor (shape only, no data); pass a tensor with values")
+    if is_tensor:
+        _require_data("p", p)
     try:
         t = p.to(torch.float64) if is_tensor else torch.as_tensor(p, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
