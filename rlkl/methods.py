@@ -62,7 +62,8 @@ class RolloutBatch:
     kept_logmass: Tensor | None = None
 
     def __post_init__(self):
-        validated(self._check, self.logp_old, self.logp_ref, self.rewards, mask=self.mask)  # one host sync
+        validated(self._check, self.logp_old, self.logp_ref, self.rewards, mask=self.mask,
+                  also=self._rollout_fields_ok)  # one host sync for every value condition
 
     def _check(self) -> None:
         B, _ = check_token_tensors(self.mask, logp_old=self.logp_old, logp_ref=self.logp_ref)
@@ -72,8 +73,19 @@ class RolloutBatch:
         check_group_size(B, self.group_size)
         for name in ("logp_rollout", "kept_logmass"):
             self._check_rollout_field(name)
-        if self.kept_logmass is not None and bool((self.kept_logmass > 1e-9).any()):
+        if self.kept_logmass is not None and not values_trusted() and bool((self.kept_logmass > 1e-9).any()):
             raise ValueError("kept_logmass must be <= 0 (the log of a kept probability mass); got a positive value")
+
+    def _rollout_fields_ok(self) -> Tensor:
+        """0-dim bool: the value conditions of the rollout fields that :meth:`_check` tests when not trusted (finite
+        on response tokens; ``kept_logmass`` <= 0), for :func:`validated`'s one sync."""
+        ok = torch.ones((), dtype=torch.bool, device=self.mask.device)
+        for x in (self.logp_rollout, self.kept_logmass):
+            if x is not None:
+                ok = ok & ~(self.mask & ~torch.isfinite(x)).any()
+        if self.kept_logmass is not None:
+            ok = ok & ~(self.kept_logmass > 1e-9).any()
+        return ok
 
     def _check_rollout_field(self, name: str) -> None:
         x = getattr(self, name)
@@ -82,6 +94,8 @@ class RolloutBatch:
         check_float(name, x, shape=self.logp_old.shape, finite=False)
         if x.dtype != self.logp_old.dtype:
             raise ValueError(f"{name} dtype {x.dtype} differs from logp_old dtype {self.logp_old.dtype}")
+        if values_trusted():  # the values are :meth:`_rollout_fields_ok`'s (read in validated's one sync)
+            return
         bad = self.mask & ~torch.isfinite(x)
         if bool(bad.any()):
             i, t = (int(v) for v in bad.nonzero()[0])
@@ -409,8 +423,11 @@ class Method:
         no value on the host, and one sync at the end checks ``logp``'s values (their error comes first), that the
         loss is finite (finite inputs can still overflow a per-token loss) and any check of a derived value (an
         overflowing FRPO term, an empty row of a sequence-level loss). ``validate=False`` is for trusted callers
-        that validated ``logp`` themselves (the exact engine): no host sync at all; inside an
-        ``rlkl._checks.deferring`` block the derived checks are collected there.
+        that validated ``logp`` themselves (the exact engine): ``logp``'s values are not read, and the derived
+        checks are collected by the caller's ``rlkl._checks.deferring`` block — then the call reads no value on
+        the host (the exact engine evaluates them once, at its end); outside such a block each derived check the
+        method has is evaluated at once (one host sync each). The backward and the diagnostics read no value on
+        the host either (tests/test_host_syncs.py counts the syncs and runs every method on meta tensors).
         """
         if not validate:
             with trusted():
