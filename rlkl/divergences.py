@@ -31,7 +31,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from rlkl._checks import check_bool, check_choice, check_float, check_int, check_real
+from rlkl._checks import check_bool, check_choice, check_float, check_int, check_real, values_trusted
 
 KLEstimator = Literal["k1", "k2", "k3"]
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
@@ -341,10 +341,11 @@ def _log_softmax_pair(logits_p: Tensor, logits_q: Tensor, dim: int) -> tuple[Ten
     for name, x in (("logits_p", logits_p), ("logits_q", logits_q)):
         check_float(name, x, finite=False, shape=None if name == "logits_p" else logits_p.shape)
         _check_dim(dim, x)
-        if x.numel() and bool((torch.isnan(x) | (x == math.inf)).any()):
-            raise ValueError(f"{name} contains nan or +inf (−inf marks a masked category; nan/+inf are errors)")
-        if x.numel() and bool(torch.isneginf(x).all(dim=dim).any()):
-            raise ValueError(f"{name} has a slice along dim={dim} whose logits are all −inf (no distribution)")
+        if x.numel() and not values_trusted():  # trusted: the caller validated the values (no host sync)
+            if bool((torch.isnan(x) | (x == math.inf)).any()):
+                raise ValueError(f"{name} contains nan or +inf (−inf marks a masked category; nan/+inf are errors)")
+            if bool(torch.isneginf(x).all(dim=dim).any()):
+                raise ValueError(f"{name} has a slice along dim={dim} whose logits are all −inf (no distribution)")
         out.append(torch.log_softmax(x, dim=dim))
     if logits_p.dtype != logits_q.dtype:
         raise ValueError(f"logits_p and logits_q must share one dtype, got {logits_p.dtype} and {logits_q.dtype}")
@@ -622,7 +623,7 @@ def unnormalized_kl(log_p: Tensor, log_q: Tensor, dim: int = -1) -> Tensor:
     """
     for name, x in (("log_p", log_p), ("log_q", log_q)):
         check_float(name, x, finite=False, shape=None if name == "log_p" else log_p.shape)
-        if bool((torch.isnan(x) | (x == math.inf)).any()):
+        if not values_trusted() and bool((torch.isnan(x) | (x == math.inf)).any()):  # trusted: no host sync
             raise ValueError(f"{name} contains nan or +inf (−inf is a zero mass; nan/+inf are errors)")
     if log_p.dtype != log_q.dtype:
         raise ValueError(f"log_p and log_q must share one dtype, got {log_p.dtype} and {log_q.dtype}")
