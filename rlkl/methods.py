@@ -73,8 +73,16 @@ class RolloutBatch:
         check_group_size(B, self.group_size)
         for name in ("logp_rollout", "kept_logmass"):
             self._check_rollout_field(name)
-        if self.kept_logmass is not None and not values_trusted() and bool((self.kept_logmass > 1e-9).any()):
+        if self.kept_logmass is not None and not values_trusted() and bool(self._positive_kept().any()):
             raise ValueError("kept_logmass must be <= 0 (the log of a kept probability mass); got a positive value")
+
+    def _unscored(self, x: Tensor) -> Tensor:
+        """``[B, T]`` True on the response tokens where the rollout field ``x`` is not finite (an error)."""
+        return self.mask & ~torch.isfinite(x)
+
+    def _positive_kept(self) -> Tensor:
+        """``[B, T]`` True where ``kept_logmass`` is positive (an error; 1e-9 of round-off allowed)."""
+        return self.kept_logmass > 1e-9
 
     def _rollout_fields_ok(self) -> Tensor:
         """0-dim bool: the value conditions of the rollout fields that :meth:`_check` tests when not trusted (finite
@@ -82,9 +90,9 @@ class RolloutBatch:
         ok = torch.ones((), dtype=torch.bool, device=self.mask.device)
         for x in (self.logp_rollout, self.kept_logmass):
             if x is not None:
-                ok = ok & ~(self.mask & ~torch.isfinite(x)).any()
+                ok = ok & ~self._unscored(x).any()
         if self.kept_logmass is not None:
-            ok = ok & ~(self.kept_logmass > 1e-9).any()
+            ok = ok & ~self._positive_kept().any()
         return ok
 
     def _check_rollout_field(self, name: str) -> None:
@@ -96,7 +104,7 @@ class RolloutBatch:
             raise ValueError(f"{name} dtype {x.dtype} differs from logp_old dtype {self.logp_old.dtype}")
         if values_trusted():  # the values are :meth:`_rollout_fields_ok`'s (read in validated's one sync)
             return
-        bad = self.mask & ~torch.isfinite(x)
+        bad = self._unscored(x)
         if bool(bad.any()):
             i, t = (int(v) for v in bad.nonzero()[0])
             what = ("the sampler reports zero probability for a token it emitted (row {i}, position {t}); the "
