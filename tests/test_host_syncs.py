@@ -3,8 +3,8 @@
 On an accelerator a host sync (``.item()``, ``bool(t)``, ``nonzero``, boolean indexing) stalls the stream, and a
 tensor built without ``device=`` lands on the CPU. Both are invisible on a CPU-only machine, so two stand-ins:
 
-* **counting** — a ``TorchDispatchMode`` records every aten op that hands a value (or a data-dependent shape) to
-  the host. Documented budget: ``RolloutBatch`` validates with one sync (plus one per rollout field given:
+* **counting** — ``tests/syncs.py`` records every aten op that hands a value (or a data-dependent shape) to the
+  host, and the ``tolist`` / ``numpy`` / ``cpu`` calls that copy without one. Documented budget: ``RolloutBatch`` validates with one sync (plus one per rollout field given:
   ``logp_rollout``, ``kept_logmass``), ``Method.loss`` ends with one (``logp``'s values, then the derived checks),
   its backward and its diagnostics with none;
 * **meta tensors** — every op runs its shape kernel only, so any read of a value raises, and a non-scalar CPU
@@ -15,47 +15,20 @@ tensor built without ``device=`` lands on the CPU. Both are invisible on a CPU-o
 
 from __future__ import annotations
 
-import collections
 import copy
 import dataclasses
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import rlkl._checks
 from rlkl._checks import deferring
 from rlkl.integrations import loss_from_advantages
 from rlkl.losses import aggregate, ppo_clip_loss
 from rlkl.methods import RolloutBatch, get_method, list_methods
+from syncs import HostSyncs
 
-# aten ops whose result is a host value or has a data-dependent shape (a device → host sync on an accelerator)
-_SYNC_OPS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
-             "aten.equal.default", "aten.is_nonzero.default", "aten._unique2.default", "aten.unique_dim.default",
-             "aten.unique_consecutive.default", "aten.repeat_interleave.Tensor"}
 B, T, G = 8, 5, 4
-
-
-class HostSyncs(TorchDispatchMode):
-    """Counts the host syncs of the ops run inside it (``count``: op name → calls)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        # x[mask]: an index op with a bool index tensor (a nonzero inside the kernel, not dispatched on its own)
-        bool_index = name.startswith("aten.index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool
-            for a in args if isinstance(a, (list, tuple)) for i in a)
-        if name in _SYNC_OPS or bool_index:
-            self.count[name] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.count.values())
 
 
 def _batch(dtype, rollout: bool, seed: int = 0) -> RolloutBatch:
@@ -83,7 +56,8 @@ def test_the_counter_sees_each_kind_of_sync_and_none_in_pure_ops():
         bool((x > 0).any())  # bool(): 1
         x[x > 0]  # boolean indexing: 1
         (x > 0).nonzero()  # nonzero: 1
-    assert s.total == 4, s.count
+        x.tolist()  # a host copy without an aten op on a CPU tensor: 1
+    assert s.total == 5, s.count
 
 
 def test_the_counter_sees_a_sync_in_a_backward():

@@ -323,6 +323,38 @@ def test_stock_trl_steps_match_method_loss_float32(trl_env, tmp_path, name, num_
 
 
 @pytest.mark.integration
+def test_trl_logging_reads_the_host_once():
+    """The plug-in's per-micro-batch logging: one device → host copy for every diagnostic and the entropy (it was one
+    gather and one ``.item()`` per diagnostic); the logged values are the diagnostics' own."""
+    pytest.importorskip("trl", reason="TRL not installed: run scripts/test_integrations.sh trl")
+    import types
+    from collections import defaultdict
+
+    from rlkl.integrations.trl import RLKLGRPOTrainer
+    from syncs import HostSyncs
+
+    class OneProcess:  # accelerate on one process: gather and reduce return their input
+        def gather(self, t):
+            return t
+
+        def reduce(self, t, reduction):
+            return t
+
+    logp, batch = _random_batch(0)
+    _, diagnostics = get_method("grpo").loss(logp, batch)
+    expected = {f"rlkl/{k}": [float(v.float())] for k, v in diagnostics.items()}  # logged in float32, as TRL's
+    entropies = torch.rand(batch.mask.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    stub = types.SimpleNamespace(accelerator=OneProcess(), _metrics={"train": defaultdict(list)})
+    with HostSyncs() as s:
+        RLKLGRPOTrainer._rlkl_log(stub, "train", diagnostics, entropies, batch.mask)
+    assert s.total == 1, s.count
+    logged = dict(stub._metrics["train"])
+    m = batch.mask.double()
+    assert logged.pop("entropy") == [float((entropies * m).sum() / m.sum())]
+    assert logged == expected
+
+
+@pytest.mark.integration
 def test_trl_gradient_accumulation_matches_full_batch(trl_env, tmp_path):
     """Two micro-batches of one group each, accumulated: the gradient TRL applies is ∇ Method.loss on the whole
     generation batch (frpo aggregates seq-mean-token-sum, so the mean of equal micro-batch means is exact)."""

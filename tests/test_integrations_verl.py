@@ -146,6 +146,28 @@ def test_registered_functions_equal_method_loss(name):
         assert all(isinstance(v, float) for v in metrics.values())
 
 
+@pytest.mark.parametrize("name", ["frpo", "rpg_reinforce_urkl_seq"])
+def test_registered_policy_loss_reads_the_host_twice(name):
+    """Two host syncs per call: the validation of the inputs, and one device → host copy of every metric (verl's
+    own policy losses make three ``.item()`` calls). The metric values are the Method's diagnostics."""
+    from syncs import HostSyncs
+
+    logp, batch = _batch(0)
+    method, actor, _ = _config_for(name, beta=0.05)
+    adv = method.advantages(batch)
+    loss_fn = core_algos.get_policy_loss_fn(name)
+    with HostSyncs() as s:
+        _, metrics = loss_fn(old_log_prob=batch.logp_old, log_prob=logp, advantages=adv, response_mask=batch.mask,
+                             loss_agg_mode=actor.loss_agg_mode, config=actor, rollout_is_weights=None)
+    assert s.total == 2, s.count
+    _, diag = method.loss_given_advantages(logp, batch.logp_old, batch.mask, adv)
+    assert {f"rlkl/{k}": float(v) for k, v in diag.items()}.items() <= metrics.items()
+    assert metrics["actor/pg_clipfrac"] == float(diag["clip_fraction/low"] + diag["clip_fraction/high"])
+    assert metrics["actor/pg_clipfrac_lower"] == float(diag["clip_fraction/dual"])
+    m = batch.mask.double()
+    assert metrics["actor/ppo_kl"] == float(((batch.logp_old - logp.detach()) * m).sum() / m.sum())
+
+
 def test_frpo_beta_comes_from_kl_ctrl():
     logp, batch = _batch(0)
     est = core_algos.get_adv_estimator_fn("frpo")

@@ -217,9 +217,16 @@ class RLKLGRPOTrainer(GRPOTrainer):
         return loss
 
     def _rlkl_log(self, mode: str, diagnostics: dict, entropies: torch.Tensor, mask: torch.Tensor) -> None:
-        gather = self.accelerator.gather
-        for k, v in diagnostics.items():
-            self._metrics[mode][f"rlkl/{k}"].append(gather(v.detach().float().reshape(1)).nanmean().item())
+        """Log every diagnostic (mean over processes, nan-skipping as TRL's metrics) and the token-mean entropy: one
+        gather and one reduce across processes, one device → host copy (not one of each per diagnostic)."""
+        keys = list(diagnostics)
+        # [processes, K] each process's 0-dim diagnostics, then their mean over processes
+        per_process = self.accelerator.gather(torch.stack([diagnostics[k].detach().float() for k in keys])[None])
         m = mask.to(entropies.dtype)
         totals = self.accelerator.reduce(torch.stack([(entropies.detach() * m).sum(), m.sum()]), reduction="sum")
-        self._metrics[mode]["entropy"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        entropy = totals[0] / totals[1].clamp(min=1.0)
+        # float64 for the copy: the float32 diagnostics and the entropy in its own dtype, both exactly
+        values = torch.cat([per_process.nanmean(0).double(), entropy.double()[None]]).tolist()
+        for k, v in zip(keys, values):
+            self._metrics[mode][f"rlkl/{k}"].append(v)
+        self._metrics[mode]["entropy"].append(values[-1])

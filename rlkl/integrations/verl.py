@@ -246,13 +246,11 @@ def make_policy_loss(name: str):
         with torch.no_grad():
             m = mask.to(log_prob.dtype)
             ppo_kl = ((old_log_prob.to(log_prob.dtype) - log_prob) * m).sum() / m.sum()
-        metrics = {
-            "actor/pg_clipfrac": float(diag["clip_fraction/low"] + diag["clip_fraction/high"]),
-            "actor/pg_clipfrac_lower": float(diag["clip_fraction/dual"]),
-            "actor/ppo_kl": float(ppo_kl),
-        }
-        metrics.update({f"rlkl/{k}": float(v) for k, v in diag.items()})
-        return loss, metrics
+            names = ["actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl", *(f"rlkl/{k}" for k in diag)]
+            values = torch.stack([diag["clip_fraction/low"] + diag["clip_fraction/high"], diag["clip_fraction/dual"],
+                                  ppo_kl, *diag.values()])
+        # verl's metrics are Python floats: one device → host copy for all of them (verl's own losses make three)
+        return loss, dict(zip(names, values.tolist()))
 
     return _label(policy_loss, name, "policy_loss", "make_policy_loss")
 
