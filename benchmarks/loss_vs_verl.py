@@ -1,7 +1,7 @@
 """Benchmark: loss forward + backward of rlkl's methods against verl 0.9.1's loss functions, in one run.
 
     rlkl bench loss_vs_verl                     # skips with a message when verl is not installed
-    PYTHONPATH=. ~/.cache/rlkl/venvs/verl/bin/python benchmarks/loss_vs_verl.py   # the venv of scripts/test_integrations.sh verl
+    PYTHONPATH=. ~/.cache/rlkl/venvs/verl/bin/python benchmarks/loss_vs_verl.py  # the venv of test_integrations.sh verl
 
 For each shape [B, T] (default [512, 1024] and [64, 256]; float32; response lengths uniform in [1, T]; groups of
 G = 8 rows; binary rewards) it times the forward pass and ``backward()`` w.r.t. ``logp`` of, given the same

@@ -4,9 +4,9 @@ On an accelerator a host sync (``.item()``, ``bool(t)``, ``nonzero``, boolean in
 tensor built without ``device=`` lands on the CPU. Both are invisible on a CPU-only machine, so two stand-ins:
 
 * **counting** — ``tests/syncs.py`` records every aten op that hands a value (or a data-dependent shape) to the
-  host, and the ``tolist`` / ``numpy`` / ``cpu`` calls that copy without one. Documented budget: ``RolloutBatch`` validates with one sync (plus one per rollout field given:
-  ``logp_rollout``, ``kept_logmass``), ``Method.loss`` ends with one (``logp``'s values, then the derived checks),
-  its backward and its diagnostics with none;
+  host, and the ``tolist`` / ``numpy`` / ``cpu`` calls that copy without one. Documented budget: ``RolloutBatch``
+  validates with one sync (its rollout fields, ``logp_rollout`` and ``kept_logmass``, included), ``Method.loss``
+  ends with one (``logp``'s values, then the derived checks), its backward and its diagnostics with none;
 * **meta tensors** — every op runs its shape kernel only, so any read of a value raises, and a non-scalar CPU
   tensor mixed in raises "found at least two devices", as it would beside a CUDA tensor. rlkl's public checks
   refuse meta inputs (they hold no data: ``rlkl._checks._require_data``); the test lifts only that refusal and
