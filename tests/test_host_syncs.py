@@ -202,3 +202,19 @@ def test_trusted_public_estimators_read_no_value_and_stay_on_the_inputs_device(m
             checks._items.clear()
         outs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, tuple) else [out]
         assert outs and all(o.device.type == "meta" for o in outs), (name, [o.device for o in outs])
+
+
+def test_lm_update_forward_and_backward_stay_on_the_models_device():
+    """The small LM's update path (shared-prefix forward of G responses per prompt, token log-probs, backward): no
+    tensor built off the model's device (its sampling loop reads one flag per token on the host, by design: EOS)."""
+    from rlkl.lm.model import GPT, GPTConfig
+    from rlkl.lm.train import policy_logp
+
+    model = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, d_model=16)).to("meta")
+    n, group, P, R = 3, 4, 5, 6
+    prompts = torch.zeros(n, P, dtype=torch.long, device="meta")
+    responses = torch.zeros(n * group, R, dtype=torch.long, device="meta")
+    logp = policy_logp(model, prompts, responses, group)  # [n·G, R]
+    logp.sum().backward()
+    assert logp.shape == (n * group, R) and logp.device.type == "meta"
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters())
