@@ -90,6 +90,12 @@ class Advantage:
         for REINFORCE++'s token whitening)."""
         return advantages
 
+    @property
+    def steps_tokens(self) -> bool:
+        """True when :meth:`token_step` may change the token advantages — its class overrides it (the default is
+        the identity)."""
+        return type(self).token_step is not Advantage.token_step
+
     def couples_beyond_rewards(self, fixed_length: bool, token_penalty: bool) -> bool:
         """True when A_i reads the other rows' lengths or token values, not only their rewards (the exact
         engine then enumerates groups by response, not by reward)."""
@@ -179,11 +185,15 @@ class PolicyLoss:
     """A per-token policy surrogate l_t(θ) for given advantages (``rlkl.losses``).
 
     Class attributes: ``carries_kl`` — the surrogate holds its own KL (RPG, anchored to π_old; β is its
-    coefficient); ``uses_ratio`` — its gradient is weighted by π_θ/π_old (importance ratio).
+    coefficient); ``uses_ratio`` — its gradient is weighted by π_θ/π_old (importance ratio);
+    ``reads_padding_advantages`` — its loss where ``mask`` holds may read the advantages where it does not (True,
+    the safe default: ``Method.loss`` then hands it advantages that are 0 on padding; the built-in losses read a
+    token's own advantage, or the first valid token's, and set it False).
     """
 
     carries_kl: ClassVar[bool] = False
     uses_ratio: ClassVar[bool] = True
+    reads_padding_advantages: ClassVar[bool] = True
 
     def __call__(self, logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor,
                  beta: float) -> _loss.PolicyLossOutput:
@@ -193,8 +203,9 @@ class PolicyLoss:
               beta: float) -> tuple[Tensor, _loss.DiagnosticsThunk]:
         """(``[B, T]`` per-token loss, ``diagnostics(i)`` giving field i + 1 of :class:`rlkl.losses.PolicyLossOutput`)
         on inputs the caller validated — what ``Method.loss`` runs: the diagnostics cost nothing until read, and
-        the loss's entries where ``mask`` is False are unspecified (the aggregation masks them). The default
-        evaluates ``__call__``; the built-in losses run their kernels directly."""
+        the loss's entries where ``mask`` is False are unspecified (the aggregation masks them), and so are the
+        advantages' when ``reads_padding_advantages`` is False (a response's own value, read through a stride-0
+        view). The default evaluates ``__call__``; the built-in losses run their kernels directly."""
         out = self(logp, logp_old, advantages, mask, beta)
         return out.loss, lambda i: out[i + 1]
 
@@ -216,6 +227,7 @@ class Reinforce(PolicyLoss):
     """
 
     uses_ratio: ClassVar[bool] = False
+    reads_padding_advantages: ClassVar[bool] = False  # A_t of each token, elementwise
 
     def __call__(self, logp, logp_old, advantages, mask, beta):
         return _loss.reinforce_loss(logp, advantages, mask, logp_old=logp_old)
@@ -239,6 +251,8 @@ class PPOClip(PolicyLoss):
     Attributes:
       low: ε_low in (0, 1); high: ε_high > 0; dual: c > 1, or None (no dual clip).
     """
+
+    reads_padding_advantages: ClassVar[bool] = False  # A_t of each token, elementwise
 
     low: float = 0.2
     high: float = 0.2
@@ -272,6 +286,8 @@ class GSPO(PolicyLoss):
     Attributes:
       low: ε_low in (0, 1); high: ε_high > 0 (GSPO: 3e-4, 4e-4).
     """
+
+    reads_padding_advantages: ClassVar[bool] = False  # A_t of each token, elementwise
 
     low: float = 3e-4
     high: float = 4e-4
@@ -309,6 +325,7 @@ class RPG(PolicyLoss):
     """
 
     carries_kl: ClassVar[bool] = True
+    reads_padding_advantages: ClassVar[bool] = False  # A_t per token (token level), the first valid one's (sequence)
     divergence: RPGDivergence = RPGDivergence.URKL
     form: RPGForm = RPGForm.REINFORCE
     level: RPGLevel = RPGLevel.TOKEN
@@ -663,6 +680,8 @@ class CISPO(PolicyLoss):
       low: ε_low in (0, 1), or None (no lower bound, the paper); high: ε_high > 0 (the paper leaves it unstated;
       0.2 is verl's ``clip_ratio_high`` default).
     """
+
+    reads_padding_advantages: ClassVar[bool] = False  # A_t of each token, elementwise
 
     low: float | None = None
     high: float = 0.2

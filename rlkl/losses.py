@@ -621,6 +621,8 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     validated(check, logp, logp_old, advantages, mask=mask, rows=level == "sequence")
     loss, diagnostics = _rpg(logp, logp_old, advantages, mask, divergence, form, float(beta), level, clip,
                              float(z_old))
+    if level == "sequence":  # 0 on padding (the token level is masked already)
+        loss = torch.where(mask, loss, 0.0)
     return PolicyLossOutput.lazy(loss, diagnostics)
 
 
@@ -637,6 +639,8 @@ def _rpg_samples(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tenso
     log_w = torch.clamp(((logp - logp_old.detach()) * m).sum(-1, keepdim=True), -LOG_RATIO_CLAMP,
                         LOG_RATIO_CLAMP)
     lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)
+    if A.stride(-1) == 0:  # one value per row (`Method.loss` passes a stride-0 view): every token's is the first's
+        return log_w, lp, A[:, :1], torch.ones_like(lp, dtype=torch.bool)
     # the first valid token: max over the mask's bytes (no copy) returns the first maximal index, as argmax does
     # (both documented), ~25% faster than argmax on a short last axis on CPU
     first = mask.view(torch.uint8).max(-1, keepdim=True).indices
@@ -667,7 +671,8 @@ def _rpg_alg2(w: Tensor, log_w: Tensor, lp: Tensor, adv: Tensor, divergence: str
 
 def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, divergence: str, form: str, beta: float,
          level: str, clip: RPGClip | None, z_old: float) -> tuple[Tensor, DiagnosticsThunk]:
-    """:func:`rpg_loss` on validated inputs: (per-token loss, 0 where ``mask`` is False; diagnostics thunk)."""
+    """:func:`rpg_loss` on validated inputs: (per-token loss, diagnostics thunk); the token-level loss is 0 where
+    ``mask`` is False, the sequence-level one holds the row's value there (the caller masks it)."""
     m = _mask_as(mask, logp.dtype)
     lengths = None if level == "token" else m.sum(-1, keepdim=True)  # [B, 1] |y_i|
     log_w, lp, adv, sample_mask = _rpg_samples(logp, logp_old, advantages, mask, m, level, lengths)
@@ -694,9 +699,10 @@ def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, diver
     else:
         per_sample, low, high, dual = _rpg_alg2(w, log_w, lp, adv, divergence, beta, z_old, clip)
 
-    # sequence: ℓ_i/|y_i| on each of its tokens (divided per row, then spread: m is 0 or 1, so the same values as
-    # ℓ_i·m/|y_i|, one [B, T] pass less)
-    loss = per_sample * m if level == "token" else (per_sample / lengths) * m
+    # sequence: ℓ_i/|y_i| on each of its tokens, divided per row and spread as a stride-0 [B, T] view: no [B, T]
+    # pass forward, and the backward sums the row's token gradients (one reduction, no product with the mask). Its
+    # padding entries hold ℓ_i/|y_i| too: the aggregation (or rpg_loss) masks them
+    loss = per_sample * m if level == "token" else (per_sample / lengths).expand(m.shape)
     w_sg = w.detach()
 
     conds = () if clip is None else (lambda: low, lambda: high, lambda: dual)

@@ -313,14 +313,23 @@ class Method:
         with trusted():  # the batch validated its values
             return self._advantages(batch, sequence_advantages)
 
-    def _advantages(self, batch: "RolloutBatch", sequence_advantages: Tensor | None) -> Tensor:
+    def _advantages(self, batch: "RolloutBatch", sequence_advantages: Tensor | None, for_loss: bool = False
+                    ) -> Tensor:
+        """:meth:`advantages`; ``for_loss``: for this method's own policy loss, which may then get, where ``mask``
+        is False, the row's value instead of 0 (see below)."""
         mask = batch.mask
         seq_adv = self._sequence_advantages(batch) if sequence_advantages is None else sequence_advantages
-        adv = seq_adv[:, None] * _mask_as(mask, seq_adv.dtype)  # [B, T], 0 on padding
+        penalty = None
         if self.kl_active:
             penalty = self.kl.token_penalty(self._rollout_log_ratio(batch), mask)
-            if penalty is not None:
-                adv = adv - self.beta * penalty
+        if (for_loss and penalty is None and not self.advantage.steps_tokens
+                and not self.policy_loss.reads_padding_advantages):
+            # one value per response, A_{i,t} = A_i: a stride-0 [B, T] view of the [B] advantages (no [B, T] pass;
+            # padding holds A_i, which a loss that does not read padding advantages leaves to the aggregation)
+            return seq_adv.detach()[:, None].expand(mask.shape)  # sg[A]: advantages are data
+        adv = seq_adv[:, None] * _mask_as(mask, seq_adv.dtype)  # [B, T], 0 on padding
+        if penalty is not None:
+            adv = adv - self.beta * penalty
         adv = self.advantage.token_step(adv, mask, batch.group_size)  # identity except token whitening (REINFORCE++)
         return adv.detach()  # sg[A]: advantages are data
 
@@ -451,7 +460,8 @@ class Method:
         seq_adv = self._sequence_advantages(batch) if sequence_advantages is None else sequence_advantages
         weights = self.rollout_weights(batch)
         total, diagnostics = self._loss_given_advantages(logp, batch.logp_old, batch.mask,
-                                                         self._advantages(batch, seq_adv), batch.logp_ref, weights,
+                                                         self._advantages(batch, seq_adv, for_loss=True),
+                                                         batch.logp_ref, weights,
                                                          check_total)
         if weights is not None:
             diagnostics.defer(lambda: self.rollout_diagnostics(batch, weights))

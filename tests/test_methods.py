@@ -23,7 +23,7 @@ from rlkl.losses import RPGClip, aggregate, kl_loss, ppo_clip_loss
 from rlkl.toy.terms import TERMS
 from rlkl.components import (GSPO, RPG, AggMode, Aggregation, Estimator, FutureReturn, GroupCentered,
                              GroupStandardized, KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, Raw, Reinforce,
-                             PassAtK, RewardForm, RPGLevel, Std)
+                             PassAtK, RewardForm, RPGLevel, Std, TokenWhitened)
 from rlkl.integrations.flags import from_trl, from_verl
 from rlkl.methods import REGISTRY, Method, Objective, RolloutBatch, get_method, list_methods
 from strategies import token_batches
@@ -184,6 +184,54 @@ def test_advantages_for_each_placement():
     assert torch.allclose(REGISTRY["dr_grpo"].advantages(batch), group_centered(R, G)[:, None] * m)
     for mth in REGISTRY.values():
         assert not mth.advantages(batch).requires_grad
+
+
+class _PPOClipReadingPadding(PPOClip):
+    """PPO clip declared as reading the advantages on padding (a user's loss: the base class's safe default)."""
+
+    reads_padding_advantages = True
+
+
+@pytest.mark.parametrize("name, row_view", [("grpo", True), ("rpg_reinforce_urkl_seq", True), ("gspo", True),
+                                            ("reinforce_pp_baseline", False),  # token whitening steps the token advantages
+                                            ("frpo", False)])  # FutureReturn: a token penalty in the advantages
+def test_policy_loss_gets_one_advantage_per_row_only_where_nothing_varies_along_the_row(monkeypatch, name, row_view):
+    """Method.loss hands a built-in policy loss the [B] advantages as a stride-0 [B, T] view (one value per row, no
+    [B, T] pass) unless a token penalty or token whitening makes them vary along the row; a loss that may read
+    padding advantages gets them 0 there, as Method.advantages gives them. The loss and gradient are the same."""
+    method = get_method(name)
+    if method.has_kl:
+        method = method.replace(beta=0.05)  # every KL path active
+    logp, batch = make_batch()
+    seen = []
+
+    def spy(cls):
+        terms = cls.terms
+        monkeypatch.setattr(cls, "terms", lambda self, lp, lo, adv, mask, beta: (seen.append(adv), terms(
+            self, lp, lo, adv, mask, beta))[1])
+
+    spy(type(method.policy_loss))
+    loss, grad, _ = loss_and_grad(method, logp, batch)
+    materialized = method.advantages(batch)  # [B, T], 0 on padding
+    adv = seen[-1]
+    assert (adv.stride(-1) == 0) == row_view
+    if row_view:  # each row's value, also on its padding
+        assert torch.equal(adv, method.sequence_advantages(batch)[:, None].expand_as(adv))
+        assert torch.equal(adv[batch.mask], materialized[batch.mask]) and bool((materialized[~batch.mask] == 0).all())
+    else:
+        assert torch.equal(adv, materialized)
+    if name == "grpo":  # the same method with a loss that reads padding: materialized advantages, the same loss
+        pl = method.policy_loss
+        other = method.replace(policy_loss=_PPOClipReadingPadding(pl.low, pl.high, pl.dual))
+        spy(_PPOClipReadingPadding)
+        loss2, grad2, _ = loss_and_grad(other, logp, batch)
+        assert seen[-1].stride(-1) != 0 and torch.equal(seen[-1], materialized)
+        assert torch.equal(loss2, loss) and torch.equal(grad2, grad)
+
+
+def test_steps_tokens_names_the_advantages_with_a_token_step():
+    assert TokenWhitened().steps_tokens
+    assert not any(a.steps_tokens for a in (GroupStandardized(), GroupCentered(), Raw(), LeaveOneOut()))
 
 
 def test_grpo_loss_is_the_composition_of_library_terms():
