@@ -193,7 +193,7 @@ class _PPOClipReadingPadding(PPOClip):
 
 
 @pytest.mark.parametrize("name, row_view", [("grpo", True), ("rpg_reinforce_urkl_seq", True), ("gspo", True),
-                                            ("reinforce_pp_baseline", False),  # token whitening steps the token advantages
+                                            ("reinforce_pp_baseline", False),  # token whitening: a token step
                                             ("frpo", False)])  # FutureReturn: a token penalty in the advantages
 def test_policy_loss_gets_one_advantage_per_row_only_where_nothing_varies_along_the_row(monkeypatch, name, row_view):
     """Method.loss hands a built-in policy loss the [B] advantages as a stride-0 [B, T] view (one value per row, no
