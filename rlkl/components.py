@@ -205,7 +205,8 @@ class PolicyLoss:
         on inputs the caller validated — what ``Method.loss`` runs: the diagnostics cost nothing until read, and
         the loss's entries where ``mask`` is False are unspecified (the aggregation masks them), and so are the
         advantages' when ``reads_padding_advantages`` is False (a response's own value, read through a stride-0
-        view). The default evaluates ``__call__``; the built-in losses run their kernels directly."""
+        view). A loss that is one value per response may return it ``[B, 1]`` (each token's loss; sequence-level
+        RPG does). The default evaluates ``__call__``; the built-in losses run their kernels directly."""
         out = self(logp, logp_old, advantages, mask, beta)
         return out.loss, lambda i: out[i + 1]
 

@@ -202,7 +202,9 @@ def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | 
     ``seq-mean-token-sum-norm`` default C = T).
 
     Args:
-      loss: ``[B, T]`` per-token loss; mask: ``[B, T]`` bool.
+      loss: ``[B, T]`` per-token loss, or ``[B, 1]``: one value per response, the loss of each of its tokens (a
+        sequence-level loss spread over the response; the same result as its ``[B, T]`` broadcast, without the
+        ``[B, T]`` passes); mask: ``[B, T]`` bool.
       mode: one of ``AGGREGATION_MODES``.
       horizon: constant C for ``seq-mean-token-sum-norm``.
     Returns:
@@ -211,7 +213,8 @@ def aggregate(loss: Tensor, mask: Tensor, mode: AggregationMode, horizon: int | 
     def check():
         check_choice("aggregation", mode, AGGREGATION_MODES)
         check_float("loss", loss, ndim=2)
-        check_mask("mask", mask, loss.shape)
+        per_row = loss.shape[1] == 1 and isinstance(mask, Tensor) and mask.dim() == 2
+        check_mask("mask", mask, (loss.shape[0], mask.shape[1]) if per_row else loss.shape)
         return check_int("horizon", horizon, low=1, allow_none=True)
 
     return _aggregate(loss, mask, mode, validated(check, loss, mask=mask))
@@ -223,6 +226,8 @@ def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Te
     # are finite give a finite token-mean / seq-mean-token-mean even when Σ l·m exceeds the dtype; only a value
     # that itself exceeds the dtype (a token *sum* beyond float32's 3.4e38) overflows. No boolean indexing.
     # Each mode builds only what it reads (the float mask, the lengths, B'): the same values, fewer passes.
+    if loss.shape[1] == 1 and mask.shape[1] != 1:
+        return _aggregate_rows(loss, mask, mode, horizon)
     lx = torch.where(mask, loss, 0.0)
     if mode == "token-mean":
         m = _mask_as(mask, loss.dtype)
@@ -241,6 +246,24 @@ def _aggregate(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Te
         return (lx.sum(-1) / n_seq).sum()
     C = loss.shape[1] if horizon is None else horizon
     return (lx / (loss.shape[0] * C)).sum()
+
+
+def _aggregate_rows(loss: Tensor, mask: Tensor, mode: str, horizon: int | None) -> Tensor:
+    """:func:`_aggregate` of a ``[B, 1]`` loss x_i on each of the response's k_i = Σ_t m_{i,t} tokens: Σ_t m x_i =
+    k_i x_i, so the only ``[B, T]`` pass is the count k (forward and backward run on ``[B, 1]``). Rows without a
+    token contribute 0 whatever x_i holds there (as the masked ``[B, T]`` sums)."""
+    k = mask.view(torch.uint8).sum(-1, keepdim=True, dtype=loss.dtype)  # [B, 1] k_i, exact counts
+    has = k > 0
+    x = torch.where(has, loss, 0.0)  # [B, 1]
+    if mode == "token-mean":
+        return (x * (k / k.sum())).sum()  # Σ_i k_i x_i / Σ_i k_i, scaled before summing
+    n_seq = has.sum(dtype=loss.dtype)  # B'
+    if mode == "seq-mean-token-mean":
+        return (x / n_seq).sum()  # (Σ_t m x_i)/k_i = x_i
+    if mode == "seq-mean-token-sum":
+        return (x * k / n_seq).sum()
+    C = mask.shape[1] if horizon is None else horizon
+    return (x * (k / (loss.shape[0] * C))).sum()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -621,7 +644,7 @@ def rpg_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, d
     validated(check, logp, logp_old, advantages, mask=mask, rows=level == "sequence")
     loss, diagnostics = _rpg(logp, logp_old, advantages, mask, divergence, form, float(beta), level, clip,
                              float(z_old))
-    if level == "sequence":  # 0 on padding (the token level is masked already)
+    if level == "sequence":  # [B, 1] → [B, T]: each token's ℓ_i/|y_i|, 0 on padding (the token level is masked)
         loss = torch.where(mask, loss, 0.0)
     return PolicyLossOutput.lazy(loss, diagnostics)
 
@@ -671,8 +694,9 @@ def _rpg_alg2(w: Tensor, log_w: Tensor, lp: Tensor, adv: Tensor, divergence: str
 
 def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, divergence: str, form: str, beta: float,
          level: str, clip: RPGClip | None, z_old: float) -> tuple[Tensor, DiagnosticsThunk]:
-    """:func:`rpg_loss` on validated inputs: (per-token loss, diagnostics thunk); the token-level loss is 0 where
-    ``mask`` is False, the sequence-level one holds the row's value there (the caller masks it)."""
+    """:func:`rpg_loss` on validated inputs: (loss, diagnostics thunk). Token level: the ``[B, T]`` per-token loss,
+    0 where ``mask`` is False. Sequence level: ``[B, 1]`` ℓ_i/|y_i|, the loss of each of the response's tokens (the
+    caller broadcasts it over the mask, or aggregates it as is: ``aggregate`` takes a ``[B, 1]`` loss)."""
     m = _mask_as(mask, logp.dtype)
     lengths = None if level == "token" else m.sum(-1, keepdim=True)  # [B, 1] |y_i|
     log_w, lp, adv, sample_mask = _rpg_samples(logp, logp_old, advantages, mask, m, level, lengths)
@@ -699,10 +723,9 @@ def _rpg(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, diver
     else:
         per_sample, low, high, dual = _rpg_alg2(w, log_w, lp, adv, divergence, beta, z_old, clip)
 
-    # sequence: ℓ_i/|y_i| on each of its tokens, divided per row and spread as a stride-0 [B, T] view: no [B, T]
-    # pass forward, and the backward sums the row's token gradients (one reduction, no product with the mask). Its
-    # padding entries hold ℓ_i/|y_i| too: the aggregation (or rpg_loss) masks them
-    loss = per_sample * m if level == "token" else (per_sample / lengths).expand(m.shape)
+    # sequence: ℓ_i/|y_i| on each of its tokens, one [B, 1] value per row: the aggregation multiplies it by the
+    # row's token count (no [B, T] pass forward or backward); rpg_loss broadcasts it over the mask
+    loss = per_sample * m if level == "token" else per_sample / lengths
     w_sg = w.detach()
 
     conds = () if clip is None else (lambda: low, lambda: high, lambda: dual)

@@ -386,7 +386,10 @@ class Method:
                                ) -> tuple[Tensor, "Diagnostics"]:
         """:meth:`loss_given_advantages` on validated inputs (no host sync; ``check_total``: a deferred check
         that the loss is finite)."""
+        # [B, T], or [B, 1]: one value per response, each of its tokens' loss (`PolicyLoss.terms`)
         per_token, policy_diagnostics = self.policy_loss.terms(logp, logp_old, advantages, mask, self.beta)
+        if per_token.shape[1] != mask.shape[1] and type(self.aggregation).__call__ is not Aggregation.__call__:
+            per_token = per_token.expand(mask.shape)  # a user's aggregation gets the [B, T] loss it documents
         policy_part = per_token.detach()
         if token_weights is not None:
             per_token = per_token * token_weights.detach()  # data weights, no gradient

@@ -185,6 +185,30 @@ def test_aggregation_by_hand():
     assert aggregate(loss, m, "seq-mean-token-sum-norm", horizon=2).item() == 0.75  # 3/(2·2)
 
 
+def test_aggregation_of_one_value_per_response_by_hand():
+    # a [B, 1] loss x_i counts once per valid token of row i: rows x = 2 (3 tokens) and x = 4 (1 token), as the
+    # [B, T] losses [2, 2, 2] and [4, pad, pad]
+    x = t([[2.0], [4.0]])
+    m = torch.tensor([[True, True, True], [True, False, False]])
+    assert aggregate(x, m, "token-mean").item() == 2.5  # (2·3 + 4·1)/4
+    assert aggregate(x, m, "seq-mean-token-mean").item() == 3.0  # (6/3 + 4/1)/2
+    assert aggregate(x, m, "seq-mean-token-sum").item() == 5.0  # (6 + 4)/2
+    assert aggregate(x, m, "seq-mean-token-sum-norm", horizon=4).item() == 1.25  # (6 + 4)/(2·4)
+    assert aggregate(x, m, "seq-mean-token-sum-norm").item() == pytest.approx(10 / 6, rel=1e-15)  # C = T = 3
+    # a row with no valid token adds nothing (B' = 1 for the seq-mean modes, B = 2 for sum-norm)
+    x, m = t([[1.5], [5.0]]), torch.tensor([[True, True], [False, False]])
+    assert aggregate(x, m, "token-mean").item() == 1.5  # (1.5·2)/2
+    assert aggregate(x, m, "seq-mean-token-mean").item() == 1.5
+    assert aggregate(x, m, "seq-mean-token-sum").item() == 3.0  # 1.5·2/1
+    assert aggregate(x, m, "seq-mean-token-sum-norm", horizon=2).item() == 0.75  # 3/(2·2)
+    # gradient of seq-mean-token-sum w.r.t. x_i: k_i/B' = (2, 0)
+    xg = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(aggregate(xg, m, "seq-mean-token-sum"), xg)
+    assert g.tolist() == [[2.0], [0.0]]
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 2\), expected \(3, 2\)"):
+        aggregate(t([[1.0], [2.0], [3.0]]), m, "token-mean")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # (2) slow loop references
 
@@ -455,6 +479,22 @@ def test_aggregation_matches_loop(tb, data):
         for horizon in ((None, 7) if mode == "seq-mean-token-sum-norm" else (None,)):
             ref = loop_aggregate(loss.tolist(), tb.mask.tolist(), mode, horizon)
             assert aggregate(loss, tb.mask, mode, horizon).item() == pytest.approx(ref, rel=1e-12, abs=1e-12)
+
+
+@given(tb=token_batches(), data=st.data())
+def test_aggregation_of_one_value_per_response_matches_loop(tb, data):
+    # [B, 1] against the loop over its [B, T] broadcast (value), and its gradient against the broadcast's row sums
+    B = tb.logp.shape[0]
+    x = data.draw(float_tensors((B, 1), -5.0, 5.0))
+    spread = x.expand(tb.mask.shape).contiguous()
+    for mode in AGGREGATION_MODES:
+        for horizon in ((None, 7) if mode == "seq-mean-token-sum-norm" else (None,)):
+            ref = loop_aggregate(spread.tolist(), tb.mask.tolist(), mode, horizon)
+            assert aggregate(x, tb.mask, mode, horizon).item() == pytest.approx(ref, rel=1e-12, abs=1e-12), mode
+            xg, sg = x.clone().requires_grad_(), spread.clone().requires_grad_()
+            (g,) = torch.autograd.grad(aggregate(xg, tb.mask, mode, horizon), xg)
+            (gs,) = torch.autograd.grad(aggregate(sg, tb.mask, mode, horizon), sg)
+            assert close(g, (gs * tb.mask).sum(-1, keepdim=True), rtol=1e-12, atol=1e-14), mode
 
 
 # ---------------------------------------------------------------------------------------------------------------

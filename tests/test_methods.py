@@ -229,6 +229,37 @@ def test_policy_loss_gets_one_advantage_per_row_only_where_nothing_varies_along_
         assert torch.equal(loss2, loss) and torch.equal(grad2, grad)
 
 
+@dataclasses.dataclass(frozen=True)
+class _AggregationSeeingShapes(Aggregation):
+    """A user's aggregation: records the loss shape it is given, then aggregates as the built-in one."""
+
+    seen: list = dataclasses.field(default_factory=list, compare=False)
+
+    def __call__(self, loss, mask):
+        self.seen.append(tuple(loss.shape))
+        return aggregate(loss, mask, self.mode.value, self.horizon)
+
+
+def test_sequence_level_rpg_hands_the_aggregation_one_value_per_response():
+    """Sequence-level RPG's terms are [B, 1] (ℓ_i/|y_i| each token's loss): the built-in aggregation counts it
+    |y_i| times, a user's aggregation gets it spread to [B, T]; the loss and gradient are those of the [B, T]
+    broadcast, and equal the hand formula (1/B) Σ_i ℓ_i with ℓ_i = −sg[Weight_i]·Σ_t log π."""
+    method = get_method("rpg_reinforce_urkl_seq").replace(advantage=Raw(), beta=0.1)
+    logp, batch = make_batch()
+    loss, grad, _ = loss_and_grad(method, logp, batch)
+    user = method.replace(aggregation=_AggregationSeeingShapes(AggMode.SEQ_MEAN_TOKEN_SUM))
+    loss2, grad2, _ = loss_and_grad(user, logp, batch)
+    B, T = batch.mask.shape
+    assert user.aggregation.seen[0] == (B, T)
+    assert torch.allclose(loss2, loss, rtol=1e-14, atol=0) and torch.allclose(grad2, grad, rtol=1e-14, atol=1e-16)
+    m = batch.mask.to(F64)
+    lp, log_w = (logp * m).sum(-1), ((logp - batch.logp_old) * m).sum(-1)  # [B]
+    w, A = log_w.exp(), batch.rewards  # Raw advantage
+    weight = w * (A - 0.1 * log_w)  # URKL, REINFORCE form: Weight = w(A − β log w)
+    assert torch.allclose(loss, (-weight * lp).mean(), rtol=1e-13, atol=0)
+    assert torch.allclose(grad, (-weight[:, None] * m) / B, rtol=1e-13, atol=1e-16)
+
+
 def test_steps_tokens_names_the_advantages_with_a_token_step():
     assert TokenWhitened().steps_tokens
     assert not any(a.steps_tokens for a in (GroupStandardized(), GroupCentered(), Raw(), LeaveOneOut()))

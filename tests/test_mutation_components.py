@@ -94,9 +94,11 @@ def test_rpg_urkl_reinforce_by_hand(via_terms):
     tok = 2 * (1 - 0.5 * LN2) * LN2
     torch.testing.assert_close(loss_of(RPG()), _t([tok, tok]), rtol=1e-14, atol=0)
     # sequence level: log w = 2 ln 2 (w = 4), lp = −2 ln 2, Weight = 4(1 − ½·2 ln 2) = 4 − 4 ln 2 = 1.227411,
-    # ℓ = 1.227411·1.386294 = 1.701553, spread as ℓ/|y| = 0.850777 on each token
+    # ℓ = 1.227411·1.386294 = 1.701553, spread as ℓ/|y| = 0.850777 on each token (`terms` gives that one value
+    # per response, [B, 1], which the aggregation counts |y| times)
     seq = (4 - 4 * LN2) * 2 * LN2 / 2
-    torch.testing.assert_close(loss_of(RPG(level="sequence")), _t([seq, seq]), rtol=1e-14, atol=0)
+    torch.testing.assert_close(loss_of(RPG(level="sequence")), _t([seq] if via_terms else [seq, seq]), rtol=1e-14,
+                               atol=0)
     # RPG-Style Clip (Alg. 2), ε_high = 0.28: A' = A + C/w with C = Weight − wA = −0.693147 ⇒ A' = 0.653426 >= 0
     # and w = 2 >= 1.28: the high branch's constant (A + C/1.28)·ℓ·1.28 = (1.28 − ln 2)·ln 2 = 0.406775
     clipped = (1.28 - LN2) * LN2

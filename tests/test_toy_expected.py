@@ -141,3 +141,59 @@ def test_first_rows_route_equals_brute_force(name, eos, real):
     eg = expected_gradient(m, mdp, pi, old, ref, group_size=3, route="exchangeable", class_by="reward")
     bf = brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=3)
     assert _rel(eg.grad, bf) < 1e-12
+
+
+def test_fixed_policies_tables_are_reused_while_theta_holds_its_values():
+    # π_old's and π_ref's node tables (and π_old's response sums) are kept between calls; each of the ways θ can
+    # change — in place, through .data, a new tensor — rebuilds them: the result equals that of fresh policies
+    # built from the same values (which share no cache)
+    from rlkl.toy import expected as E
+
+    mdp, pi, old, ref = _setup(V=3, T=3, eos=True, off=True, seed=5)
+    m = get_method("grpo").replace(beta=0.3)  # reads π_ref (its k3 loss) and π_old (ratio, sampling)
+
+    def fresh():
+        return expected_gradient(m, mdp, pi, TabularPolicy(mdp, old.theta.detach()),
+                                 TabularPolicy(mdp, ref.theta.detach()), group_size=2).grad
+
+    g0 = expected_gradient(m, mdp, pi, old, ref, group_size=2).grad
+    table = E._TABLE_CACHE[ref][1]
+    assert torch.equal(g0, fresh()) and "sums" in E._TABLE_CACHE[old][2]
+    assert torch.equal(expected_gradient(m, mdp, pi, old, ref, group_size=2).grad, g0)
+    assert E._TABLE_CACHE[ref][1] is table  # reused, not rebuilt
+    changes = (lambda: ref.theta.data.mul_(2.0),  # .data: θ's version counter does not move (a shift of all
+               # logits would not change the policy)
+               lambda: old.theta.data.mul_(0.3),
+               lambda: setattr(ref, "theta", torch.zeros_like(ref.theta, requires_grad=True)))
+    for change in changes:
+        change()
+        g = expected_gradient(m, mdp, pi, old, ref, group_size=2).grad
+        assert torch.equal(g, fresh()) and not torch.equal(g, g0)
+        g0 = g
+    with torch.no_grad():
+        old.theta.mul_(1.5)  # in place
+    g = expected_gradient(m, mdp, pi, old, ref, group_size=2).grad
+    assert torch.equal(g, fresh()) and not torch.equal(g, g0)
+    assert _rel(g, brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=2)) < 1e-12
+
+
+def test_a_policy_with_its_own_log_probs_is_not_cached():
+    from rlkl.toy import expected as E
+
+    class Tempered(TabularPolicy):  # reads state besides θ: its table cannot be keyed on θ
+        temperature = 1.0
+
+        def node_log_probs(self, theta=None):
+            return torch.log_softmax(self._theta(theta) / self.temperature, -1)
+
+        def _new(self, theta):
+            return Tempered(self.mdp, theta)
+
+    mdp, pi, _, _ = _setup(V=3, T=3, seed=6)
+    ref = Tempered(mdp, TabularPolicy.random(mdp, seed=9).theta.detach())
+    m = get_method("grpo").replace(beta=0.3)
+    g1 = expected_gradient(m, mdp, pi, None, ref, group_size=2).grad
+    ref.temperature = 3.0
+    g2 = expected_gradient(m, mdp, pi, None, ref, group_size=2).grad
+    assert ref not in E._TABLE_CACHE and not torch.equal(g1, g2)
+    assert _rel(g2, brute_force_expected_gradient(m, mdp, pi, None, ref, group_size=2)) < 1e-12

@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -42,7 +43,7 @@ import torch
 from rlkl._checks import check_float, deferring, require, trusted, values_trusted
 from rlkl.options import AggMode, coerce
 from rlkl.toy.mdp import TreeMDP, threads_for  # noqa: F401  (threads_for re-exported)
-from rlkl.toy.policies import Policy
+from rlkl.toy.policies import Policy, TabularPolicy
 
 Tensor = torch.Tensor
 
@@ -175,11 +176,12 @@ class _Tokens:
     ``[P, S·V]`` is kept and each chunk gathers its own rows (`rows`): the same values, bit for bit, as the whole
     array, which is built only when read whole (`full`). Another policy gives the whole array at once."""
 
-    __slots__ = ("table", "flat", "mask", "N", "T", "_full")
+    __slots__ = ("table", "flat", "mask", "N", "T", "_full", "memo")
 
     def __init__(self, table: Optional[Tensor], flat: Optional[Tensor], mask: Optional[Tensor], N: int, T: int,
-                 full: Optional[Tensor] = None):
+                 full: Optional[Tensor] = None, memo: Optional[dict] = None):
         self.table, self.flat, self.mask, self.N, self.T, self._full = table, flat, mask, N, T, full
+        self.memo = {} if memo is None else memo  # values derived from the table alone (`_sequence_sums`)
 
     def full(self) -> Tensor:
         if self._full is None:
@@ -456,6 +458,8 @@ def _token_logp(policy: Policy, keep_graph: bool) -> tuple[_Tokens, Any]:
     the ``[P·N, T]`` gather (nor that array); a policy with its own ``token_logp`` through autograd."""
     mdp = policy.mdp
     N, T = mdp.num_responses, mdp.horizon
+    if not keep_graph and _table_cacheable(policy):
+        return _cached_tokens(policy), None
     if type(policy).token_logp is not Policy.token_logp:
         graph = policy.token_logp() if keep_graph else None
         with torch.no_grad():
@@ -468,6 +472,43 @@ def _token_logp(policy: Policy, keep_graph: bool) -> tuple[_Tokens, Any]:
     mask = None if mdp.fixed_length else mdp.enumerate().mask
     tokens = _Tokens(src.reshape(src.shape[0], -1), flat, mask, N, T)
     return tokens, (_NodeGraph(nlp, flat, None if mask is None else mask.reshape(-1)) if keep_graph else None)
+
+
+#: `_cached_tokens`: per policy read without its graph, (a copy of θ, its node table, the memo of values derived from
+#: the table, the tree they were built on)
+_TABLE_CACHE: "weakref.WeakKeyDictionary[Policy, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _table_cacheable(policy: Policy) -> bool:
+    """True for a policy whose token log-probs are a function of θ alone, through rlkl's own code: a
+    `TabularPolicy` that keeps its `node_log_probs` and the generic `Policy.token_logp` (a user's override may read
+    other state)."""
+    cls = type(policy)
+    return (isinstance(policy, TabularPolicy) and cls.node_log_probs is TabularPolicy.node_log_probs
+            and cls.token_logp is Policy.token_logp)
+
+
+def _cached_tokens(policy: Policy) -> _Tokens:
+    """`_token_logp` of a policy read without its graph (π_old, π_ref), its node table reused from the last call
+    while θ holds the same values.
+
+    A training loop or a sweep evaluates many gradients against one fixed π_ref (and one π_old per outer step): the
+    log-softmax of its ``[P, S, V]`` logits and the prefix sums of its responses' log-probs (`_sequence_sums`) are
+    then built once. The check is on θ's values (``torch.equal`` with a copy, one read of θ), not on its version
+    counter, so any change — in place, through ``.data``, or a new tensor — rebuilds the table."""
+    mdp = policy.mdp
+    theta = policy.theta.detach()
+    hit = _TABLE_CACHE.get(policy)
+    if (hit is None or hit[3] is not mdp or hit[0].shape != theta.shape or hit[0].dtype != theta.dtype
+            or not torch.equal(hit[0], theta)):
+        with torch.no_grad():
+            src = policy.node_log_probs()  # [P, S, V]
+        hit = (theta.clone(), src.reshape(src.shape[0], -1), {}, mdp)
+        _TABLE_CACHE[policy] = hit
+    mask = None if mdp.fixed_length else mdp.enumerate().mask
+    # a fresh wrapper per call (its whole [P·N, T] array, when read, is not kept past the call); the table and
+    # the memo are shared
+    return _Tokens(hit[1], _flat_token_index(mdp), mask, mdp.num_responses, mdp.horizon, memo=hit[2])
 
 
 def _prefix_index(mdp: TreeMDP) -> tuple[list[tuple[int, int, Tensor]], Tensor, Tensor]:
@@ -503,13 +544,16 @@ def _sequence_sums(tokens: _Tokens, mdp: TreeMDP) -> Tensor:
     tokens added left to right, O(nodes + responses) instead of a pass over ``[P·N, T]``."""
     if tokens.table is None:
         return tokens.full().sum(-1)
+    if "sums" in tokens.memo:
+        return tokens.memo["sums"]
     table = tokens.table  # [P, S·V]
     levels, last_node, last_flat = _prefix_index(mdp)
     cum = torch.zeros(table.shape[0], mdp.num_nodes, dtype=table.dtype)
     for start, stop, parent_flat in levels:
         cum[:, start:stop] = cum.index_select(1, torch.div(parent_flat, mdp.vocab_size, rounding_mode="floor")) \
             + table.index_select(1, parent_flat)
-    return (cum.index_select(1, last_node) + table.index_select(1, last_flat)).reshape(-1)
+    sums = tokens.memo["sums"] = (cum.index_select(1, last_node) + table.index_select(1, last_flat)).reshape(-1)
+    return sums
 
 
 def make_batch(data: _Data, rows: Tensor, group_size: int):
