@@ -1,6 +1,10 @@
 """TreeMDP: enumeration layout, construction from arrays/functions, seeded constructors, clear errors."""
 
 import itertools
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -236,3 +240,31 @@ def test_process_start_is_in_the_past():
 
     start = M._process_start()
     assert start <= time.monotonic()
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from rlkl.toy.mdp import retain_freed_memory
+print(retain_freed_memory(), retain_freed_memory())
+for _ in range(4):  # 20 blocks of 2 MiB written, then freed: the pages are faulted in again unless glibc kept them
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.ones(262144, dtype=torch.float64) for _ in range(20)]
+    del blocks
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings are glibc's")
+def test_retain_freed_memory_keeps_freed_pages_unless_opted_out():
+    # the engine's allocator setting, in fresh processes: once set, the fourth round of 40 MiB of temporaries
+    # faults (almost) nothing in; with RLKL_MALLOC_DEFAULTS=1 glibc returns them and every round faults ~10,000
+    # pages (40 MiB / 4 KiB) again
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env}).stdout.split()
+        return out[0], out[1], int(out[2])
+
+    kept = run(RLKL_MALLOC_DEFAULTS="0")
+    assert kept[:2] == ("True", "True") and kept[2] < 1000, kept
+    default = run(RLKL_MALLOC_DEFAULTS="1")
+    assert default[:2] == ("False", "False") and default[2] > 5000, default

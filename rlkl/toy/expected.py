@@ -42,7 +42,7 @@ import torch
 
 from rlkl._checks import check_float, deferring, require, trusted, values_trusted
 from rlkl.options import AggMode, coerce
-from rlkl.toy.mdp import TreeMDP, threads_for  # noqa: F401  (threads_for re-exported)
+from rlkl.toy.mdp import SMALL_PROBLEM_SLOTS, TreeMDP, retain_freed_memory, threads_for  # noqa: F401 (re-exported)
 from rlkl.toy.policies import Policy, TabularPolicy
 
 Tensor = torch.Tensor
@@ -1045,6 +1045,8 @@ def expected_gradient(method: Any, mdp: TreeMDP, policy: Policy, behaviour: Opti
     Returns:
       `ExpectedGradient` (``grad`` shaped like ``policy.theta``).
     """
+    if mdp.num_prompts * mdp.num_responses * mdp.horizon >= SMALL_PROBLEM_SLOTS:
+        retain_freed_memory()  # chunks reuse freed pages instead of faulting them in again (glibc)
     with threads_for(mdp):
         return _expected_gradient(method, mdp, policy, behaviour, ref, group_size, route, class_by, max_groups,
                                   chunk_slots, sampler)
