@@ -348,6 +348,8 @@ def _ppo_clip(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, 
     """:func:`ppo_clip_loss` on validated inputs: (per-token loss, diagnostics thunk); the loss is
     not masked (padding entries are whatever the formula gives there): the caller masks it."""
     A = advantages.detach()  # sg[A]
+    if A.stride(-1) == 0:  # one value per row (`Method.loss`'s stride-0 view): [B, 1], broadcast by each product
+        A = A[:, :1]
     neg_a = -A
     log_ratio = torch.clamp(logp - logp_old.detach(), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)

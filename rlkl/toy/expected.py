@@ -373,26 +373,32 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         # then look at the row itself). π_θ's (and π_ref's) are needed only where a check reads them.
         sum_old = _sequence_sums(tok_old, mdp)
         sum_pi = sum_old if tok_old is tok else None
-        seq_old = (sum_old if sampled is None else sampled.token_logp().sum(-1)).reshape(P, N)
-        q = torch.softmax(seq_old, dim=-1)
+        if sampled is None:  # q = π_old's response distribution, kept with its table (`_cached_tokens`)
+            memo = tok_old.memo
+            if "q" not in memo:
+                memo["q"] = torch.softmax(sum_old.reshape(P, N), dim=-1)
+                memo["q_has_zero"] = bool((memo["q"] == 0).any())
+            q, q_has_zero = memo["q"], memo["q_has_zero"]
+        else:
+            q = torch.softmax(sampled.token_logp().sum(-1).reshape(P, N), dim=-1)
         all_finite = _all_finite(tok) and (tok_old is tok or _all_finite(tok_old))
     live = mdp.prompt_probs > 0
     if sampled is not None:
         _check_sampler_support(mdp, q, tok_old.full(), live)
-    bad = (q == 0) & live[:, None]  # then where the target has mass (its exp is read only where q = 0)
-    if sampled is None and bool(bad.any()):
+    bad = None
+    if sampled is None and q_has_zero:
+        bad = (q == 0) & live[:, None]  # then where the target has mass (its exp is read only where q = 0)
         sum_pi = _sequence_sums(tok, mdp) if sum_pi is None else sum_pi
         bad = bad & (sum_pi.reshape(P, N).exp() > 0)
-    if sampled is None and bool(bad.any()):
+    if bad is not None and bool(bad.any()):
         # under a sampler, the cut mass is the bias being measured
         x, n = [int(v) for v in bad.nonzero()[0]]
         raise ValueError(
             f"behaviour policy has zero probability where the target policy has mass ({int(bad.sum())} response(s), "
             f"e.g. prompt {x}, response {mdp.responses()[n]}): the expected gradient under π_old cannot see them; "
             "use a behaviour policy with full support on the target's support")
-    support = (q > 0).reshape(-1)
     if ref is not None and not _all_finite(tok_ref) and not _rows_finite(
-            tok_ref, sum_old if tok_ref is tok_old else _sequence_sums(tok_ref, mdp), support):
+            tok_ref, sum_old if tok_ref is tok_old else _sequence_sums(tok_ref, mdp), (q > 0).reshape(-1)):
         raise ValueError("the reference policy has zero probability on a response in the support of the behaviour "
                          "policy: the KL to π_ref is infinite")
     e = mdp.enumerate()
