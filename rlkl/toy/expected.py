@@ -373,14 +373,7 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         # then look at the row itself). π_θ's (and π_ref's) are needed only where a check reads them.
         sum_old = _sequence_sums(tok_old, mdp)
         sum_pi = sum_old if tok_old is tok else None
-        if sampled is None:  # q = π_old's response distribution, kept with its table (`_cached_tokens`)
-            memo = tok_old.memo
-            if "q" not in memo:
-                memo["q"] = torch.softmax(sum_old.reshape(P, N), dim=-1)
-                memo["q_has_zero"] = bool((memo["q"] == 0).any())
-            q, q_has_zero = memo["q"], memo["q_has_zero"]
-        else:
-            q = torch.softmax(sampled.token_logp().sum(-1).reshape(P, N), dim=-1)
+        q, q_has_zero = _behaviour_q(tok_old, sum_old, sampled, P, N)
         all_finite = _all_finite(tok) and (tok_old is tok or _all_finite(tok_old))
     live = mdp.prompt_probs > 0
     if sampled is not None:
@@ -413,6 +406,18 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
         data.logp_rollout = sampled.reported_token_logp()
         data.kept_logmass = sampled.kept_logmass(sampled.base)
     return data
+
+
+def _behaviour_q(tok_old: _Tokens, sum_old: Tensor, sampled: Any, P: int, N: int) -> tuple[Tensor, bool]:
+    """(``[P, N]`` q, the distribution groups are drawn from — π_old's, or the sampler's — and whether some q is 0).
+    π_old's is kept in its table's memo (`_cached_tokens`: one softmax and one scan per table, not per call)."""
+    if sampled is not None:
+        return torch.softmax(sampled.token_logp().sum(-1).reshape(P, N), dim=-1), True
+    memo = tok_old.memo
+    if "q" not in memo:
+        memo["q"] = torch.softmax(sum_old.reshape(P, N), dim=-1)
+        memo["q_has_zero"] = bool((memo["q"] == 0).any())
+    return memo["q"], memo["q_has_zero"]
 
 
 def _check_sampler_support(mdp: TreeMDP, q: Tensor, logp_old: Tensor, live: Tensor) -> None:
