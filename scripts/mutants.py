@@ -254,6 +254,8 @@ MUTANTS: list[Mutant] = [
     Mutant("rpg-seq-lp-first-token", _L, "lp = (logp * m).sum(-1, keepdim=True)  # [B, 1] log π_θ(y)",
            "lp = logp[:, :1]  # [B, 1] log π_θ(y)",
            "sequence-level RPG: log π_θ(y) is the first token's log-prob only"),
+    Mutant("agg-rows-no-count", _L, "return (x * k / n_seq).sum()", "return (x / n_seq).sum()",
+           "seq-mean-token-sum of a one-value-per-response ([B, 1]) loss counts each response once, not per token"),
     Mutant("rpg-seq-no-spread", _L,
            "loss = per_sample * m if level == \"token\" else per_sample / lengths",
            "loss = per_sample * m if level == \"token\" else per_sample",
