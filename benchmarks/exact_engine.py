@@ -11,7 +11,11 @@ For each N (one prompt, V = 10, T = 3..6, so N = 10^T) it times `rlkl.toy.expect
 * ``grpo`` — GRPO with its k3 KL loss, G = 4, binary rewards, through the exchangeable/binomial route
   (N·G groups of G rows),
 
-and a per-response Python loop doing the same computation one response at a time (one `Method.loss` call and one
+The first call builds and caches the tree's enumeration and the fixed policies' node tables (π_old, π_ref: reused
+while their θ holds the same values, docs/audit.md); the repeats are what a training loop or a sweep against a fixed
+π_ref pays per evaluation. Before a large enumeration the engine lets glibc keep freed memory
+(`rlkl.toy.mdp.retain_freed_memory`; ``RLKL_MALLOC_DEFAULTS=1`` to measure without it). Each row is compared with
+a per-response Python loop doing the same computation one response at a time (one `Method.loss` call and one
 autograd pass per response, the straightforward implementation). The loop runs on min(N, 2000) responses and is
 extrapolated linearly (it is linear in N by construction). GRPO runs up to N = 10^5 (its exact route evaluates
 N·G groups of G rows). Timings are reported with 1 and 2 intra-op threads (on a loaded machine the engine itself
@@ -143,8 +147,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sizes = args.sizes or ([3, 4, 5] if args.quick else [3, 4, 5, 6])
     print(f"torch {torch.__version__}, float64, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
-    print("first = first call (builds and caches the enumeration); repeat = best of 3 later calls; bandwidth limit = the "
-          "minimal bytes (benchmarks/exact_engine.py: minimal_bytes) at the copy bandwidth measured now")
+    print("first = first call (builds and caches the enumeration and the fixed policies' tables); repeat = best of 3 "
+          "later calls; bandwidth limit = the minimal bytes (benchmarks/exact_engine.py: minimal_bytes) at the copy "
+          "bandwidth measured now")
     targets = {"rpg_urkl_seq": (10**6, 20.0), "grpo(G=4)": (10**5, 50.0)}
     results = []
     measured = {}
