@@ -384,6 +384,17 @@ class KLTerm:
         is False are unspecified (the aggregation masks them)."""
         return self.loss_term(logp, logp_ref, logp_old, mask)
 
+    @property
+    def penalizes_sequences(self) -> bool:
+        """True when :meth:`sequence_penalty` may return one — its class overrides it (the default returns None),
+        so a caller builds the rollout log-ratio it reads only then."""
+        return type(self).sequence_penalty is not KLTerm.sequence_penalty
+
+    @property
+    def penalizes_tokens(self) -> bool:
+        """True when :meth:`token_penalty` may return one — its class overrides it (the default returns None)."""
+        return type(self).token_penalty is not KLTerm.token_penalty
+
 
 @dataclass(frozen=True)
 class NoKL(KLTerm):

@@ -296,7 +296,7 @@ class Method:
 
     def _sequence_advantages(self, batch: "RolloutBatch") -> Tensor:
         rewards = batch.rewards
-        if self.kl_active:
+        if self.kl_active and self.kl.penalizes_sequences:  # (a KL loss has no reward part: no [B, T] log-ratio)
             penalty = self.kl.sequence_penalty(self._rollout_log_ratio(batch), batch.mask)
             if penalty is not None:
                 rewards = rewards - self.beta * penalty
@@ -320,7 +320,7 @@ class Method:
         mask = batch.mask
         seq_adv = self._sequence_advantages(batch) if sequence_advantages is None else sequence_advantages
         penalty = None
-        if self.kl_active:
+        if self.kl_active and self.kl.penalizes_tokens:
             penalty = self.kl.token_penalty(self._rollout_log_ratio(batch), mask)
         if (for_loss and penalty is None and not self.advantage.steps_tokens
                 and not self.policy_loss.reads_padding_advantages):

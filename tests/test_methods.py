@@ -22,7 +22,7 @@ from rlkl.advantages import frpo_advantages, future_return, group_centered, grou
 from rlkl.losses import RPGClip, aggregate, kl_loss, ppo_clip_loss
 from rlkl.toy.terms import TERMS
 from rlkl.components import (GSPO, RPG, AggMode, Aggregation, Estimator, FutureReturn, GroupCentered,
-                             GroupStandardized, KLLoss, KLReward, LeaveOneOut, NoKL, PPOClip, Raw, Reinforce,
+                             GroupStandardized, KLLoss, KLReward, KLTerm, LeaveOneOut, NoKL, PPOClip, Raw, Reinforce,
                              PassAtK, RewardForm, RPGLevel, Std, TokenWhitened)
 from rlkl.integrations.flags import from_trl, from_verl
 from rlkl.methods import REGISTRY, Method, Objective, RolloutBatch, get_method, list_methods
@@ -258,6 +258,27 @@ def test_sequence_level_rpg_hands_the_aggregation_one_value_per_response():
     weight = w * (A - 0.1 * log_w)  # URKL, REINFORCE form: Weight = w(A − β log w)
     assert torch.allclose(loss, (-weight * lp).mean(), rtol=1e-13, atol=0)
     assert torch.allclose(grad, (-weight[:, None] * m) / B, rtol=1e-13, atol=1e-16)
+
+
+def test_penalizes_names_the_kl_terms_with_a_reward_part():
+    """The rollout log-ratio is built only for a KL term whose class overrides a penalty (a KL loss has none)."""
+    assert not any(k.penalizes_sequences or k.penalizes_tokens for k in (NoKL(), KLLoss()))
+    assert KLReward().penalizes_sequences and KLReward().penalizes_tokens
+    assert FutureReturn().penalizes_tokens and not FutureReturn().penalizes_sequences
+
+    @dataclasses.dataclass(frozen=True)
+    class OneNatPerToken(KLTerm):  # a user's term: a token penalty of 1 nat
+        reads_rollout_logprobs = True
+
+        def token_penalty(self, log_ratio_old, mask):
+            return mask.to(log_ratio_old.dtype)
+
+    _, batch = make_batch()
+    base = get_method("reinforce").replace(advantage=Raw())
+    user = base.replace(kl=OneNatPerToken(), beta=0.25)
+    # A_t = r − β·1 on each valid token, r − 0.25 (0 on padding)
+    expected = (batch.rewards[:, None] - 0.25) * batch.mask
+    assert torch.equal(user.advantages(batch), expected)
 
 
 def test_steps_tokens_names_the_advantages_with_a_token_step():
