@@ -179,6 +179,15 @@ def test_fixed_policies_tables_are_reused_while_theta_holds_its_values():
     g = expected_gradient(m, mdp, pi, old, ref, group_size=2).grad
     assert torch.equal(g, fresh()) and not torch.equal(g, g0)
     assert _rel(g, brute_force_expected_gradient(m, mdp, pi, old, ref, group_size=2)) < 1e-12
+    # the cache holds its policies weakly: a policy no longer used takes its tables with it
+    import gc
+
+    tmp = TabularPolicy(mdp, ref.theta.detach() * 0.5)
+    expected_gradient(m, mdp, pi, old, tmp, group_size=2)
+    n = len(E._TABLE_CACHE)
+    del tmp
+    gc.collect()
+    assert len(E._TABLE_CACHE) == n - 1
 
 
 def test_a_policy_with_its_own_log_probs_is_not_cached():

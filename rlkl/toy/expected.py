@@ -511,7 +511,7 @@ def _cached_tokens(policy: Policy) -> _Tokens:
     theta = policy.theta.detach()
     hit = _TABLE_CACHE.get(policy)
     if (hit is None or hit[3] is not mdp or hit[0].shape != theta.shape or hit[0].dtype != theta.dtype
-            or not torch.equal(hit[0], theta)):
+            or hit[0].device != theta.device or not torch.equal(hit[0], theta)):
         with torch.no_grad():
             src = policy.node_log_probs()  # [P, S, V]
         hit = (theta.clone(), src.reshape(src.shape[0], -1), {}, mdp)
