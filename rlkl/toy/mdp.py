@@ -538,8 +538,8 @@ def retain_freed_memory() -> bool:
     A chunk of a large enumeration allocates a few MiB of temporaries per op and frees them at its end; glibc returns
     the top of its heap to the OS beyond a trim threshold (by default 128 KiB, raised as large blocks are freed) and
     gives each block above its mmap threshold its own mapping, so the next chunk faults the same pages in again:
-    measured 2,500–12,700 minor faults (10–50 MB) per ``grpo`` N = 10^5 evaluation and 75 → 83–102 ms at 1 thread,
-    and up to 6,500 on ``rpg_urkl_seq`` N = 10^6 (`rlkl bench exact_engine`'s cases, torch 2.13). This sets
+    measured 2,500–12,700 minor faults (10–50 MB) per ``grpo`` N = 10^5 evaluation, 83–102 ms at 1 thread instead of
+    ~75 without them, and up to 6,500 on ``rpg_urkl_seq`` N = 10^6 (`rlkl bench exact_engine`'s cases, torch 2.13). This sets
     ``mallopt(M_TRIM_THRESHOLD, 256 MiB)`` and ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` — what glibc's
     ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` environment variables set at start-up — so the pages are
     reused. The process's resident memory may then stay up to 256 MiB above what it uses. Called by the exact
