@@ -161,10 +161,10 @@ def test_fixed_policies_tables_are_reused_while_theta_holds_its_values():
                                  TabularPolicy(mdp, ref.theta.detach()), group_size=2).grad
 
     g0 = expected_gradient(m, mdp, pi, old, ref, group_size=2).grad
-    table = E._TABLE_CACHE[ref][1]
-    assert torch.equal(g0, fresh()) and {"sums", "q", "q_has_zero"} <= set(E._TABLE_CACHE[old][2])
+    table = E._TABLE_CACHE[ref].table
+    assert torch.equal(g0, fresh()) and {"sums", "q", "q_has_zero"} <= set(E._TABLE_CACHE[old].memo)
     assert torch.equal(expected_gradient(m, mdp, pi, old, ref, group_size=2).grad, g0)
-    assert E._TABLE_CACHE[ref][1] is table  # reused, not rebuilt
+    assert E._TABLE_CACHE[ref].table is table  # reused, not rebuilt
     changes = (lambda: ref.theta.data.mul_(2.0),  # .data: θ's version counter does not move (a shift of all
                # logits would not change the policy)
                lambda: old.theta.data.mul_(0.3),

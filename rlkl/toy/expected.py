@@ -36,7 +36,7 @@ import math
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
@@ -485,9 +485,16 @@ def _token_logp(policy: Policy, keep_graph: bool) -> tuple[_Tokens, Any]:
     return tokens, (_NodeGraph(nlp, flat, None if mask is None else mask.reshape(-1)) if keep_graph else None)
 
 
-#: `_cached_tokens`: per policy read without its graph, (a copy of θ, its node table, the memo of values derived from
-#: the table, the tree they were built on)
-_TABLE_CACHE: "weakref.WeakKeyDictionary[Policy, tuple]" = weakref.WeakKeyDictionary()
+class _CachedTable(NamedTuple):
+    """What `_cached_tokens` keeps for one policy read without its graph."""
+
+    theta: Tensor  # a copy of θ when the table was built
+    table: Tensor  # [P, S·V] its node log-probs
+    memo: dict  # values derived from the table alone (`_Tokens.memo`)
+    mdp: TreeMDP  # the tree they were built on
+
+
+_TABLE_CACHE: "weakref.WeakKeyDictionary[Policy, _CachedTable]" = weakref.WeakKeyDictionary()
 
 
 def _table_cacheable(policy: Policy) -> bool:
@@ -510,16 +517,15 @@ def _cached_tokens(policy: Policy) -> _Tokens:
     mdp = policy.mdp
     theta = policy.theta.detach()
     hit = _TABLE_CACHE.get(policy)
-    if (hit is None or hit[3] is not mdp or hit[0].shape != theta.shape or hit[0].dtype != theta.dtype
-            or hit[0].device != theta.device or not torch.equal(hit[0], theta)):
+    if (hit is None or hit.mdp is not mdp or hit.theta.shape != theta.shape or hit.theta.dtype != theta.dtype
+            or hit.theta.device != theta.device or not torch.equal(hit.theta, theta)):
         with torch.no_grad():
             src = policy.node_log_probs()  # [P, S, V]
-        hit = (theta.clone(), src.reshape(src.shape[0], -1), {}, mdp)
-        _TABLE_CACHE[policy] = hit
+        hit = _TABLE_CACHE[policy] = _CachedTable(theta.clone(), src.reshape(src.shape[0], -1), {}, mdp)
     mask = None if mdp.fixed_length else mdp.enumerate().mask
     # a fresh wrapper per call (its whole [P·N, T] array, when read, is not kept past the call); the table and
     # the memo are shared
-    return _Tokens(hit[1], _flat_token_index(mdp), mask, mdp.num_responses, mdp.horizon, memo=hit[2])
+    return _Tokens(hit.table, _flat_token_index(mdp), mask, mdp.num_responses, mdp.horizon, memo=hit.memo)
 
 
 def _prefix_index(mdp: TreeMDP) -> tuple[list[tuple[int, int, Tensor]], Tensor, Tensor]:
