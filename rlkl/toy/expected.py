@@ -409,8 +409,9 @@ def _prepare(mdp: TreeMDP, policy: Policy, behaviour: Optional[Policy], ref: Opt
 
 
 def _behaviour_q(tok_old: _Tokens, sum_old: Tensor, sampled: Any, P: int, N: int) -> tuple[Tensor, bool]:
-    """(``[P, N]`` q, the distribution groups are drawn from — π_old's, or the sampler's — and whether some q is 0).
-    π_old's is kept in its table's memo (`_cached_tokens`: one softmax and one scan per table, not per call)."""
+    """(``[P, N]`` q, the distribution groups are drawn from — π_old's, or the sampler's — and whether some q may be
+    0: read for π_old's, True under a sampler, whose cut mass is not checked). π_old's is kept in its table's memo
+    (`_cached_tokens`: one softmax and one scan per table, not per call)."""
     if sampled is not None:
         return torch.softmax(sampled.token_logp().sum(-1).reshape(P, N), dim=-1), True
     memo = tok_old.memo
