@@ -14,7 +14,7 @@ For each N (one prompt, V = 10, T = 3..6, so N = 10^T) it times `rlkl.toy.expect
 The first call builds and caches the tree's enumeration and the fixed policies' node tables (π_old, π_ref: reused
 while their θ holds the same values, docs/audit.md); the repeats are what a training loop or a sweep against a fixed
 π_ref pays per evaluation. Before a large enumeration the engine lets glibc keep freed memory
-(`rlkl.toy.mdp.retain_freed_memory`; ``RLKL_MALLOC_DEFAULTS=1`` to measure without it). Each row is compared with
+(`rlkl._memory.retain_freed_memory`; ``RLKL_MALLOC_DEFAULTS=1`` to measure without it). Each row is compared with
 a per-response Python loop doing the same computation one response at a time (one `Method.loss` call and one
 autograd pass per response, the straightforward implementation). The loop runs on min(N, 2000) responses and is
 extrapolated linearly (it is linear in N by construction). GRPO runs up to N = 10^5 (its exact route evaluates

@@ -1,10 +1,6 @@
 """TreeMDP: enumeration layout, construction from arrays/functions, seeded constructors, clear errors."""
 
 import itertools
-import os
-import platform
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -241,54 +237,3 @@ def test_process_start_is_in_the_past():
     start = M._process_start()
     assert start <= time.monotonic()
 
-
-_FAULTS_SCRIPT = """
-import resource, torch
-from rlkl.toy.mdp import retain_freed_memory
-print(retain_freed_memory(), retain_freed_memory())
-for _ in range(4):  # 20 blocks of 2 MiB written, then freed: the pages are faulted in again unless glibc kept them
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    blocks = [torch.ones(262144, dtype=torch.float64) for _ in range(20)]
-    del blocks
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings are glibc's")
-def test_retain_freed_memory_keeps_freed_pages():
-    # the engine's allocator setting, in a fresh process: once set, the fourth round of 40 MiB of temporaries
-    # faults nothing in (glibc's defaults fault ~10,000 pages = 40 MiB / 4 KiB again in most runs, but not all:
-    # whether its trim fires depends on what else sits at the top of the heap, so that side is not asserted)
-    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True,
-                         env={**os.environ, "RLKL_MALLOC_DEFAULTS": "0"}).stdout.split()
-    assert out[:2] == ["True", "True"] and int(out[2]) < 1000, out
-
-
-def test_retain_freed_memory_sets_two_glibc_thresholds_once_unless_opted_out(monkeypatch):
-    import ctypes
-
-    from rlkl.toy import mdp as mdp_mod
-
-    calls = []
-
-    class FakeLibc:
-        def __init__(self, name):
-            self.mallopt = self
-
-        def __call__(self, param, value):
-            calls.append((param, value))
-            return 1
-
-    monkeypatch.setattr(ctypes, "CDLL", FakeLibc)
-    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.35"))
-    monkeypatch.setattr(mdp_mod, "_malloc_state", {})
-    monkeypatch.setenv("RLKL_MALLOC_DEFAULTS", "1")
-    assert mdp_mod.retain_freed_memory() is False and calls == []  # opted out: nothing called
-    monkeypatch.setattr(mdp_mod, "_malloc_state", {})
-    monkeypatch.delenv("RLKL_MALLOC_DEFAULTS")
-    assert mdp_mod.retain_freed_memory() is True and mdp_mod.retain_freed_memory() is True
-    # M_TRIM_THRESHOLD = −1 → 256 MiB, M_MMAP_THRESHOLD = −3 → 32 MiB (malloc.h), each set once
-    assert calls == [(-1, 256 * 2**20), (-3, 32 * 2**20)]
-    monkeypatch.setattr(mdp_mod, "_malloc_state", {})
-    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", ""))
-    assert mdp_mod.retain_freed_memory() is False and len(calls) == 2  # another C library: left alone

@@ -42,7 +42,8 @@ import torch
 
 from rlkl._checks import check_float, deferring, require, trusted, values_trusted
 from rlkl.options import AggMode, coerce
-from rlkl.toy.mdp import SMALL_PROBLEM_SLOTS, TreeMDP, retain_freed_memory, threads_for  # noqa: F401 (re-exported)
+from rlkl._memory import retain_freed_memory
+from rlkl.toy.mdp import SMALL_PROBLEM_SLOTS, TreeMDP, threads_for  # noqa: F401  (threads_for re-exported)
 from rlkl.toy.policies import Policy, TabularPolicy
 
 Tensor = torch.Tensor
