@@ -236,4 +236,3 @@ def test_process_start_is_in_the_past():
 
     start = M._process_start()
     assert start <= time.monotonic()
-

@@ -522,4 +522,3 @@ def threads_for(mdp: "TreeMDP"):
         yield
     finally:
         torch.set_num_threads(prev)
-
